@@ -1,0 +1,46 @@
+# flux2-split: `make demo` and `make test` work on a fresh machine; nothing is installed by hand.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TINY_MODEL := .cache/tiny-flux2
+DEMO_OUT := out
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install test test-gpu lint proto tiny-model demo bench-tiny clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(BIN)/pytest
+
+test-gpu: install
+	$(BIN)/pytest -m gpu
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+proto: install
+	$(BIN)/python proto/generate_python.py
+
+$(TINY_MODEL)/model_index.json: $(STAMP) shared/tiny_snapshot.py
+	$(BIN)/flux2-tiny-model $(TINY_MODEL)
+
+tiny-model: $(TINY_MODEL)/model_index.json
+
+demo: install tiny-model
+	PYTHON=$(BIN)/python BIN=$(BIN) MODEL=$(TINY_MODEL) OUT=$(DEMO_OUT) bash scripts/demo.sh
+
+bench-tiny: install
+	$(BIN)/python bench/encoder.py --tiny
+
+clean:
+	rm -rf $(VENV) .cache $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,153 @@
+"""Dynamic batching: concurrent requests that arrive within a short window share one forward pass.
+
+The batcher lives on the gRPC event loop but never runs the model there: each batch goes to a
+single worker thread, so the loop keeps accepting requests while the GPU is busy. Requests with
+different `max_sequence_length` pad differently and so never share a pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from encoder_server.config import BatchingConfig
+from encoder_server.errors import NotReadyError, OverloadedError
+from encoder_server.request import EncodeRequest
+
+log = logging.getLogger(__name__)
+
+Result = TypeVar("Result")
+
+
+@dataclass
+class _Pending(Generic[Result]):
+    request: EncodeRequest
+    future: asyncio.Future[Result]
+    arrived_at: float
+
+
+@dataclass
+class BatcherStats:
+    requests: int = 0
+    prompts: int = 0
+    batches: int = 0
+    largest_batch: int = 0
+    batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
+
+
+class DynamicBatcher(Generic[Result]):
+    """Queues requests and runs them in batches through `run_batch` on a worker thread."""
+
+    def __init__(self, run_batch: Callable[[Sequence[EncodeRequest]], list[Result]], config: BatchingConfig) -> None:
+        self._run_batch = run_batch
+        self._config = config
+        self._queue: collections.deque[_Pending[Result]] = collections.deque()
+        self._queued_prompts = 0
+        self._arrived = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder-forward")
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.stats = BatcherStats()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._serve(), name="dynamic-batcher")
+
+    async def submit(self, request: EncodeRequest) -> Result:
+        """Queue `request` and wait for its result; cancelling the wait drops it from its batch."""
+        if self._closed or self._task is None:
+            raise NotReadyError("the encoder is shutting down; retry on another replica or later")
+        prompts = len(request.prompts)
+        if self._queued_prompts + prompts > self._config.max_queued_prompts:
+            raise OverloadedError(
+                f"the server has {self._queued_prompts} prompts queued (limit {self._config.max_queued_prompts}); "
+                "retry with backoff"
+            )
+        loop = asyncio.get_running_loop()
+        pending: _Pending[Result] = _Pending(request, loop.create_future(), loop.time())
+        self._queue.append(pending)
+        self._queued_prompts += prompts
+        self._arrived.set()
+        return await pending.future
+
+    async def close(self) -> None:
+        """Finish the batch in flight, fail what is still queued, and stop the worker."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while self._queue:
+            pending = self._queue.popleft()
+            if not pending.future.done():
+                pending.future.set_exception(NotReadyError("the encoder shut down before this request ran"))
+        self._executor.shutdown(wait=True)
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            if not batch:
+                continue
+            try:
+                results = await loop.run_in_executor(self._executor, self._run_batch, [p.request for p in batch])
+            except Exception as error:  # a failed pass fails its requests, not the server
+                log.exception("forward pass failed for %d requests", len(batch))
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(error)
+                continue
+            for pending, result in zip(batch, results, strict=True):
+                if not pending.future.done():
+                    pending.future.set_result(result)
+
+    async def _next_batch(self) -> list[_Pending[Result]]:
+        """Wait for work, then for the batch to fill or the oldest request's window to close."""
+        while not self._queue:
+            self._arrived.clear()
+            await self._arrived.wait()
+        loop = asyncio.get_running_loop()
+        deadline = self._queue[0].arrived_at + self._config.batch_wait_ms / 1000
+        while self._compatible_prompts() < self._config.max_batch_size:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+        return self._take_batch()
+
+    def _compatible_prompts(self) -> int:
+        length = self._queue[0].request.max_sequence_length
+        return sum(len(p.request.prompts) for p in self._queue if p.request.max_sequence_length == length)
+
+    def _take_batch(self) -> list[_Pending[Result]]:
+        """Pop, in arrival order, the requests that fit one pass with the oldest; skip cancelled ones."""
+        length = self._queue[0].request.max_sequence_length
+        batch: list[_Pending[Result]] = []
+        kept: collections.deque[_Pending[Result]] = collections.deque()
+        prompts = 0
+        while self._queue:
+            pending = self._queue.popleft()
+            size = len(pending.request.prompts)
+            if pending.future.done():  # the caller went away while queued
+                self._queued_prompts -= size
+            elif pending.request.max_sequence_length == length and prompts + size <= self._config.max_batch_size:
+                batch.append(pending)
+                prompts += size
+                self._queued_prompts -= size
+            else:
+                kept.append(pending)
+        self._queue = kept
+        if batch:
+            self.stats.requests += len(batch)
+            self.stats.prompts += prompts
+            self.stats.batches += 1
+            self.stats.largest_batch = max(self.stats.largest_batch, prompts)
+            self.stats.batch_sizes[prompts] += 1
+        return batch

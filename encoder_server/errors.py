@@ -1,0 +1,30 @@
+"""Exceptions the encoder raises; `encoder_server.status` maps each to one gRPC status code.
+
+    EncoderError
+    ├── InvalidRequestError   the request breaks a documented limit (INVALID_ARGUMENT)
+    ├── NotReadyError         the model is still loading or the server is stopping (UNAVAILABLE)
+    ├── OverloadedError       the queue is full; retry later (RESOURCE_EXHAUSTED)
+    └── ModelLoadError        the snapshot cannot be loaded (raised at start-up, never to a client)
+"""
+
+from __future__ import annotations
+
+
+class EncoderError(Exception):
+    """Base class; the message says what happened and what to do about it."""
+
+
+class InvalidRequestError(EncoderError):
+    pass
+
+
+class NotReadyError(EncoderError):
+    pass
+
+
+class OverloadedError(EncoderError):
+    pass
+
+
+class ModelLoadError(EncoderError):
+    pass

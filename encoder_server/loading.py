@@ -1,0 +1,142 @@
+"""Load the FLUX.2 text encoder's decoder stack and tokenizer from a local diffusers snapshot.
+
+Only what embeddings need is loaded: the token embeddings and decoder layers 1..max_layer of the
+Mistral3 language model. The vision tower, projector, final layers beyond `max_layer` and the LM head
+stay on disk (safetensors reads tensors lazily, so they are never materialised).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from encoder_server.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+# Checkpoint key prefixes of the language model inside Mistral3ForConditionalGeneration, in the layout
+# transformers writes today and in the older one; both map onto a bare MistralModel.
+LANGUAGE_MODEL_KEY_MAPPING = {r"^model\.language_model\.": "", r"^language_model\.model\.": ""}
+FINGERPRINT_SAMPLES_PER_FILE = 16
+FINGERPRINT_SAMPLE_BYTES = 64 * 1024
+
+
+def resolve_snapshot(model_path: Path) -> tuple[Path, Path]:
+    """Return the snapshot's `text_encoder/` and `tokenizer/` folders, or say what is wrong with the path."""
+    if not model_path.is_dir():
+        raise ModelLoadError(f"model path {model_path} is not a directory; pass the root of a FLUX.2 snapshot")
+    text_encoder_dir = model_path / "text_encoder"
+    tokenizer_dir = model_path / "tokenizer"
+    for folder in (text_encoder_dir, tokenizer_dir):
+        if not (folder / "config.json").is_file() and not (folder / "tokenizer_config.json").is_file():
+            raise ModelLoadError(
+                f"{model_path} has no usable {folder.name}/ folder; pass the root of a FLUX.2 snapshot "
+                "(the folder holding model_index.json)"
+            )
+    return text_encoder_dir, tokenizer_dir
+
+
+def model_display_name(model_path: Path) -> str:
+    """`org/name` for a Hugging Face cache snapshot, else the folder's name."""
+    resolved = model_path.resolve()
+    if resolved.parent.name == "snapshots" and resolved.parent.parent.name.startswith("models--"):
+        return resolved.parent.parent.name.removeprefix("models--").replace("--", "/")
+    return resolved.name
+
+
+def load_tokenizer(tokenizer_dir: Path) -> Any:
+    """The snapshot's tokenizer, carrying the chat template stored in the snapshot."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if not getattr(tokenizer, "chat_template", None):
+        # Processor snapshots may keep the template beside the tokenizer rather than inside it.
+        template_json = tokenizer_dir / "chat_template.json"
+        if template_json.is_file():
+            tokenizer.chat_template = json.loads(template_json.read_text())["chat_template"]
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelLoadError(f"{tokenizer_dir} has no chat template; FLUX.2 embeddings need Mistral's template")
+    if tokenizer.pad_token_id is None:
+        raise ModelLoadError(f"{tokenizer_dir} defines no pad token; prompts cannot be padded to a fixed length")
+    return tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence the expected 'unexpected keys' report for the parts deliberately left unloaded."""
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+
+
+def load_language_model(
+    text_encoder_dir: Path, *, max_layer: int | None, device: str, dtype: torch.dtype
+) -> tuple[Any, int]:
+    """Load the decoder stack; returns `(MistralModel, num_layers in the checkpoint)`."""
+    from transformers import AutoConfig, MistralModel
+
+    config = AutoConfig.from_pretrained(text_encoder_dir)
+    text_config = config.get_text_config()
+    num_layers = int(text_config.num_hidden_layers)
+    if max_layer is not None and max_layer > num_layers:
+        raise ModelLoadError(f"--max-layer {max_layer} exceeds the encoder's {num_layers} layers")
+    text_config.num_hidden_layers = max_layer or num_layers
+    with _quiet_transformers():
+        model, loading_info = MistralModel.from_pretrained(
+            text_encoder_dir,
+            config=text_config,
+            key_mapping=LANGUAGE_MODEL_KEY_MAPPING,
+            dtype=dtype,
+            device_map=device,
+            output_loading_info=True,
+        )
+    missing = sorted(loading_info.get("missing_keys", ()))
+    if missing:
+        raise ModelLoadError(
+            f"{text_encoder_dir} lacks {len(missing)} language-model weights (first: {missing[0]}); "
+            "is it a Mistral3 text encoder?"
+        )
+    model.eval().requires_grad_(False)
+    return model, num_layers
+
+
+def _safetensors_samples(path: Path) -> Iterator[bytes]:
+    """The file's header (names, dtypes, shapes) and evenly spaced slices of its tensor data."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        header_length = int.from_bytes(handle.read(8), "little")
+        yield handle.read(header_length)
+        data_start = 8 + header_length
+        span = max(size - data_start - FINGERPRINT_SAMPLE_BYTES, 0)
+        for i in range(FINGERPRINT_SAMPLES_PER_FILE):
+            handle.seek(data_start + span * i // max(FINGERPRINT_SAMPLES_PER_FILE - 1, 1))
+            yield handle.read(FINGERPRINT_SAMPLE_BYTES)
+
+
+def snapshot_fingerprint(text_encoder_dir: Path, chat_template: str) -> str:
+    """sha256 over the encoder config, the chat template and samples of every weight file.
+
+    Sampling keeps this to a few MB of reads for a 48 GB checkpoint while still telling apart
+    snapshots whose weights differ (random vs. trained, or another fine-tune).
+    """
+    digest = hashlib.sha256()
+    digest.update((text_encoder_dir / "config.json").read_bytes())
+    digest.update(chat_template.encode())
+    for weights in sorted(text_encoder_dir.glob("*.safetensors")):
+        digest.update(weights.name.encode())
+        digest.update(str(weights.stat().st_size).encode())
+        for sample in _safetensors_samples(weights):
+            digest.update(sample)
+    return digest.hexdigest()

@@ -1,0 +1,169 @@
+"""FLUX.2 prompt embeddings, computed exactly as diffusers' `Flux2Pipeline` computes them.
+
+Tokenisation reuses diffusers' own `format_input` and system message with the snapshot's chat
+template; the forward pass runs transformers' `MistralModel` and stops after the deepest requested
+layer. This object knows nothing of gRPC: it takes prompts and returns tensors.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers.pipelines.flux2.pipeline_flux2 import format_input
+from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
+
+from encoder_server import loading
+from encoder_server.config import ModelConfig, RequestLimits
+from encoder_server.request import EncodeRequest, RequestBounds, validate_request
+from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS, DEFAULT_MAX_SEQUENCE_LENGTH
+from shared.wire import DTYPES
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    model_name: str
+    model_path: str
+    hidden_size: int
+    num_layers: int  # decoder layers in the checkpoint
+    max_layer: int  # deepest layer loaded, so the deepest one a request may ask for
+    dtype: str
+    device: str
+    fingerprint: str
+
+
+class _StopForward(Exception):
+    """Raised from a layer hook once the deepest requested layer has run; nothing later is computed."""
+
+
+class PromptEncoder:
+    """Turns prompts into `prompt_embeds` `[B, L, len(layers) * hidden]`."""
+
+    def __init__(self, language_model: Any, tokenizer: Any, info: EncoderInfo, limits: RequestLimits) -> None:
+        self._model = language_model
+        self._tokenizer = tokenizer
+        self.info = info
+        self.limits = limits
+        self.forward_passes = 0
+        # The tokenizer's padding state and the layer hooks are per call: one forward at a time.
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, config: ModelConfig, limits: RequestLimits | None = None) -> PromptEncoder:
+        """Load from a local snapshot; raises `ModelLoadError` with a message saying what to fix."""
+        text_encoder_dir, tokenizer_dir = loading.resolve_snapshot(config.model_path)
+        tokenizer = loading.load_tokenizer(tokenizer_dir)
+        dtype = DTYPES[config.resolved_dtype]
+        model, num_layers = loading.load_language_model(
+            text_encoder_dir, max_layer=config.max_layer, device=config.device, dtype=dtype
+        )
+        info = EncoderInfo(
+            model_name=loading.model_display_name(config.model_path),
+            model_path=str(config.model_path.resolve()),
+            hidden_size=int(model.config.hidden_size),
+            num_layers=num_layers,
+            max_layer=int(model.config.num_hidden_layers),
+            dtype=config.resolved_dtype,
+            device=str(model.device),
+            fingerprint=loading.snapshot_fingerprint(text_encoder_dir, tokenizer.chat_template),
+        )
+        return cls(model, tokenizer, info, limits or RequestLimits())
+
+    def bounds(self, max_prompts: int) -> RequestBounds:
+        return RequestBounds(
+            max_prompts=max_prompts,
+            max_prompt_chars=self.limits.max_prompt_chars,
+            max_sequence_length=self.limits.max_sequence_length,
+            max_layer=self.info.max_layer,
+            num_layers=self.info.num_layers,
+        )
+
+    def encode(
+        self,
+        prompts: str | Sequence[str],
+        max_sequence_length: int = DEFAULT_MAX_SEQUENCE_LENGTH,
+        hidden_state_layers: Sequence[int] = DEFAULT_HIDDEN_STATE_LAYERS,
+    ) -> torch.Tensor:
+        """Embeddings for `prompts` in one forward pass, validated against this encoder's limits."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        request = EncodeRequest(tuple(prompts), max_sequence_length, tuple(hidden_state_layers))
+        validate_request(request, self.bounds(max_prompts=max(len(prompts), 1)))
+        return self.encode_many([request])[0]
+
+    def encode_many(self, requests: Sequence[EncodeRequest]) -> list[torch.Tensor]:
+        """One forward pass for several requests of the same length; each gets its own rows and layers."""
+        lengths = {request.max_sequence_length for request in requests}
+        if len(lengths) != 1:
+            raise ValueError(f"requests in one pass must share max_sequence_length, got {sorted(lengths)}")
+        prompts = [prompt for request in requests for prompt in request.prompts]
+        layers = sorted({layer for request in requests for layer in request.hidden_state_layers})
+        with self._lock:
+            input_ids, attention_mask = self._tokenize(prompts, lengths.pop())
+            hidden_states = self._hidden_states(input_ids, attention_mask, layers)
+        outputs = []
+        start = 0
+        for request in requests:
+            rows = slice(start, start + len(request.prompts))
+            outputs.append(_stack_layers([hidden_states[k][rows] for k in request.hidden_state_layers]))
+            start = rows.stop
+        return outputs
+
+    def _tokenize(self, prompts: list[str], max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = self._tokenizer.apply_chat_template(
+            format_input(prompts=prompts, system_message=SYSTEM_MESSAGE),
+            add_generation_prompt=False,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+            padding="max_length",
+            truncation=True,
+            max_length=max_sequence_length,
+        )
+        device = self._model.device
+        return inputs["input_ids"].to(device), inputs["attention_mask"].to(device)
+
+    @torch.inference_mode()
+    def _hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[int]
+    ) -> dict[int, torch.Tensor]:
+        """Outputs of the 1-based decoder `layers`, each `[B, L, hidden]`, as transformers numbers them."""
+        deepest = max(layers)
+        captured: dict[int, torch.Tensor] = {}
+
+        def capture(layer: int):  # type: ignore[no-untyped-def]
+            def hook(_module: torch.nn.Module, _args: Any, output: Any) -> None:
+                captured[layer] = output[0] if isinstance(output, tuple) else output
+                if layer == deepest:
+                    raise _StopForward
+
+            return hook
+
+        handles = [self._model.layers[layer - 1].register_forward_hook(capture(layer)) for layer in set(layers)]
+        try:
+            self._model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.forward_passes += 1
+        if deepest == self.info.num_layers:
+            # transformers reports the encoder's final hidden state after the closing RMSNorm.
+            captured[deepest] = self._model.norm(captured[deepest])
+        return captured
+
+
+def _stack_layers(layer_outputs: list[torch.Tensor]) -> torch.Tensor:
+    """`[B, L, H]` per layer -> `[B, L, layers * H]`, in diffusers' order (layer-major within a token)."""
+    stacked = torch.stack(layer_outputs, dim=1)  # [B, layers, L, H]
+    batch_size, num_layers, seq_len, hidden_dim = stacked.shape
+    return stacked.permute(0, 2, 1, 3).reshape(batch_size, seq_len, num_layers * hidden_dim)
+
+
+def load_prompt_encoder(model_path: str | Path, **kwargs: Any) -> PromptEncoder:
+    """Convenience for notebooks and benchmarks: `load_prompt_encoder("snap", device="cuda")`."""
+    return PromptEncoder.load(ModelConfig(model_path=Path(model_path), **kwargs))

@@ -1,0 +1,27 @@
+"""The one place where encoder exceptions become gRPC status codes."""
+
+from __future__ import annotations
+
+import grpc
+
+from encoder_server.errors import (
+    EncoderError,
+    InvalidRequestError,
+    ModelLoadError,
+    NotReadyError,
+    OverloadedError,
+)
+
+STATUS_FOR_ERROR: dict[type[EncoderError], grpc.StatusCode] = {
+    InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
+    NotReadyError: grpc.StatusCode.UNAVAILABLE,
+    OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ModelLoadError: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def status_for(error: EncoderError) -> grpc.StatusCode:
+    for error_type in type(error).__mro__:
+        if error_type in STATUS_FOR_ERROR:
+            return STATUS_FOR_ERROR[error_type]  # type: ignore[index]
+    return grpc.StatusCode.INTERNAL

@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC modules; edit proto/ and run `make proto`."""

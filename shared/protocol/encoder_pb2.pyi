@@ -1,0 +1,77 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class EncodeRequest(_message.Message):
+    __slots__ = ("prompts", "max_sequence_length", "hidden_state_layers")
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_STATE_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    prompts: _containers.RepeatedScalarFieldContainer[str]
+    max_sequence_length: int
+    hidden_state_layers: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, prompts: _Optional[_Iterable[str]] = ..., max_sequence_length: _Optional[int] = ..., hidden_state_layers: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class TensorHeader(_message.Message):
+    __slots__ = ("dtype", "shape", "byte_length", "crc32", "hidden_state_layers", "max_sequence_length")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    BYTE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_STATE_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    byte_length: int
+    crc32: int
+    hidden_state_layers: _containers.RepeatedScalarFieldContainer[int]
+    max_sequence_length: int
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., byte_length: _Optional[int] = ..., crc32: _Optional[int] = ..., hidden_state_layers: _Optional[_Iterable[int]] = ..., max_sequence_length: _Optional[int] = ...) -> None: ...
+
+class EncodeResponse(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: TensorHeader
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[TensorHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class GetInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetInfoResponse(_message.Message):
+    __slots__ = ("model_name", "model_path", "hidden_size", "num_layers", "max_layer", "default_hidden_state_layers", "default_max_sequence_length", "max_sequence_length", "dtype", "device", "fingerprint", "server_version", "max_prompts_per_request", "max_prompt_chars")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LAYER_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_HIDDEN_STATE_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MAX_SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    MAX_SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MAX_PROMPTS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    MAX_PROMPT_CHARS_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    model_path: str
+    hidden_size: int
+    num_layers: int
+    max_layer: int
+    default_hidden_state_layers: _containers.RepeatedScalarFieldContainer[int]
+    default_max_sequence_length: int
+    max_sequence_length: int
+    dtype: str
+    device: str
+    fingerprint: str
+    server_version: str
+    max_prompts_per_request: int
+    max_prompt_chars: int
+    def __init__(self, model_name: _Optional[str] = ..., model_path: _Optional[str] = ..., hidden_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., max_layer: _Optional[int] = ..., default_hidden_state_layers: _Optional[_Iterable[int]] = ..., default_max_sequence_length: _Optional[int] = ..., max_sequence_length: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., fingerprint: _Optional[str] = ..., server_version: _Optional[str] = ..., max_prompts_per_request: _Optional[int] = ..., max_prompt_chars: _Optional[int] = ...) -> None: ...
