@@ -55,6 +55,10 @@ class DynamicBatcher(Generic[Result]):
         self._closed = False
         self.stats = BatcherStats()
 
+    @property
+    def queued_prompts(self) -> int:
+        return self._queued_prompts
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._serve(), name="dynamic-batcher")
 

@@ -19,6 +19,7 @@ from encoder_server.config import (
     ServerConfig,
 )
 from encoder_server.errors import EncoderError
+from encoder_server.loading import resolve_snapshot
 from encoder_server.server import create_server
 from shared.defaults import DEFAULT_PORT
 
@@ -75,6 +76,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 async def serve(config: ServerConfig) -> None:
     """Serve until SIGINT or SIGTERM, then drain in-flight requests and stop."""
     started = time.perf_counter()
+    resolve_snapshot(config.model.model_path)  # fail before binding if the path is wrong
     server = await create_server(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -84,7 +86,11 @@ async def serve(config: ServerConfig) -> None:
     waiter = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait({server.loading, waiter}, return_when=asyncio.FIRST_COMPLETED)
     if server.loading in done:
-        ready = await server.wait_ready()  # raises the load error, if any
+        try:
+            ready = await server.wait_ready()
+        except BaseException:
+            await server.stop(grace_s=0)
+            raise
         info = ready.encoder.info
         log.info(
             "ready on %s:%d in %.1f s: %s, %d/%d layers, hidden %d, %s on %s, max batch %d",

@@ -19,6 +19,7 @@ from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
 
 from encoder_server import loading
 from encoder_server.config import ModelConfig, RequestLimits
+from encoder_server.errors import ModelLoadError
 from encoder_server.request import EncodeRequest, RequestBounds, validate_request
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS, DEFAULT_MAX_SEQUENCE_LENGTH
 from shared.wire import DTYPES
@@ -56,11 +57,14 @@ class PromptEncoder:
     def load(cls, config: ModelConfig, limits: RequestLimits | None = None) -> PromptEncoder:
         """Load from a local snapshot; raises `ModelLoadError` with a message saying what to fix."""
         text_encoder_dir, tokenizer_dir = loading.resolve_snapshot(config.model_path)
-        tokenizer = loading.load_tokenizer(tokenizer_dir)
-        dtype = DTYPES[config.resolved_dtype]
-        model, num_layers = loading.load_language_model(
-            text_encoder_dir, max_layer=config.max_layer, device=config.device, dtype=dtype
-        )
+        try:
+            tokenizer = loading.load_tokenizer(tokenizer_dir)
+            dtype = DTYPES[config.resolved_dtype]
+            model, num_layers = loading.load_language_model(
+                text_encoder_dir, max_layer=config.max_layer, device=config.device, dtype=dtype
+            )
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            raise ModelLoadError(f"could not load the text encoder from {config.model_path}: {error}") from error
         info = EncoderInfo(
             model_name=loading.model_display_name(config.model_path),
             model_path=str(config.model_path.resolve()),

@@ -1,0 +1,56 @@
+"""Shared fixtures: the tiny snapshot (built once per session), diffusers' reference, real servers."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from shared.tiny_snapshot import build_tiny_snapshot  # noqa: E402
+from tests.helpers import RunningServer, start_server  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_snapshot(tmp_path_factory.mktemp("snapshot") / "tiny-flux2")
+
+
+@pytest.fixture(scope="session")
+def reference_pipeline(tiny_snapshot: Path) -> Any:
+    """diffusers' own Flux2Pipeline text path, the ground truth for embeddings."""
+    from diffusers import Flux2Pipeline
+
+    return Flux2Pipeline.from_pretrained(tiny_snapshot, dtype=torch.float32, transformer=None, vae=None)
+
+
+@pytest.fixture(scope="session")
+def diffusers_embeds(reference_pipeline: Any):  # type: ignore[no-untyped-def]
+    """`diffusers_embeds(prompts, layers=..., max_sequence_length=...)` computed the way diffusers does."""
+    from diffusers import Flux2Pipeline
+
+    def compute(prompts: list[str], layers: tuple[int, ...] = (10, 20, 30), max_sequence_length: int = 512):
+        with torch.no_grad():
+            return Flux2Pipeline._get_mistral_3_small_prompt_embeds(
+                reference_pipeline.text_encoder,
+                reference_pipeline.tokenizer,
+                prompts,
+                max_sequence_length=max_sequence_length,
+                hidden_states_layers=layers,
+            )
+
+    return compute
+
+
+@pytest.fixture(scope="session")
+def encoder_server(tiny_snapshot: Path) -> Iterator[RunningServer]:
+    """One real encoder server on port 0 for the whole session."""
+    with start_server(tiny_snapshot) as server:
+        yield server
