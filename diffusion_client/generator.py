@@ -1,0 +1,115 @@
+"""Make images from remote embeddings: a plain object over `Flux2Pipeline` and `RemoteTextEncoder`.
+
+For a list of jobs, the next prompt's embedding is fetched on a background thread while the
+current image denoises, so the network round trip hides behind GPU work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from diffusion_client.errors import ModelMismatchError
+from diffusion_client.images import load_reference_image, save_png
+from diffusion_client.jobs import GenerationJob
+from diffusion_client.pipeline import joint_attention_dim
+from diffusion_client.remote_encoder import RemoteTextEncoder
+from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    job: GenerationJob
+    path: Path
+
+
+class ImageGenerator:
+    def __init__(
+        self,
+        pipeline: Any,
+        encoder: RemoteTextEncoder,
+        *,
+        model_name: str,
+        dtype: torch.dtype,
+        progress: bool = True,
+    ) -> None:
+        self.pipeline = pipeline
+        self.encoder = encoder
+        self.model_name = model_name
+        self.dtype = dtype  # the transformer's compute dtype; embeddings are cast to it
+        self.pipeline.set_progress_bar_config(disable=not progress, desc="denoising", leave=False)
+
+    @property
+    def size_multiple(self) -> int:
+        """Height and width must be multiples of this: the VAE's downscale times the 2x2 latent patch."""
+        return int(self.pipeline.vae_scale_factor) * 2
+
+    def check_compatible(self, layers: Sequence[int] = DEFAULT_HIDDEN_STATE_LAYERS) -> None:
+        """Refuse before any denoising if the server's embeddings cannot feed this transformer."""
+        info = self.encoder.info()
+        produced = info.embedding_dim(layers)
+        expected = joint_attention_dim(self.pipeline)
+        if produced != expected:
+            raise ModelMismatchError(
+                f"the encoder at {self.encoder.target} serves {info.model_name} (hidden size {info.hidden_size} x "
+                f"{len(layers)} layers = {produced}), but this transformer expects {expected}; "
+                "point --encoder at a server running the same FLUX.2 model"
+            )
+        if max(layers) > info.max_layer:
+            raise ModelMismatchError(
+                f"the encoder at {self.encoder.target} loaded only {info.max_layer} layers but layer {max(layers)} "
+                "is needed; restart it with a larger --max-layer"
+            )
+
+    def fetch_embeds(self, job: GenerationJob) -> torch.Tensor:
+        return self.encoder.encode([job.prompt], dtype=self.dtype)
+
+    def generate(self, job: GenerationJob, prompt_embeds: torch.Tensor) -> Image.Image:
+        """One image from already-fetched embeddings; the same seed gives the same pixels."""
+        references = [load_reference_image(path) for path in job.images]
+        result = self.pipeline(
+            image=references or None,
+            prompt_embeds=prompt_embeds,
+            height=job.height,
+            width=job.width,
+            num_inference_steps=job.steps,
+            guidance_scale=job.guidance,
+            generator=torch.Generator("cpu").manual_seed(job.seed),
+        )
+        image: Image.Image = result.images[0]
+        return image
+
+    def run(self, jobs: Sequence[GenerationJob]) -> Iterator[GeneratedImage]:
+        """Generate and save each job in order, prefetching the next job's embedding."""
+        for job in jobs:
+            job.check(self.size_multiple)
+            for path in job.images:
+                load_reference_image(path)  # fail on a bad file before spending GPU time
+        self.check_compatible()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch-embeds") as prefetcher:
+            upcoming: Future[torch.Tensor] = prefetcher.submit(self.fetch_embeds, jobs[0])
+            for index, job in enumerate(jobs):
+                prompt_embeds = upcoming.result()
+                if index + 1 < len(jobs):
+                    upcoming = prefetcher.submit(self.fetch_embeds, jobs[index + 1])
+                image = self.generate(job, prompt_embeds)
+                yield GeneratedImage(job, save_png(image, job.out, self.metadata(job)))
+
+    def metadata(self, job: GenerationJob) -> dict[str, Any]:
+        info = self.encoder.info()
+        return {
+            "prompt": job.prompt,
+            "seed": job.seed,
+            "steps": job.steps,
+            "guidance": job.guidance,
+            "size": f"{job.width}x{job.height}",
+            "model": self.model_name,
+            "encoder": f"{self.encoder.target} ({info.model_name}, {info.fingerprint[:16]})",
+            "reference_images": [str(path) for path in job.images],
+        }

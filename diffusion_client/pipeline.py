@@ -1,0 +1,93 @@
+"""Load `Flux2Pipeline` without its text encoder: the DiT (NF4 on CUDA) and the VAE only.
+
+NF4 quantisation goes through diffusers' bitsandbytes integration, either while loading a bf16
+snapshot or by loading a snapshot saved pre-quantised. The VAE stays in bf16 (float32 on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from diffusion_client.errors import GenerationInputError
+
+Quantize = Literal["nf4", "none"]
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    model_path: Path
+    device: str = "cpu"
+    quantize: Quantize = "none"
+    dtype: torch.dtype | None = None  # None: bfloat16 on CUDA, float32 on CPU
+
+    def __post_init__(self) -> None:
+        if self.quantize == "nf4" and not self.device.startswith("cuda"):
+            raise GenerationInputError(
+                "NF4 quantisation needs a CUDA GPU (bitsandbytes refuses to run without one); pass --quantize none"
+            )
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        if self.dtype is not None:
+            return self.dtype
+        return torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+
+
+def _is_prequantized(transformer_dir: Path) -> bool:
+    config = json.loads((transformer_dir / "config.json").read_text())
+    return "quantization_config" in config
+
+
+def _check_snapshot(model_path: Path) -> None:
+    if not (model_path / "model_index.json").is_file():
+        raise GenerationInputError(
+            f"{model_path} is not a diffusers snapshot (no model_index.json); pass the FLUX.2 snapshot's root folder"
+        )
+    for component in ("transformer", "vae", "scheduler"):
+        if not (model_path / component).is_dir():
+            raise GenerationInputError(f"{model_path} has no {component}/ folder; is it a complete FLUX.2 snapshot?")
+
+
+def load_transformer(config: PipelineConfig) -> Any:
+    """The DiT, quantised to NF4 if asked (or if the snapshot was saved quantised)."""
+    from diffusers import BitsAndBytesConfig, Flux2Transformer2DModel
+
+    transformer_dir = config.model_path / "transformer"
+    kwargs: dict[str, Any] = {"dtype": config.compute_dtype}
+    if config.quantize == "nf4" and not _is_prequantized(transformer_dir):
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=config.compute_dtype,
+        )
+    if config.quantize == "nf4" or _is_prequantized(transformer_dir):
+        kwargs["device_map"] = config.device  # quantised weights are placed while they load
+    return Flux2Transformer2DModel.from_pretrained(transformer_dir, **kwargs)
+
+
+def load_pipeline(config: PipelineConfig) -> Any:
+    """`Flux2Pipeline` with `text_encoder=None, tokenizer=None`: prompts must come as `prompt_embeds`."""
+    from diffusers import Flux2Pipeline
+
+    _check_snapshot(config.model_path)
+    transformer = load_transformer(config)
+    pipeline = Flux2Pipeline.from_pretrained(
+        config.model_path,
+        transformer=transformer,
+        text_encoder=None,
+        tokenizer=None,
+        dtype=config.compute_dtype,
+    )
+    pipeline.vae.to(config.device)
+    if not getattr(transformer, "is_quantized", False):
+        transformer.to(config.device)
+    return pipeline
+
+
+def joint_attention_dim(pipeline: Any) -> int:
+    return int(pipeline.transformer.config.joint_attention_dim)

@@ -1,0 +1,176 @@
+"""`RemoteTextEncoder`: FLUX.2 prompt embeddings from a flux2-encoder server, ready for `Flux2Pipeline`.
+
+    encoder = RemoteTextEncoder("encoder-box:50051")
+    image = pipe(prompt_embeds=encoder.encode("a cat"), ...).images[0]
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+import torch
+
+from diffusion_client.errors import (
+    BadReplyError,
+    ClientError,
+    EncoderRejectedError,
+    EncoderTimeoutError,
+    EncoderUnavailableError,
+)
+from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS, DEFAULT_MAX_SEQUENCE_LENGTH
+from shared.protocol import encoder_pb2, encoder_pb2_grpc
+from shared.wire import TensorMeta, WireFormatError, decode_tensor
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RemoteEncoderInfo:
+    """The server's GetInfo reply, as plain Python."""
+
+    model_name: str
+    hidden_size: int
+    num_layers: int
+    max_layer: int
+    default_hidden_state_layers: tuple[int, ...]
+    max_sequence_length: int
+    dtype: str
+    device: str
+    fingerprint: str
+    server_version: str
+    max_prompts_per_request: int
+
+    def embedding_dim(self, layers: Sequence[int] = DEFAULT_HIDDEN_STATE_LAYERS) -> int:
+        return len(layers) * self.hidden_size
+
+
+class RemoteTextEncoder:
+    """A client for `flux2.encoder.v1.TextEncoder` with deadlines, retries and verified replies.
+
+    Args:
+        target: `host:port` of the server.
+        timeout: deadline in seconds for each call.
+        token: sent as `authorization: Bearer <token>` for servers behind an authenticating proxy.
+        retries: extra attempts when the server is UNAVAILABLE (nothing else is retried).
+        backoff_s: first retry delay; doubles each attempt, with jitter.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = 60.0,
+        token: str | None = None,
+        retries: int = 3,
+        backoff_s: float = 0.25,
+        channel_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._channel = grpc.insecure_channel(target, options=list(channel_options))
+        self._stub = encoder_pb2_grpc.TextEncoderStub(self._channel)
+        self._info: RemoteEncoderInfo | None = None
+
+    def __enter__(self) -> RemoteTextEncoder:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def info(self) -> RemoteEncoderInfo:
+        """The server's model description (fetched once, then cached)."""
+        if self._info is None:
+            reply = self._call(lambda: self._stub.GetInfo(encoder_pb2.GetInfoRequest(), **self._call_options()))
+            self._info = RemoteEncoderInfo(
+                model_name=reply.model_name,
+                hidden_size=reply.hidden_size,
+                num_layers=reply.num_layers,
+                max_layer=reply.max_layer,
+                default_hidden_state_layers=tuple(reply.default_hidden_state_layers),
+                max_sequence_length=reply.max_sequence_length,
+                dtype=reply.dtype,
+                device=reply.device,
+                fingerprint=reply.fingerprint,
+                server_version=reply.server_version,
+                max_prompts_per_request=reply.max_prompts_per_request,
+            )
+        return self._info
+
+    def encode(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        max_sequence_length: int = DEFAULT_MAX_SEQUENCE_LENGTH,
+        layers: Sequence[int] = DEFAULT_HIDDEN_STATE_LAYERS,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """`prompt_embeds` `[B, max_sequence_length, len(layers) * hidden]`, on `device` in `dtype` if given."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        request = encoder_pb2.EncodeRequest(
+            prompts=prompts, max_sequence_length=max_sequence_length, hidden_state_layers=list(layers)
+        )
+        embeds = self._call(lambda: self._receive(request))
+        expected = (len(prompts), max_sequence_length)
+        if tuple(embeds.shape[:2]) != expected:
+            raise BadReplyError(f"server returned shape {list(embeds.shape)}, expected {list(expected)} + [dim]")
+        if device is not None or dtype is not None:
+            embeds = embeds.to(device=device, dtype=dtype)
+        return embeds
+
+    def _receive(self, request: encoder_pb2.EncodeRequest) -> torch.Tensor:
+        replies = self._stub.Encode(request, **self._call_options())
+        first = next(replies, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise BadReplyError(f"the encoder at {self.target} sent no header; is it a flux2-encoder server?")
+        header = first.header
+        meta = TensorMeta(header.dtype, tuple(header.shape), header.byte_length, header.crc32)
+        try:
+            return decode_tensor(meta, (reply.chunk for reply in replies))
+        except WireFormatError as error:
+            raise BadReplyError(f"bad reply from the encoder at {self.target}: {error}") from error
+
+    def _call_options(self) -> dict[str, Any]:
+        return {"timeout": self.timeout, "metadata": self._metadata}
+
+    def _call(self, call: Callable[[], T]) -> T:
+        """Run `call`, retrying only UNAVAILABLE with exponential backoff; map failures to ClientError."""
+        for attempt in range(self.retries + 1):
+            try:
+                return call()
+            except grpc.RpcError as error:
+                code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+                if code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                    time.sleep(self.backoff_s * 2**attempt * random.uniform(0.8, 1.2))
+                    continue
+                raise self._client_error(error, code) from None
+        raise AssertionError("unreachable")
+
+    def _client_error(self, error: grpc.RpcError, code: grpc.StatusCode) -> ClientError:
+        details = error.details() if isinstance(error, grpc.Call) else str(error)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return EncoderUnavailableError(
+                f"cannot reach the encoder at {self.target} ({_first_line(details)}); "
+                "check the address and that `flux2-encoder serve` is running and reports SERVING"
+            )
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return EncoderTimeoutError(
+                f"the encoder at {self.target} did not answer within {self.timeout:g} s; "
+                "it may be overloaded, or raise the timeout"
+            )
+        return EncoderRejectedError(f"the encoder at {self.target} refused: {details} ({code.name})", code.name)
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "no details").strip().splitlines()[0]
