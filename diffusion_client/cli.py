@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 from diffusion_client.errors import ClientError, GenerationInputError
-from diffusion_client.generator import ImageGenerator
+from diffusion_client.generator import ImageGenerator, check_compatible
 from diffusion_client.jobs import GenerationJob, jobs_from_file
-from diffusion_client.pipeline import PipelineConfig, load_pipeline
+from diffusion_client.pipeline import PipelineConfig, configured_joint_attention_dim, load_pipeline
 from diffusion_client.remote_encoder import RemoteTextEncoder
 from shared.defaults import DEFAULT_PORT
 
@@ -25,22 +25,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("prompt", nargs="?", help="what to draw (or use --prompts FILE)")
     parser.add_argument("--encoder", default=f"localhost:{DEFAULT_PORT}", help="HOST:PORT of flux2-encoder")
     parser.add_argument("--model", required=True, type=Path, help="local FLUX.2 snapshot (transformer/, vae/)")
-    parser.add_argument("--image", action="append", type=Path, default=[], dest="images",
-                        help="reference image for editing; repeat for several")
+    parser.add_argument(
+        "--image",
+        action="append",
+        type=Path,
+        default=[],
+        dest="images",
+        help="reference image for editing; repeat for several",
+    )
     parser.add_argument("--steps", type=int, default=28)
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--width", type=int, default=1024)
-    parser.add_argument("--out", type=Path, default=Path("image.png"),
-                        help="output PNG; with --prompts, image.png becomes image-000.png, image-001.png, ...")
-    parser.add_argument("--quantize", choices=("auto", "nf4", "none"), default="auto",
-                        help="transformer weights: nf4 (4-bit, CUDA only) or none; auto = nf4 on CUDA")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("image.png"),
+        help="output PNG; with --prompts, image.png becomes image-000.png, image-001.png, ...",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=("auto", "nf4", "none"),
+        default="auto",
+        help="transformer weights: nf4 (4-bit, CUDA only) or none; auto = nf4 on CUDA",
+    )
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     parser.add_argument("--prompts", type=Path, help="one prompt per line, or JSONL with per-line settings")
     parser.add_argument("--timeout", type=float, default=120.0, help="deadline for each encoder call, seconds")
-    parser.add_argument("--token", default=os.environ.get("FLUX2_ENCODER_TOKEN"),
-                        help="bearer token for an authenticating proxy (default: $FLUX2_ENCODER_TOKEN)")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("FLUX2_ENCODER_TOKEN"),
+        help="bearer token for an authenticating proxy (default: $FLUX2_ENCODER_TOKEN)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -76,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     config = _pipeline_config(args)
     started = time.perf_counter()
     with RemoteTextEncoder(args.encoder, timeout=args.timeout, token=args.token) as encoder:
-        encoder.info()  # fail fast on a wrong address, before loading gigabytes of weights
+        # Fail fast on a wrong address or model, before loading gigabytes of weights.
+        check_compatible(encoder, configured_joint_attention_dim(config.model_path))
         pipeline = load_pipeline(config)
         generator = ImageGenerator(
             pipeline, encoder, model_name=args.model.resolve().name, dtype=config.compute_dtype, progress=not args.quiet
@@ -87,8 +105,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_libraries() -> None:
+    """Keep stderr for our progress bar and errors: no loading bars or library chatter."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for library in (diffusers_logging, transformers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_libraries()
     args = build_parser().parse_args(argv)
     try:
         return run(args)

@@ -1,12 +1,12 @@
 """Client exceptions, one per way a generation can fail; the CLI prints each as one line.
 
-    ClientError                      exit code
-    ├── EncoderUnavailableError      3   server down, wrong host or port (after retries)
-    ├── EncoderTimeoutError          3   the call passed its deadline
-    ├── EncoderRejectedError         2   the server refused the request (status code kept)
-    ├── BadReplyError                3   reply bytes failed checksum, size, dtype or shape checks
-    ├── ModelMismatchError           4   encoder output does not fit the local transformer
-    └── GenerationInputError         2   bad size, unreadable image or prompts file, no GPU for NF4
+ClientError                      exit code
+├── EncoderUnavailableError      3   server down, wrong host or port (after retries)
+├── EncoderTimeoutError          3   the call passed its deadline
+├── EncoderRejectedError         2   the server refused the request (status code kept)
+├── BadReplyError                3   reply bytes failed checksum, size, dtype or shape checks
+├── ModelMismatchError           4   encoder output does not fit the local transformer
+└── GenerationInputError         2   bad size, unreadable image or prompts file, no GPU for NF4
 """
 
 from __future__ import annotations

@@ -29,6 +29,25 @@ class GeneratedImage:
     path: Path
 
 
+def check_compatible(
+    encoder: RemoteTextEncoder, expected_dim: int, layers: Sequence[int] = DEFAULT_HIDDEN_STATE_LAYERS
+) -> None:
+    """Refuse before any denoising if the server's embeddings cannot feed a transformer of `expected_dim`."""
+    info = encoder.info()
+    produced = info.embedding_dim(layers)
+    if produced != expected_dim:
+        raise ModelMismatchError(
+            f"the encoder at {encoder.target} serves {info.model_name} (hidden size {info.hidden_size} x "
+            f"{len(layers)} layers = {produced}), but this transformer expects {expected_dim}; "
+            "point --encoder at a server running the same FLUX.2 model"
+        )
+    if max(layers) > info.max_layer:
+        raise ModelMismatchError(
+            f"the encoder at {encoder.target} loaded only {info.max_layer} layers but layer {max(layers)} "
+            "is needed; restart it with a larger --max-layer"
+        )
+
+
 class ImageGenerator:
     def __init__(
         self,
@@ -51,21 +70,7 @@ class ImageGenerator:
         return int(self.pipeline.vae_scale_factor) * 2
 
     def check_compatible(self, layers: Sequence[int] = DEFAULT_HIDDEN_STATE_LAYERS) -> None:
-        """Refuse before any denoising if the server's embeddings cannot feed this transformer."""
-        info = self.encoder.info()
-        produced = info.embedding_dim(layers)
-        expected = joint_attention_dim(self.pipeline)
-        if produced != expected:
-            raise ModelMismatchError(
-                f"the encoder at {self.encoder.target} serves {info.model_name} (hidden size {info.hidden_size} x "
-                f"{len(layers)} layers = {produced}), but this transformer expects {expected}; "
-                "point --encoder at a server running the same FLUX.2 model"
-            )
-        if max(layers) > info.max_layer:
-            raise ModelMismatchError(
-                f"the encoder at {self.encoder.target} loaded only {info.max_layer} layers but layer {max(layers)} "
-                "is needed; restart it with a larger --max-layer"
-            )
+        check_compatible(self.encoder, joint_attention_dim(self.pipeline), layers)
 
     def fetch_embeds(self, job: GenerationJob) -> torch.Tensor:
         return self.encoder.encode([job.prompt], dtype=self.dtype)

@@ -61,7 +61,7 @@ def jobs_from_file(path: Path, defaults: GenerationJob) -> list[GenerationJob]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise GenerationInputError(f"cannot read prompts file {path}: {error}") from error
-    jobs = []
+    jobs: list[GenerationJob] = []
     for number, line in enumerate(lines, start=1):
         text = line.strip()
         if not text or text.startswith("#"):

@@ -91,3 +91,10 @@ def load_pipeline(config: PipelineConfig) -> Any:
 
 def joint_attention_dim(pipeline: Any) -> int:
     return int(pipeline.transformer.config.joint_attention_dim)
+
+
+def configured_joint_attention_dim(model_path: Path) -> int:
+    """The transformer's text-embedding width, read from its config without loading weights."""
+    _check_snapshot(model_path)
+    config = json.loads((model_path / "transformer" / "config.json").read_text())
+    return int(config["joint_attention_dim"])

@@ -1,7 +1,7 @@
 """`RemoteTextEncoder`: FLUX.2 prompt embeddings from a flux2-encoder server, ready for `Flux2Pipeline`.
 
-    encoder = RemoteTextEncoder("encoder-box:50051")
-    image = pipe(prompt_embeds=encoder.encode("a cat"), ...).images[0]
+encoder = RemoteTextEncoder("encoder-box:50051")
+image = pipe(prompt_embeds=encoder.encode("a cat"), ...).images[0]
 """
 
 from __future__ import annotations

@@ -38,20 +38,69 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="load a snapshot's text encoder and serve embeddings")
     serve.add_argument("--model", required=True, type=Path, help="root of a local FLUX.2 diffusers snapshot")
     serve.add_argument("--host", default="[::]", help="address to bind (default: all interfaces)")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to bind; 0 picks one (default {DEFAULT_PORT})")
+    serve.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port to bind; 0 picks one (default {DEFAULT_PORT})"
+    )
     serve.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     serve.add_argument("--dtype", choices=SUPPORTED_DTYPES, help="default: bfloat16 on CUDA, float32 on CPU")
-    serve.add_argument("--max-batch-size", type=int, default=BatchingConfig.max_batch_size,
-                       help="prompts per forward pass and per request (default %(default)s)")
-    serve.add_argument("--batch-wait-ms", type=float, default=BatchingConfig.batch_wait_ms,
-                       help="how long a request may wait for others to share its pass (default %(default)s)")
-    serve.add_argument("--max-queued-prompts", type=int, default=BatchingConfig.max_queued_prompts,
-                       help="queue bound; beyond it requests get RESOURCE_EXHAUSTED (default %(default)s)")
-    serve.add_argument("--max-layer", type=int, default=None,
-                       help="load decoder layers 1..N only (30 saves a quarter of Mistral's weights)")
-    serve.add_argument("--max-prompt-chars", type=int, default=RequestLimits.max_prompt_chars,
-                       help="longest prompt accepted, in characters (default %(default)s)")
+    serve.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=BatchingConfig.max_batch_size,
+        help="prompts per forward pass and per request (default %(default)s)",
+    )
+    serve.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=BatchingConfig.batch_wait_ms,
+        help="how long a request may wait for others to share its pass (default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-queued-prompts",
+        type=int,
+        default=BatchingConfig.max_queued_prompts,
+        help="queue bound; beyond it requests get RESOURCE_EXHAUSTED (default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-layer",
+        type=int,
+        default=None,
+        help="load decoder layers 1..N only (30 saves a quarter of Mistral's weights)",
+    )
+    serve.add_argument(
+        "--max-prompt-chars",
+        type=int,
+        default=RequestLimits.max_prompt_chars,
+        help="longest prompt accepted, in characters (default %(default)s)",
+    )
+    health = commands.add_parser("health", help="print a server's health; exit 0 once it is SERVING")
+    health.add_argument("target", help="HOST:PORT of the server")
+    health.add_argument("--wait", type=float, default=0.0, help="keep polling up to this many seconds")
     return parser
+
+
+def check_health(target: str, wait_s: float) -> int:
+    """Poll grpc.health.v1 for the encoder service; 0 when SERVING, 1 otherwise."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from shared.defaults import SERVICE_NAME
+
+    deadline = time.monotonic() + wait_s
+    status = "UNREACHABLE"
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5)
+                status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.RpcError as error:
+                status = f"UNREACHABLE ({error.code().name})" if isinstance(error, grpc.Call) else "UNREACHABLE"
+            if status == "SERVING" or time.monotonic() >= deadline:
+                break
+            time.sleep(0.25)
+    print(f"{target}: {status}")
+    return 0 if status == "SERVING" else 1
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -94,8 +143,16 @@ async def serve(config: ServerConfig) -> None:
         info = ready.encoder.info
         log.info(
             "ready on %s:%d in %.1f s: %s, %d/%d layers, hidden %d, %s on %s, max batch %d",
-            config.host, server.port, time.perf_counter() - started, info.model_name, info.max_layer,
-            info.num_layers, info.hidden_size, info.dtype, info.device, config.batching.max_batch_size,
+            config.host,
+            server.port,
+            time.perf_counter() - started,
+            info.model_name,
+            info.max_layer,
+            info.num_layers,
+            info.hidden_size,
+            info.dtype,
+            info.device,
+            config.batching.max_batch_size,
         )
         await waiter
     log.info("shutting down (grace %.0f s)", config.shutdown_grace_s)
@@ -105,6 +162,8 @@ async def serve(config: ServerConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    if args.command == "health":
+        return check_health(args.target, args.wait)
     try:
         config = config_from_args(args)
         asyncio.run(serve(config))

@@ -1,10 +1,10 @@
 """Exceptions the encoder raises; `encoder_server.status` maps each to one gRPC status code.
 
-    EncoderError
-    ├── InvalidRequestError   the request breaks a documented limit (INVALID_ARGUMENT)
-    ├── NotReadyError         the model is still loading or the server is stopping (UNAVAILABLE)
-    ├── OverloadedError       the queue is full; retry later (RESOURCE_EXHAUSTED)
-    └── ModelLoadError        the snapshot cannot be loaded (raised at start-up, never to a client)
+EncoderError
+├── InvalidRequestError   the request breaks a documented limit (INVALID_ARGUMENT)
+├── NotReadyError         the model is still loading or the server is stopping (UNAVAILABLE)
+├── OverloadedError       the queue is full; retry later (RESOURCE_EXHAUSTED)
+└── ModelLoadError        the snapshot cannot be loaded (raised at start-up, never to a client)
 """
 
 from __future__ import annotations

@@ -67,6 +67,4 @@ def validate_request(request: EncodeRequest, bounds: RequestBounds) -> None:
                 if bounds.max_layer < bounds.num_layers
                 else ""
             )
-            raise InvalidRequestError(
-                f"hidden state layer {layer} is out of range; use 1 to {bounds.max_layer}{hint}"
-            )
+            raise InvalidRequestError(f"hidden state layer {layer} is out of range; use 1 to {bounds.max_layer}{hint}")

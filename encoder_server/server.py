@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from encoder_server.batcher import DynamicBatcher
@@ -45,7 +46,7 @@ class EncoderServer:
     port: int
     config: ServerConfig
     state: EncoderState
-    health: health.aio.HealthServicer
+    health: HealthServicer
     loading: asyncio.Task[ReadyEncoder] = field(repr=False)
 
     async def wait_ready(self) -> ReadyEncoder:
@@ -64,9 +65,9 @@ class EncoderServer:
             await ready.batcher.close()
 
 
-async def _set_health(servicer: health.aio.HealthServicer, status: int) -> None:
+async def _set_health(servicer: HealthServicer, status: int) -> None:
     for service in ("", SERVICE_NAME):
-        await servicer.set(service, status)  # type: ignore[arg-type]
+        await servicer.set(service, status)
 
 
 async def create_server(config: ServerConfig, load_encoder: EncoderLoader | None = None) -> EncoderServer:
@@ -75,10 +76,14 @@ async def create_server(config: ServerConfig, load_encoder: EncoderLoader | None
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES)])
     state = EncoderState()
     encoder_pb2_grpc.add_TextEncoderServicer_to_server(TextEncoderServicer(state), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (encoder_pb2.DESCRIPTOR.services_by_name["TextEncoder"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME),
+        (
+            encoder_pb2.DESCRIPTOR.services_by_name["TextEncoder"].full_name,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     port = server.add_insecure_port(config.address)

@@ -123,4 +123,3 @@ class TextEncoderServicer(encoder_pb2_grpc.TextEncoderServicer):
             max_prompts_per_request=ready.max_prompts_per_request,
             max_prompt_chars=ready.encoder.limits.max_prompt_chars,
         )
-

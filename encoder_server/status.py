@@ -23,5 +23,5 @@ STATUS_FOR_ERROR: dict[type[EncoderError], grpc.StatusCode] = {
 def status_for(error: EncoderError) -> grpc.StatusCode:
     for error_type in type(error).__mro__:
         if error_type in STATUS_FOR_ERROR:
-            return STATUS_FOR_ERROR[error_type]  # type: ignore[index]
+            return STATUS_FOR_ERROR[error_type]
     return grpc.StatusCode.INTERNAL

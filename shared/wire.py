@@ -48,7 +48,7 @@ def encode_tensor(tensor: torch.Tensor, chunk_bytes: int = MAX_CHUNK_BYTES) -> t
         raise WireFormatError("the wire format is little-endian; big-endian hosts are not supported")
     host = tensor.detach().to("cpu").contiguous()
     # A byte view of the tensor's storage: no per-element conversion, and bfloat16 needs no numpy dtype.
-    payload = memoryview(host.reshape(-1).view(torch.uint8).numpy())
+    payload = memoryview(host.reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
     meta = TensorMeta(
         dtype=DTYPE_NAMES[tensor.dtype],
         shape=tuple(host.shape),

@@ -61,7 +61,9 @@ def encode_via(stub: encoder_pb2_grpc.TextEncoderStub, prompts: Sequence[str], *
 
 def server_config(snapshot: Path, **overrides: Any) -> ServerConfig:
     model = ModelConfig(model_path=snapshot, device="cpu", max_layer=overrides.pop("max_layer", None))
-    batching = BatchingConfig(**{k: overrides.pop(k) for k in list(overrides) if k in BatchingConfig.__dataclass_fields__})
+    batching = BatchingConfig(
+        **{k: overrides.pop(k) for k in list(overrides) if k in BatchingConfig.__dataclass_fields__}
+    )
     limits = RequestLimits(**{k: overrides.pop(k) for k in list(overrides) if k in RequestLimits.__dataclass_fields__})
     return ServerConfig(model=model, host="127.0.0.1", port=0, batching=batching, limits=limits, **overrides)
 

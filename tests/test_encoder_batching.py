@@ -10,7 +10,10 @@ from tests.helpers import start_server
 
 
 def test_eight_concurrent_clients_get_their_own_embeddings_in_fewer_passes(tiny_snapshot, diffusers_embeds):
-    prompts = [f"prompt number {i}: a {color} balloon" for i, color in enumerate("red green blue cyan pink gold teal gray".split())]
+    prompts = [
+        f"prompt number {i}: a {color} balloon"
+        for i, color in enumerate("red green blue cyan pink gold teal gray".split())
+    ]
     with start_server(tiny_snapshot, batch_wait_ms=300, max_batch_size=16) as server:
         encoder = server.wait_ready()
         passes_before = encoder.forward_passes

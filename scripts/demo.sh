@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The main job end to end: encoder server in the background, wait for SERVING, generate over gRPC, stop.
+# Called by `make demo` with BIN (the venv's bin), PYTHON, MODEL (a snapshot) and OUT (output folder).
+set -euo pipefail
+BIN=${BIN:-.venv/bin}
+PYTHON=${PYTHON:-$BIN/python}
+MODEL=${MODEL:-.cache/tiny-flux2}
+OUT=${OUT:-out}
+PROMPT=${PROMPT:-"a red fox standing in fresh snow at golden hour, watercolor"}
+GENERATE_ARGS=${GENERATE_ARGS:---height 256 --width 256 --steps 8 --seed 42}
+export HF_HUB_OFFLINE=1
+
+mkdir -p "$OUT"
+PORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$BIN/flux2-encoder" serve --model "$MODEL" --host 127.0.0.1 --port "$PORT" >"$OUT/encoder.log" 2>&1 &
+SERVER_PID=$!
+trap 'kill "$SERVER_PID" 2>/dev/null || true' EXIT
+
+echo "encoder server starting on 127.0.0.1:$PORT (log: $OUT/encoder.log)"
+if ! "$BIN/flux2-encoder" health "127.0.0.1:$PORT" --wait 180; then
+    echo "encoder server did not become SERVING; last log lines:" >&2
+    tail -n 5 "$OUT/encoder.log" >&2
+    exit 1
+fi
+
+# shellcheck disable=SC2086  # GENERATE_ARGS is a list of flags
+"$BIN/flux2-generate" "$PROMPT" --encoder "127.0.0.1:$PORT" --model "$MODEL" --out "$OUT/demo.png" $GENERATE_ARGS
+
+kill -TERM "$SERVER_PID"
+wait "$SERVER_PID" || true
+trap - EXIT
+echo "image written to $OUT/demo.png"
+echo "(the tiny model has random weights, so the image is noise; see README for a real FLUX.2-dev snapshot)"

@@ -1,0 +1,119 @@
+"""`flux2-generate` through a real encoder server: same pixels as diffusers' monolithic pipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffusion_client.cli import main as generate_main
+
+SIZE = ["--height", "64", "--width", "64", "--steps", "3"]
+
+
+@pytest.fixture(scope="session")
+def monolithic_pipeline(tiny_snapshot: Path):  # type: ignore[no-untyped-def]
+    from diffusers import Flux2Pipeline
+
+    pipeline = Flux2Pipeline.from_pretrained(tiny_snapshot, dtype=torch.float32)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def monolithic_image(pipeline, prompt: str, seed: int, steps: int = 3, size: int = 64) -> np.ndarray:  # type: ignore[no-untyped-def]
+    image = pipeline(
+        prompt=prompt,
+        height=size,
+        width=size,
+        num_inference_steps=steps,
+        guidance_scale=4.0,
+        generator=torch.Generator("cpu").manual_seed(seed),
+    ).images[0]
+    return np.asarray(image)
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def generate(encoder_server, tiny_snapshot: Path, *args: str) -> int:  # type: ignore[no-untyped-def]
+    return generate_main(["--encoder", encoder_server.target, "--model", str(tiny_snapshot), "--quiet", *args])
+
+
+def test_cli_image_is_pixel_identical_to_monolithic_diffusers(
+    encoder_server, tiny_snapshot, monolithic_pipeline, tmp_path
+):
+    out = tmp_path / "fox.png"
+    command = [
+        sys.executable,
+        "-m",
+        "diffusion_client.cli",
+        "a fox in the snow",
+        "--encoder",
+        encoder_server.target,
+        "--model",
+        str(tiny_snapshot),
+        "--seed",
+        "7",
+        "--out",
+        str(out),
+        "--quiet",
+        *SIZE,
+    ]
+    finished = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert finished.returncode == 0, finished.stderr
+    expected = monolithic_image(monolithic_pipeline, "a fox in the snow", seed=7)
+    assert pixels(out).std() > 0
+    np.testing.assert_array_equal(pixels(out), expected)
+
+
+def test_png_records_how_the_image_was_made(encoder_server, tiny_snapshot, tmp_path):
+    out = tmp_path / "meta.png"
+    assert generate(encoder_server, tiny_snapshot, "a tin robot", "--seed", "3", "--out", str(out), *SIZE) == 0
+    with Image.open(out) as image:
+        text = dict(image.text)
+    assert text["prompt"] == "a tin robot"
+    assert (text["seed"], text["steps"], text["guidance"], text["size"]) == ("3", "3", "4.0", "64x64")
+    assert text["model"] == tiny_snapshot.name
+    assert encoder_server.target in text["encoder"]
+    assert json.loads(text["flux2-split"])["prompt"] == "a tin robot"
+
+
+def test_editing_with_two_reference_images_differs_from_text_only(encoder_server, tiny_snapshot, tmp_path):
+    rng = np.random.default_rng(0)
+    references = []
+    for index, size in enumerate([(64, 64), (96, 80)]):
+        path = tmp_path / f"ref{index}.png"
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
+        references += ["--image", str(path)]
+    edited, plain = tmp_path / "edited.png", tmp_path / "plain.png"
+    assert generate(encoder_server, tiny_snapshot, "make it blue", "--out", str(edited), *references, *SIZE) == 0
+    assert generate(encoder_server, tiny_snapshot, "make it blue", "--out", str(plain), *SIZE) == 0
+    assert pixels(edited).shape == pixels(plain).shape == (64, 64, 3)
+    assert not np.array_equal(pixels(edited), pixels(plain))
+
+
+def test_prompts_file_writes_one_image_per_line_each_identical_to_its_single_run(
+    encoder_server, tiny_snapshot, tmp_path
+):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text('a lighthouse\n\n# skipped\n{"prompt": "a red kite", "seed": 11}\nan owl at night\n')
+    assert (
+        generate(encoder_server, tiny_snapshot, "--prompts", str(prompts), "--out", str(tmp_path / "b.png"), *SIZE) == 0
+    )
+    batch = sorted(tmp_path.glob("b-*.png"))
+    assert [path.name for path in batch] == ["b-000.png", "b-001.png", "b-002.png"]
+    for path, (prompt, seed) in zip(
+        batch, [("a lighthouse", 0), ("a red kite", 11), ("an owl at night", 0)], strict=True
+    ):
+        single = tmp_path / f"single-{path.name}"
+        assert generate(encoder_server, tiny_snapshot, prompt, "--seed", str(seed), "--out", str(single), *SIZE) == 0
+        np.testing.assert_array_equal(pixels(path), pixels(single))

@@ -1,0 +1,223 @@
+"""Every failure of `flux2-generate` exits non-zero with one readable line and no traceback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from diffusion_client.cli import main as generate_main
+from shared.tiny_snapshot import TinySnapshotShape, build_tiny_snapshot
+from tests.helpers import start_server
+
+SIZE = ["--height", "64", "--width", "64", "--steps", "2"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def not_grpc_port() -> Iterator[int]:
+    """A port where something that is not a gRPC server accepts connections and hangs up."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            connection.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            connection.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield int(listener.getsockname()[1])
+    stop.set()
+    thread.join(5)
+    listener.close()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "diffusion_client.cli", *args]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+
+
+def assert_one_line_error(stderr: str, *fragments: str) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("flux2-generate: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_server_not_running_exits_3_with_one_line(tiny_snapshot, tmp_path):
+    finished = run_cli(
+        "a cat",
+        "--encoder",
+        f"127.0.0.1:{_free_port()}",
+        "--model",
+        str(tiny_snapshot),
+        "--out",
+        str(tmp_path / "x.png"),
+        *SIZE,
+    )
+    assert finished.returncode == 3
+    assert_one_line_error(finished.stderr, "cannot reach the encoder", "flux2-encoder serve")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_wrong_port_exits_3_with_one_line(tiny_snapshot, tmp_path, not_grpc_port, capsys):
+    code = generate_main(
+        [
+            "a cat",
+            "--encoder",
+            f"127.0.0.1:{not_grpc_port}",
+            "--model",
+            str(tiny_snapshot),
+            "--timeout",
+            "10",
+            "--out",
+            str(tmp_path / "x.png"),
+            *SIZE,
+        ]
+    )
+    assert code == 3
+    assert_one_line_error(capsys.readouterr().err, f"127.0.0.1:{not_grpc_port}")
+
+
+def test_model_mismatch_exits_4_before_denoising(tiny_snapshot, tmp_path, tmp_path_factory, capsys):
+    wider = build_tiny_snapshot(tmp_path_factory.mktemp("wider") / "wider", TinySnapshotShape(text_hidden_size=48))
+    with start_server(wider) as other_server:
+        capsys.readouterr()
+        code = generate_main(
+            [
+                "a cat",
+                "--encoder",
+                other_server.target,
+                "--model",
+                str(tiny_snapshot),
+                "--quiet",
+                "--out",
+                str(tmp_path / "x.png"),
+                *SIZE,
+            ]
+        )
+    assert code == 4
+    assert_one_line_error(capsys.readouterr().err, "hidden size 48 x 3 layers = 144", "expects 96")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_unreadable_reference_image_exits_2(encoder_server, tiny_snapshot, tmp_path, capsys):
+    bogus = tmp_path / "ref.png"
+    bogus.write_text("not an image")
+    code = generate_main(
+        [
+            "edit",
+            "--encoder",
+            encoder_server.target,
+            "--model",
+            str(tiny_snapshot),
+            "--image",
+            str(bogus),
+            "--out",
+            str(tmp_path / "x.png"),
+            *SIZE,
+        ]
+    )
+    assert code == 2
+    assert_one_line_error(capsys.readouterr().err, f"cannot read reference image {bogus}")
+
+
+def test_missing_reference_image_exits_2(encoder_server, tiny_snapshot, tmp_path, capsys):
+    code = generate_main(
+        [
+            "edit",
+            "--encoder",
+            encoder_server.target,
+            "--model",
+            str(tiny_snapshot),
+            "--image",
+            str(tmp_path / "nope.png"),
+            *SIZE,
+        ]
+    )
+    assert code == 2
+    assert_one_line_error(capsys.readouterr().err, "does not exist")
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--height", "100"], "--height 100 is not a multiple of 16; use 96 or 112"),
+        (["--width", "8"], "--width 8 is out of range"),
+        (["--steps", "0"], "--steps must be at least 1"),
+    ],
+    ids=["height-not-multiple", "width-too-small", "zero-steps"],
+)
+def test_odd_sizes_exit_2_with_the_nearest_valid_values(
+    encoder_server, tiny_snapshot, tmp_path, capsys, flags, message
+):
+    code = generate_main(
+        [
+            "a cat",
+            "--encoder",
+            encoder_server.target,
+            "--model",
+            str(tiny_snapshot),
+            "--out",
+            str(tmp_path / "x.png"),
+            *SIZE,
+            *flags,
+        ]
+    )
+    assert code == 2
+    assert_one_line_error(capsys.readouterr().err, message)
+
+
+def test_bad_prompts_file_line_exits_2_naming_the_line(encoder_server, tiny_snapshot, tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "ok"}\n{"prompt": "x", "sead": 3}\n')
+    code = generate_main(["--prompts", str(prompts), "--encoder", encoder_server.target, "--model", str(tiny_snapshot)])
+    assert code == 2
+    assert_one_line_error(capsys.readouterr().err, f"{prompts}:2: unknown keys ['sead']")
+
+
+def test_nf4_without_gpu_exits_2_suggesting_quantize_none(encoder_server, tiny_snapshot, capsys):
+    code = generate_main(
+        [
+            "a cat",
+            "--encoder",
+            encoder_server.target,
+            "--model",
+            str(tiny_snapshot),
+            "--quantize",
+            "nf4",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 2
+    assert_one_line_error(capsys.readouterr().err, "--quantize none")
+
+
+def test_model_path_that_is_not_a_snapshot_exits_2(encoder_server, tmp_path: Path, capsys):
+    code = generate_main(["a cat", "--encoder", encoder_server.target, "--model", str(tmp_path)])
+    assert code == 2
+    assert_one_line_error(capsys.readouterr().err, "no model_index.json")
