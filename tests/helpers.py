@@ -65,7 +65,9 @@ def server_config(snapshot: Path, **overrides: Any) -> ServerConfig:
         **{k: overrides.pop(k) for k in list(overrides) if k in BatchingConfig.__dataclass_fields__}
     )
     limits = RequestLimits(**{k: overrides.pop(k) for k in list(overrides) if k in RequestLimits.__dataclass_fields__})
-    return ServerConfig(model=model, host="127.0.0.1", port=0, batching=batching, limits=limits, **overrides)
+    return ServerConfig(
+        model=model, host="127.0.0.1", port=overrides.pop("port", 0), batching=batching, limits=limits, **overrides
+    )
 
 
 @contextlib.contextmanager

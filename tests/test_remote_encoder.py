@@ -1,0 +1,84 @@
+"""`RemoteTextEncoder`: embeddings ready for `Flux2Pipeline`, deadlines, retries, and verified replies."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from concurrent import futures
+
+import grpc
+import pytest
+import torch
+
+from diffusion_client import RemoteTextEncoder
+from diffusion_client.errors import BadReplyError, EncoderRejectedError, EncoderTimeoutError
+from shared.protocol import encoder_pb2, encoder_pb2_grpc
+from shared.wire import encode_tensor
+from tests.helpers import start_server
+
+
+def test_encode_returns_diffusers_prompt_embeds_in_the_requested_dtype(encoder_server, diffusers_embeds):
+    with RemoteTextEncoder(encoder_server.target) as encoder:
+        embeds = encoder.encode(["a paper boat", "a glass bird"])
+        as_bf16 = encoder.encode("a paper boat", dtype=torch.bfloat16)
+    assert torch.equal(embeds, diffusers_embeds(["a paper boat", "a glass bird"]))
+    assert as_bf16.dtype == torch.bfloat16 and as_bf16.shape == (1, 512, 96)
+
+
+def test_info_describes_the_server_model(encoder_server):
+    with RemoteTextEncoder(encoder_server.target) as encoder:
+        info = encoder.info()
+    assert (info.hidden_size, info.max_layer, info.embedding_dim()) == (32, 34, 96)
+
+
+def test_unavailable_server_is_retried_until_it_comes_up(tiny_snapshot):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    results: list[torch.Tensor] = []
+    encoder = RemoteTextEncoder(f"127.0.0.1:{port}", retries=8, backoff_s=0.2, timeout=30)
+    caller = threading.Thread(target=lambda: results.append(encoder.encode("late server")))
+    caller.start()
+    with start_server(tiny_snapshot, port=port):
+        caller.join(60)
+    encoder.close()
+    assert results and results[0].shape == (1, 512, 96)
+
+
+def test_deadline_raises_timeout_error(tiny_snapshot):
+    with start_server(tiny_snapshot, batch_wait_ms=5000, max_batch_size=4) as server:
+        with RemoteTextEncoder(server.target, timeout=0.5) as encoder, pytest.raises(EncoderTimeoutError) as error:
+            encoder.encode("slow")
+    assert "did not answer within 0.5 s" in str(error.value)
+
+
+def test_refused_request_keeps_the_status_and_server_message(encoder_server):
+    with RemoteTextEncoder(encoder_server.target) as encoder, pytest.raises(EncoderRejectedError) as error:
+        encoder.encode("x", layers=(99,))
+    assert error.value.status == "INVALID_ARGUMENT"
+    assert "use 1 to 34" in str(error.value)
+
+
+class CorruptingEncoder(encoder_pb2_grpc.TextEncoderServicer):
+    """A misbehaving peer: announces one checksum and sends different bytes."""
+
+    def Encode(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        meta, chunks = encode_tensor(torch.zeros(1, 512, 96))
+        header = encoder_pb2.TensorHeader(
+            dtype=meta.dtype, shape=list(meta.shape), byte_length=meta.byte_length, crc32=meta.crc32 ^ 1
+        )
+        yield encoder_pb2.EncodeResponse(header=header)
+        for chunk in chunks:
+            yield encoder_pb2.EncodeResponse(chunk=chunk)
+
+
+def test_corrupted_reply_raises_bad_reply_error():
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    encoder_pb2_grpc.add_TextEncoderServicer_to_server(CorruptingEncoder(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with RemoteTextEncoder(f"127.0.0.1:{port}") as encoder, pytest.raises(BadReplyError, match="checksum"):
+            encoder.encode("x")
+    finally:
+        server.stop(0)
