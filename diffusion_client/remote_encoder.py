@@ -169,6 +169,8 @@ class RemoteTextEncoder:
                 f"the encoder at {self.target} did not answer within {self.timeout:g} s; "
                 "it may be overloaded, or raise the timeout"
             )
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return EncoderRejectedError(f"the encoder at {self.target} needs a token: {details}", code.name)
         return EncoderRejectedError(f"the encoder at {self.target} refused: {details} ({code.name})", code.name)
 
 

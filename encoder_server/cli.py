@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=RequestLimits.max_prompt_chars,
         help="longest prompt accepted, in characters (default %(default)s)",
     )
+    serve.add_argument(
+        "--auth-token-file",
+        type=Path,
+        default=None,
+        help="require `authorization: Bearer <token>` on encoder calls; the file holds the token",
+    )
     health = commands.add_parser("health", help="print a server's health; exit 0 once it is SERVING")
     health.add_argument("target", help="HOST:PORT of the server")
     health.add_argument("--wait", type=float, default=0.0, help="keep polling up to this many seconds")
@@ -119,7 +125,17 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             max_queued_prompts=args.max_queued_prompts,
         ),
         limits=RequestLimits(max_prompt_chars=args.max_prompt_chars),
+        auth_token=_read_token(args.auth_token_file),
     )
+
+
+def _read_token(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text().strip()
+    except OSError as error:
+        raise ConfigError(f"cannot read --auth-token-file {path}: {error.strerror}.") from error
 
 
 async def serve(config: ServerConfig) -> None:

@@ -81,8 +81,11 @@ class ServerConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     limits: RequestLimits = field(default_factory=RequestLimits)
     shutdown_grace_s: float = 5.0
+    auth_token: str | None = field(default=None, repr=False)  # None: no authentication
 
     def __post_init__(self) -> None:
+        if self.auth_token is not None and not self.auth_token.strip():
+            raise ConfigError("the auth token is empty; put the shared secret in the token file.")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port must be between 0 and 65535, not {self.port}.")
 

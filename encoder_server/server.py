@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from encoder_server.auth import BearerTokenInterceptor
 from encoder_server.batcher import DynamicBatcher
 from encoder_server.config import ServerConfig
 from encoder_server.prompt_encoder import PromptEncoder
@@ -73,7 +74,10 @@ async def _set_health(servicer: HealthServicer, status: int) -> None:
 async def create_server(config: ServerConfig, load_encoder: EncoderLoader | None = None) -> EncoderServer:
     """Bind, start and begin loading the model; `load_encoder` defaults to loading `config.model`."""
     loader = load_encoder or (lambda: PromptEncoder.load(config.model, config.limits))
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES)])
+    interceptors = [BearerTokenInterceptor(config.auth_token)] if config.auth_token else []
+    server = grpc.aio.server(
+        interceptors=interceptors, options=[("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES)]
+    )
     state = EncoderState()
     encoder_pb2_grpc.add_TextEncoderServicer_to_server(TextEncoderServicer(state), server)
     health_servicer = HealthServicer()
