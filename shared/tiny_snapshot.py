@@ -136,6 +136,7 @@ def build_text_encoder(shape: TinySnapshotShape):  # type: ignore[no-untyped-def
         image_token_index=10,  # `[IMG]` in Tekken
         spatial_merge_size=2,
         vision_feature_layer=-1,
+        tie_word_embeddings=False,  # Mistral Small 3.1 has a separate LM head
     )
     config.text_config.tie_word_embeddings = False
     model = Mistral3ForConditionalGeneration(config)
