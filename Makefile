@@ -41,6 +41,7 @@ demo: install tiny-model
 
 bench-tiny: install
 	$(BIN)/python bench/encoder.py --tiny
+	$(BIN)/python bench/client.py --tiny
 
 clean:
 	rm -rf $(VENV) .cache $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

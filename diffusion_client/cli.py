@@ -97,7 +97,12 @@ def run(args: argparse.Namespace) -> int:
         check_compatible(encoder, configured_joint_attention_dim(config.model_path))
         pipeline = load_pipeline(config)
         generator = ImageGenerator(
-            pipeline, encoder, model_name=args.model.resolve().name, dtype=config.compute_dtype, progress=not args.quiet
+            pipeline,
+            encoder,
+            model_name=args.model.resolve().name,
+            device=config.device,
+            dtype=config.compute_dtype,
+            progress=not args.quiet,
         )
         for result in generator.run(jobs):
             print(f"wrote {result.path}", flush=True)

@@ -55,13 +55,16 @@ class ImageGenerator:
         encoder: RemoteTextEncoder,
         *,
         model_name: str,
+        device: torch.device | str,
         dtype: torch.dtype,
         progress: bool = True,
     ) -> None:
         self.pipeline = pipeline
         self.encoder = encoder
         self.model_name = model_name
-        self.dtype = dtype  # the transformer's compute dtype; embeddings are cast to it
+        # Flux2Pipeline uses `prompt_embeds` where they are, so they must arrive on its device and dtype.
+        self.device = torch.device(device)
+        self.dtype = dtype
         self.pipeline.set_progress_bar_config(disable=not progress, desc="denoising", leave=False)
 
     @property
@@ -73,7 +76,7 @@ class ImageGenerator:
         check_compatible(self.encoder, joint_attention_dim(self.pipeline), layers)
 
     def fetch_embeds(self, job: GenerationJob) -> torch.Tensor:
-        return self.encoder.encode([job.prompt], dtype=self.dtype)
+        return self.encoder.encode([job.prompt], device=self.device, dtype=self.dtype)
 
     def generate(self, job: GenerationJob, prompt_embeds: torch.Tensor) -> Image.Image:
         """One image from already-fetched embeddings; the same seed gives the same pixels."""

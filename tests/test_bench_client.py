@@ -1,0 +1,46 @@
+"""The client benchmark runs end to end in tiny mode and prints one JSON report on stdout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def test_client_benchmark_tiny_mode_prints_json(tiny_snapshot: Path) -> None:
+    # Reusing the session's snapshot skips a rebuild; the script builds its own when --model is left out.
+    command = [sys.executable, "bench/client.py", "--tiny", "--model", str(tiny_snapshot)]
+    completed = subprocess.run(command, cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=240)
+
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    report = json.loads(completed.stdout)
+    assert report["mode"] == "tiny"
+    assert report["seconds_per_step"] > 0
+    assert len(report["step_seconds"]) == report["settings"]["steps"] - 1
+    assert report["bare_transformer_step_s"] > 0
+    assert report["step_over_bare"] > 0
+    assert report["peak_memory_bytes"] > 0
+    assert report["remote"]["images"] == report["monolithic"]["images"] == 4
+    assert report["remote"]["seconds_per_image"] > 0
+    assert report["monolithic"]["seconds_per_image"] > 0
+    assert report["targets"]["peak_gpu_memory_gib_max"] == 20.0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA, so --full-size would run")
+def test_client_benchmark_full_size_without_cuda_exits_2_in_one_line() -> None:
+    command = [sys.executable, "bench/client.py", "--full-size"]
+    completed = subprocess.run(command, cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+
+    assert completed.returncode == 2
+    assert completed.stdout == ""
+    assert completed.stderr.strip().splitlines() == [
+        "error: --full-size needs a CUDA GPU, but torch.cuda.is_available() is False"
+    ]
