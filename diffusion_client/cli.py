@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from diffusion_client.errors import ClientError, GenerationInputError
-from diffusion_client.generator import ImageGenerator, check_compatible
+from diffusion_client.generator import ImageGenerator
 from diffusion_client.jobs import GenerationJob, jobs_from_file
 from diffusion_client.pipeline import PipelineConfig, configured_joint_attention_dim, load_pipeline
 from diffusion_client.remote_encoder import RemoteTextEncoder
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with RemoteTextEncoder(args.encoder, timeout=args.timeout, token=args.token) as encoder:
         # Fail fast on a wrong address or model, before loading gigabytes of weights.
-        check_compatible(encoder, configured_joint_attention_dim(config.model_path))
+        encoder.check_fits(configured_joint_attention_dim(config.model_path))
         pipeline = load_pipeline(config)
         generator = ImageGenerator(
             pipeline,

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from PIL import Image
 
-from diffusion_client.errors import ModelMismatchError
 from diffusion_client.images import load_reference_image, save_png
 from diffusion_client.jobs import GenerationJob
 from diffusion_client.pipeline import joint_attention_dim
@@ -27,25 +26,6 @@ from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS
 class GeneratedImage:
     job: GenerationJob
     path: Path
-
-
-def check_compatible(
-    encoder: RemoteTextEncoder, expected_dim: int, layers: Sequence[int] = DEFAULT_HIDDEN_STATE_LAYERS
-) -> None:
-    """Refuse before any denoising if the server's embeddings cannot feed a transformer of `expected_dim`."""
-    info = encoder.info()
-    produced = info.embedding_dim(layers)
-    if produced != expected_dim:
-        raise ModelMismatchError(
-            f"the encoder at {encoder.target} serves {info.model_name} (hidden size {info.hidden_size} x "
-            f"{len(layers)} layers = {produced}), but this transformer expects {expected_dim}; "
-            "point --encoder at a server running the same FLUX.2 model"
-        )
-    if max(layers) > info.max_layer:
-        raise ModelMismatchError(
-            f"the encoder at {encoder.target} loaded only {info.max_layer} layers but layer {max(layers)} "
-            "is needed; restart it with a larger --max-layer"
-        )
 
 
 class ImageGenerator:
@@ -73,7 +53,8 @@ class ImageGenerator:
         return int(self.pipeline.vae_scale_factor) * 2
 
     def check_compatible(self, layers: Sequence[int] = DEFAULT_HIDDEN_STATE_LAYERS) -> None:
-        check_compatible(self.encoder, joint_attention_dim(self.pipeline), layers)
+        """Refuse before any denoising if the server's embeddings cannot feed this transformer."""
+        self.encoder.check_fits(joint_attention_dim(self.pipeline), layers)
 
     def fetch_embeds(self, job: GenerationJob) -> torch.Tensor:
         return self.encoder.encode([job.prompt], device=self.device, dtype=self.dtype)

@@ -21,6 +21,7 @@ from diffusion_client.errors import (
     EncoderRejectedError,
     EncoderTimeoutError,
     EncoderUnavailableError,
+    ModelMismatchError,
 )
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS, DEFAULT_MAX_SEQUENCE_LENGTH
 from shared.protocol import encoder_pb2, encoder_pb2_grpc
@@ -58,6 +59,8 @@ class RemoteTextEncoder:
         token: sent as `authorization: Bearer <token>` for servers behind an authenticating proxy.
         retries: extra attempts when the server is UNAVAILABLE (nothing else is retried).
         backoff_s: first retry delay; doubles each attempt, with jitter.
+        expected_fingerprint: refuse (`ModelMismatchError`) a server whose weights fingerprint does not
+            start with this, to pin a deployment to one model.
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class RemoteTextEncoder:
         retries: int = 3,
         backoff_s: float = 0.25,
         channel_options: Sequence[tuple[str, Any]] = (),
+        expected_fingerprint: str | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
@@ -78,6 +82,7 @@ class RemoteTextEncoder:
         self._channel = grpc.insecure_channel(target, options=list(channel_options))
         self._stub = encoder_pb2_grpc.TextEncoderStub(self._channel)
         self._info: RemoteEncoderInfo | None = None
+        self._expected_fingerprint = expected_fingerprint
 
     def __enter__(self) -> RemoteTextEncoder:
         return self
@@ -105,7 +110,29 @@ class RemoteTextEncoder:
                 server_version=reply.server_version,
                 max_prompts_per_request=reply.max_prompts_per_request,
             )
+        expected = self._expected_fingerprint
+        if expected and not self._info.fingerprint.startswith(expected):
+            raise ModelMismatchError(
+                f"the encoder at {self.target} serves weights {self._info.fingerprint[:16]}, "
+                f"not the expected {expected[:16]}; it runs a different model"
+            )
         return self._info
+
+    def check_fits(self, joint_attention_dim: int, layers: Sequence[int] = DEFAULT_HIDDEN_STATE_LAYERS) -> None:
+        """Raise `ModelMismatchError` unless these layers' embeddings fit a transformer of that width."""
+        info = self.info()
+        produced = info.embedding_dim(layers)
+        if produced != joint_attention_dim:
+            raise ModelMismatchError(
+                f"the encoder at {self.target} serves {info.model_name} (hidden size {info.hidden_size} x "
+                f"{len(layers)} layers = {produced}), but this transformer expects {joint_attention_dim}; "
+                "point --encoder at a server running the same FLUX.2 model"
+            )
+        if max(layers) > info.max_layer:
+            raise ModelMismatchError(
+                f"the encoder at {self.target} loaded only {info.max_layer} layers but layer {max(layers)} "
+                "is needed; restart it with a larger --max-layer"
+            )
 
     def encode(
         self,
@@ -121,6 +148,8 @@ class RemoteTextEncoder:
         request = encoder_pb2.EncodeRequest(
             prompts=prompts, max_sequence_length=max_sequence_length, hidden_state_layers=list(layers)
         )
+        if self._expected_fingerprint:
+            self.info()
         embeds = self._call(lambda: self._receive(request))
         expected = (len(prompts), max_sequence_length)
         if tuple(embeds.shape[:2]) != expected:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from diffusion_client import RemoteTextEncoder
-from diffusion_client.errors import BadReplyError, EncoderRejectedError, EncoderTimeoutError
+from diffusion_client.errors import BadReplyError, EncoderRejectedError, EncoderTimeoutError, ModelMismatchError
 from shared.protocol import encoder_pb2, encoder_pb2_grpc
 from shared.wire import encode_tensor
 from tests.helpers import start_server
@@ -82,3 +82,13 @@ def test_corrupted_reply_raises_bad_reply_error():
             encoder.encode("x")
     finally:
         server.stop(0)
+
+
+def test_pinned_fingerprint_refuses_a_server_with_other_weights(encoder_server):
+    with RemoteTextEncoder(encoder_server.target, expected_fingerprint="0" * 16) as encoder:
+        for _ in range(2):  # refused every time, not only on the first call
+            with pytest.raises(ModelMismatchError, match="different model"):
+                encoder.encode("x")
+    fingerprint = RemoteTextEncoder(encoder_server.target).info().fingerprint
+    with RemoteTextEncoder(encoder_server.target, expected_fingerprint=fingerprint[:12]) as encoder:
+        assert encoder.encode("x").shape == (1, 512, 96)
