@@ -15,6 +15,7 @@ from diffusion_client.jobs import GenerationJob, jobs_from_file
 from diffusion_client.pipeline import PipelineConfig, configured_joint_attention_dim, load_pipeline
 from diffusion_client.remote_encoder import RemoteTextEncoder
 from shared.defaults import DEFAULT_PORT
+from shared.quiet import quiet_model_libraries
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,19 +111,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quiet_libraries() -> None:
-    """Keep stderr for our progress bar and errors: no loading bars or library chatter."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    for library in (diffusers_logging, transformers_logging):
-        library.set_verbosity_error()
-        library.disable_progress_bar()
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    _quiet_libraries()
+    quiet_model_libraries()
     args = build_parser().parse_args(argv)
     try:
         return run(args)

@@ -22,6 +22,7 @@ from encoder_server.errors import EncoderError
 from encoder_server.loading import resolve_snapshot
 from encoder_server.server import create_server
 from shared.defaults import DEFAULT_PORT
+from shared.quiet import quiet_model_libraries
 
 log = logging.getLogger("flux2-encoder")
 
@@ -178,6 +179,7 @@ async def serve(config: ServerConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    quiet_model_libraries()
     if args.command == "health":
         return check_health(args.target, args.wait)
     try:
