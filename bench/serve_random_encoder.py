@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 import time
@@ -23,62 +22,15 @@ from pathlib import Path
 
 # `python bench/serve_random_encoder.py` puts bench/ on sys.path, not the repo root with the packages.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
-
-from encoder_server.config import SUPPORTED_DTYPES, ModelConfig, RequestLimits, ServerConfig  # noqa: E402
-from encoder_server.prompt_encoder import EncoderInfo, PromptEncoder  # noqa: E402
-from encoder_server.server import EncoderLoader, create_server  # noqa: E402
-from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS  # noqa: E402
-from shared.tiny_snapshot import build_tokenizer  # noqa: E402
-from shared.wire import DTYPES  # noqa: E402
+from bench.full_size import MISTRAL_SMALL_3_1, RANDOM_ENCODER_NAME, random_prompt_encoder
+from bench.harness import configure_logging
+from encoder_server.config import SUPPORTED_DTYPES, ModelConfig, ServerConfig
+from encoder_server.prompt_encoder import PromptEncoder
+from encoder_server.server import EncoderLoader, create_server
+from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS
 
 log = logging.getLogger("bench.serve_random_encoder")
-
-MODEL_NAME = "random-mistral-small-3.1"
-MISTRAL_SMALL_3_1_NUM_LAYERS = 40
-# Mistral-Small-3.1-24B's text config, the FLUX.2-dev text encoder; `num_hidden_layers` is set per call.
-MISTRAL_SMALL_3_1_TEXT = {
-    "hidden_size": 5120,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-    "intermediate_size": 32768,
-    "vocab_size": 131072,
-    "rope_theta": 1_000_000_000.0,
-    "sliding_window": None,
-    "rms_norm_eps": 1e-5,
-    "max_position_embeddings": 131072,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-    "pad_token_id": 11,
-}
-
-
-def random_prompt_encoder(
-    device: str = "cuda", dtype: str = "bfloat16", max_layer: int = max(DEFAULT_HIDDEN_STATE_LAYERS), seed: int = 0
-) -> PromptEncoder:
-    """A `PromptEncoder` over a random `MistralModel` with layers 1..`max_layer`, built straight on `device`."""
-    from transformers import MistralConfig, MistralModel
-
-    config = MistralConfig(**MISTRAL_SMALL_3_1_TEXT, num_hidden_layers=max_layer)
-    torch.manual_seed(seed)
-    with torch.device(device):  # transformers' init draws normal(0, 0.02) in place, on the device
-        model = MistralModel._from_config(config, dtype=DTYPES[dtype], attn_implementation="sdpa")
-    model.eval().requires_grad_(False)
-    info = EncoderInfo(
-        model_name=MODEL_NAME,
-        model_path="(random weights, in memory)",
-        hidden_size=int(config.hidden_size),
-        num_layers=MISTRAL_SMALL_3_1_NUM_LAYERS,
-        max_layer=max_layer,
-        dtype=dtype,
-        device=str(model.device),
-        fingerprint=f"random-seed-{seed}",
-    )
-    return PromptEncoder(model, build_tokenizer(), info, RequestLimits())
 
 
 async def serve(config: ServerConfig, load_encoder: EncoderLoader) -> int:
@@ -89,7 +41,7 @@ async def serve(config: ServerConfig, load_encoder: EncoderLoader) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    log.info("listening on %s:%d, building %s", config.host, server.port, MODEL_NAME)
+    log.info("listening on %s:%d, building %s", config.host, server.port, RANDOM_ENCODER_NAME)
     waiter = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait({server.loading, waiter}, return_when=asyncio.FIRST_COMPLETED)
     if server.loading in done:
@@ -115,12 +67,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-layer", type=int, default=max(DEFAULT_HIDDEN_STATE_LAYERS), help="default 30")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if not 1 <= args.max_layer <= MISTRAL_SMALL_3_1_NUM_LAYERS:
-        parser.error(f"--max-layer must be between 1 and {MISTRAL_SMALL_3_1_NUM_LAYERS}")
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
-    model = ModelConfig(Path(MODEL_NAME), device=args.device, dtype=args.dtype, max_layer=args.max_layer)
+    if not 1 <= args.max_layer <= MISTRAL_SMALL_3_1.num_layers:
+        parser.error(f"--max-layer must be between 1 and {MISTRAL_SMALL_3_1.num_layers}")
+    configure_logging()
+    model = ModelConfig(Path(RANDOM_ENCODER_NAME), device=args.device, dtype=args.dtype, max_layer=args.max_layer)
     config = ServerConfig(model=model, host=args.host, port=args.port)
-    return asyncio.run(serve(config, lambda: random_prompt_encoder(args.device, args.dtype, args.max_layer, args.seed)))
+
+    def build() -> PromptEncoder:
+        return random_prompt_encoder(MISTRAL_SMALL_3_1, args.device, args.dtype, args.max_layer, args.seed)
+
+    return asyncio.run(serve(config, build))
 
 
 if __name__ == "__main__":
