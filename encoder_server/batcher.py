@@ -1,8 +1,10 @@
 """Dynamic batching: concurrent requests that arrive within a short window share one forward pass.
 
 The batcher lives on the gRPC event loop but never runs the model there: each batch goes to a
-single worker thread, so the loop keeps accepting requests while the GPU is busy. Requests with
-different `max_sequence_length` pad differently and so never share a pass.
+single forward thread, so the loop keeps accepting requests while the GPU is busy. Each result is
+then finished (serialised for the wire) on a separate pool, so the next forward pass starts while
+the previous batch's bytes are still being checksummed and chunked. Requests with different
+`max_sequence_length` pad differently and so never share a pass.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from encoder_server.request import EncodeRequest
 
 log = logging.getLogger(__name__)
 
+Computed = TypeVar("Computed")
 Result = TypeVar("Result")
 
 
@@ -41,16 +44,24 @@ class BatcherStats:
     batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
 
 
-class DynamicBatcher(Generic[Result]):
-    """Queues requests and runs them in batches through `run_batch` on a worker thread."""
+class DynamicBatcher(Generic[Computed, Result]):
+    """Queues requests, runs them in batches through `run_batch`, then each result through `finish`."""
 
-    def __init__(self, run_batch: Callable[[Sequence[EncodeRequest]], list[Result]], config: BatchingConfig) -> None:
+    def __init__(
+        self,
+        run_batch: Callable[[Sequence[EncodeRequest]], list[Computed]],
+        finish: Callable[[Computed], Result],
+        config: BatchingConfig,
+    ) -> None:
         self._run_batch = run_batch
+        self._finish = finish
         self._config = config
         self._queue: collections.deque[_Pending[Result]] = collections.deque()
         self._queued_prompts = 0
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder-forward")
+        self._finishers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="encoder-finish")
+        self._finishing: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.stats = BatcherStats()
@@ -90,7 +101,10 @@ class DynamicBatcher(Generic[Result]):
             pending = self._queue.popleft()
             if not pending.future.done():
                 pending.future.set_exception(NotReadyError("the encoder shut down before this request ran"))
+        if self._finishing:
+            await asyncio.gather(*self._finishing, return_exceptions=True)
         self._executor.shutdown(wait=True)
+        self._finishers.shutdown(wait=True)
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -106,9 +120,24 @@ class DynamicBatcher(Generic[Result]):
                     if not pending.future.done():
                         pending.future.set_exception(error)
                 continue
-            for pending, result in zip(batch, results, strict=True):
-                if not pending.future.done():
-                    pending.future.set_result(result)
+            for pending, computed in zip(batch, results, strict=True):
+                task = loop.create_task(self._deliver(pending, computed))
+                self._finishing.add(task)
+                task.add_done_callback(self._finishing.discard)
+
+    async def _deliver(self, pending: _Pending[Result], computed: Computed) -> None:
+        """Finish one request's result off the forward thread and hand it to its caller."""
+        if pending.future.done():
+            return
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._finishers, self._finish, computed)
+        except Exception as error:
+            log.exception("finishing a result failed")
+            if not pending.future.done():
+                pending.future.set_exception(error)
+            return
+        if not pending.future.done():
+            pending.future.set_result(result)
 
     async def _next_batch(self) -> list[_Pending[Result]]:
         """Wait for work, then for the batch to fill or the oldest request's window to close."""

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
+import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -26,10 +27,11 @@ from encoder_server.servicer import (
     ReadyEncoder,
     TextEncoderServicer,
     WirePayload,
-    run_batch_to_wire,
+    run_batch_on_host,
 )
 from shared.defaults import SERVICE_NAME
 from shared.protocol import encoder_pb2, encoder_pb2_grpc
+from shared.wire import encode_tensor
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +101,8 @@ async def create_server(config: ServerConfig, load_encoder: EncoderLoader | None
     async def load() -> ReadyEncoder:
         started = time.perf_counter()
         encoder = await asyncio.get_running_loop().run_in_executor(None, loader)
-        batcher: DynamicBatcher[WirePayload] = DynamicBatcher(
-            lambda requests: run_batch_to_wire(encoder, list(requests)), config.batching
+        batcher: DynamicBatcher[torch.Tensor, WirePayload] = DynamicBatcher(
+            lambda requests: run_batch_on_host(encoder, list(requests)), encode_tensor, config.batching
         )
         batcher.start()
         ready = ReadyEncoder(encoder, batcher, max_prompts_per_request=config.batching.max_batch_size)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
+import torch
 
 from encoder_server import __version__
 from encoder_server.batcher import DynamicBatcher
@@ -17,7 +18,7 @@ from encoder_server.request import EncodeRequest, validate_request
 from encoder_server.status import status_for
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS, DEFAULT_MAX_SEQUENCE_LENGTH
 from shared.protocol import encoder_pb2, encoder_pb2_grpc
-from shared.wire import TensorMeta, encode_tensor
+from shared.wire import TensorMeta
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class ReadyEncoder:
     """What serving needs once the model has loaded."""
 
     encoder: PromptEncoder
-    batcher: DynamicBatcher[WirePayload]
+    batcher: DynamicBatcher[torch.Tensor, WirePayload]
     max_prompts_per_request: int
 
 
@@ -52,9 +53,9 @@ class EncoderState:
         return self._ready
 
 
-def run_batch_to_wire(encoder: PromptEncoder, requests: list[EncodeRequest]) -> list[WirePayload]:
-    """Worker-thread work for one batch: forward pass, copy to host, serialise; keeps the loop free."""
-    return [encode_tensor(embeds) for embeds in encoder.encode_many(requests)]
+def run_batch_on_host(encoder: PromptEncoder, requests: list[EncodeRequest]) -> list[torch.Tensor]:
+    """Forward-thread work for one batch: the forward pass, then each result copied to host memory."""
+    return [embeds.to("cpu") for embeds in encoder.encode_many(requests)]
 
 
 def request_from_pb(message: encoder_pb2.EncodeRequest) -> EncodeRequest:
