@@ -18,6 +18,7 @@ import torch
 from diffusion_client.errors import (
     BadReplyError,
     ClientError,
+    EncoderFailedError,
     EncoderRejectedError,
     EncoderTimeoutError,
     EncoderUnavailableError,
@@ -28,6 +29,18 @@ from shared.protocol import encoder_pb2, encoder_pb2_grpc
 from shared.wire import TensorMeta, WireFormatError, decode_tensor
 
 T = TypeVar("T")
+
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+CLIENT_MISTAKES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -55,9 +68,9 @@ class RemoteTextEncoder:
 
     Args:
         target: `host:port` of the server.
-        timeout: deadline in seconds for each call.
+        timeout: deadline in seconds for each call, retries included.
         token: sent as `authorization: Bearer <token>` for servers behind an authenticating proxy.
-        retries: extra attempts when the server is UNAVAILABLE (nothing else is retried).
+        retries: extra attempts when the server is UNAVAILABLE or RESOURCE_EXHAUSTED (nothing else is retried).
         backoff_s: first retry delay; doubles each attempt, with jitter.
         expected_fingerprint: refuse (`ModelMismatchError`) a server whose weights fingerprint does not
             start with this, to pin a deployment to one model.
@@ -96,7 +109,7 @@ class RemoteTextEncoder:
     def info(self) -> RemoteEncoderInfo:
         """The server's model description (fetched once, then cached)."""
         if self._info is None:
-            reply = self._call(lambda: self._stub.GetInfo(encoder_pb2.GetInfoRequest(), **self._call_options()))
+            reply = self._call(lambda options: self._stub.GetInfo(encoder_pb2.GetInfoRequest(), **options))
             self._info = RemoteEncoderInfo(
                 model_name=reply.model_name,
                 hidden_size=reply.hidden_size,
@@ -150,7 +163,7 @@ class RemoteTextEncoder:
         )
         if self._expected_fingerprint:
             self.info()
-        embeds = self._call(lambda: self._receive(request))
+        embeds = self._call(lambda options: self._receive(request, options))
         expected = (len(prompts), max_sequence_length)
         if tuple(embeds.shape[:2]) != expected:
             raise BadReplyError(f"server returned shape {list(embeds.shape)}, expected {list(expected)} + [dim]")
@@ -158,8 +171,8 @@ class RemoteTextEncoder:
             embeds = embeds.to(device=device, dtype=dtype)
         return embeds
 
-    def _receive(self, request: encoder_pb2.EncodeRequest) -> torch.Tensor:
-        replies = self._stub.Encode(request, **self._call_options())
+    def _receive(self, request: encoder_pb2.EncodeRequest, options: dict[str, Any]) -> torch.Tensor:
+        replies = self._stub.Encode(request, **options)
         first = next(replies, None)
         if first is None or first.WhichOneof("part") != "header":
             raise BadReplyError(f"the encoder at {self.target} sent no header; is it a flux2-encoder server?")
@@ -170,18 +183,24 @@ class RemoteTextEncoder:
         except WireFormatError as error:
             raise BadReplyError(f"bad reply from the encoder at {self.target}: {error}") from error
 
-    def _call_options(self) -> dict[str, Any]:
-        return {"timeout": self.timeout, "metadata": self._metadata}
+    def _call_options(self, deadline: float) -> dict[str, Any]:
+        return {"timeout": max(deadline - time.monotonic(), 0.001), "metadata": self._metadata}
 
-    def _call(self, call: Callable[[], T]) -> T:
-        """Run `call`, retrying only UNAVAILABLE with exponential backoff; map failures to ClientError."""
+    def _call(self, call: Callable[[dict[str, Any]], T]) -> T:
+        """Run `call` within one overall deadline, retrying only UNAVAILABLE and RESOURCE_EXHAUSTED.
+
+        Both mean the server did no work for this request, so trying again is safe; everything else
+        is mapped to one `ClientError`.
+        """
+        deadline = time.monotonic() + self.timeout
         for attempt in range(self.retries + 1):
             try:
-                return call()
+                return call(self._call_options(deadline))
             except grpc.RpcError as error:
                 code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
-                if code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
-                    time.sleep(self.backoff_s * 2**attempt * random.uniform(0.8, 1.2))
+                delay = self.backoff_s * 2**attempt * random.uniform(0.8, 1.2)
+                if code in RETRYABLE and attempt < self.retries and time.monotonic() + delay < deadline:
+                    time.sleep(delay)
                     continue
                 raise self._client_error(error, code) from None
         raise AssertionError("unreachable")
@@ -193,6 +212,8 @@ class RemoteTextEncoder:
                 f"cannot reach the encoder at {self.target} ({_first_line(details)}); "
                 "check the address and that `flux2-encoder serve` is running and reports SERVING"
             )
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return EncoderUnavailableError(f"the encoder at {self.target} stayed overloaded: {_first_line(details)}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return EncoderTimeoutError(
                 f"the encoder at {self.target} did not answer within {self.timeout:g} s; "
@@ -200,7 +221,11 @@ class RemoteTextEncoder:
             )
         if code == grpc.StatusCode.UNAUTHENTICATED:
             return EncoderRejectedError(f"the encoder at {self.target} needs a token: {details}", code.name)
-        return EncoderRejectedError(f"the encoder at {self.target} refused: {details} ({code.name})", code.name)
+        if code in CLIENT_MISTAKES:
+            return EncoderRejectedError(f"the encoder at {self.target} refused: {details} ({code.name})", code.name)
+        return EncoderFailedError(
+            f"the encoder at {self.target} failed: {_first_line(details)} ({code.name}); see the server log"
+        )
 
 
 def _first_line(text: str | None) -> str:

@@ -72,6 +72,18 @@ class DynamicBatcher(Generic[Computed, Result]):
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._serve(), name="dynamic-batcher")
+        self._task.add_done_callback(self._stop_on_crash)
+
+    def _stop_on_crash(self, task: asyncio.Task[None]) -> None:
+        """A bug in the serving loop must not leave callers waiting forever: fail them and refuse new work."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("batcher stopped", exc_info=task.exception())
+        self._closed = True
+        while self._queue:
+            pending = self._queue.popleft()
+            if not pending.future.done():
+                pending.future.set_exception(NotReadyError("the encoder's batcher stopped; see the server log"))
 
     async def submit(self, request: EncodeRequest) -> Result:
         """Queue `request` and wait for its result; cancelling the wait drops it from its batch."""
@@ -88,13 +100,23 @@ class DynamicBatcher(Generic[Computed, Result]):
         self._queue.append(pending)
         self._queued_prompts += prompts
         self._arrived.set()
-        return await pending.future
+        try:
+            return await pending.future
+        except asyncio.CancelledError:
+            self._forget(pending)  # a caller that went away must not hold queue space
+            raise
+
+    def _forget(self, pending: _Pending[Result]) -> None:
+        with contextlib.suppress(ValueError):  # already taken into a batch
+            self._queue.remove(pending)
+            self._queued_prompts -= len(pending.request.prompts)
+            self._arrived.set()  # the batch being gathered may have lost its oldest request
 
     async def close(self) -> None:
         """Finish the batch in flight, fail what is still queued, and stop the worker."""
         self._closed = True
+        self._arrived.set()  # wake the serving loop so it sees `_closed`
         if self._task is not None:
-            self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         while self._queue:
@@ -103,12 +125,12 @@ class DynamicBatcher(Generic[Computed, Result]):
                 pending.future.set_exception(NotReadyError("the encoder shut down before this request ran"))
         if self._finishing:
             await asyncio.gather(*self._finishing, return_exceptions=True)
-        self._executor.shutdown(wait=True)
-        self._finishers.shutdown(wait=True)
+        self._executor.shutdown(wait=False)  # idle by now: the pass in flight was awaited above
+        self._finishers.shutdown(wait=False)
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._closed:
             batch = await self._next_batch()
             if not batch:
                 continue
@@ -141,23 +163,29 @@ class DynamicBatcher(Generic[Computed, Result]):
 
     async def _next_batch(self) -> list[_Pending[Result]]:
         """Wait for work, then for the batch to fill or the oldest request's window to close."""
-        while not self._queue:
-            self._arrived.clear()
-            await self._arrived.wait()
         loop = asyncio.get_running_loop()
-        deadline = self._queue[0].arrived_at + self._config.batch_wait_ms / 1000
-        while self._compatible_prompts() < self._config.max_batch_size:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
+        wait_s = self._config.batch_wait_ms / 1000
+        while not self._closed:
+            if not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            # Re-read the oldest each time round: callers may leave the queue while we wait.
+            remaining = self._queue[0].arrived_at + wait_s - loop.time()
+            if remaining <= 0 or self._compatible_prompts() >= self._config.max_batch_size:
+                return self._take_batch()
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), remaining)
-        return self._take_batch()
+        return []  # closing: queued requests are failed by close(), not started
 
     def _compatible_prompts(self) -> int:
         length = self._queue[0].request.max_sequence_length
-        return sum(len(p.request.prompts) for p in self._queue if p.request.max_sequence_length == length)
+        return sum(
+            len(p.request.prompts)
+            for p in self._queue
+            if p.request.max_sequence_length == length and not p.future.done()
+        )
 
     def _take_batch(self) -> list[_Pending[Result]]:
         """Pop, in arrival order, the requests that fit one pass with the oldest; skip cancelled ones."""

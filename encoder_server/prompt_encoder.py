@@ -63,7 +63,9 @@ class PromptEncoder:
             model, num_layers = loading.load_language_model(
                 text_encoder_dir, max_layer=config.max_layer, device=config.device, dtype=dtype
             )
-        except (OSError, ValueError, KeyError, RuntimeError) as error:
+        except ModelLoadError:
+            raise
+        except Exception as error:  # transformers, safetensors and torch each raise their own types
             raise ModelLoadError(f"could not load the text encoder from {config.model_path}: {error}") from error
         info = EncoderInfo(
             model_name=loading.model_display_name(config.model_path),

@@ -7,7 +7,9 @@ orchestrators can watch it come up; it switches to SERVING when the first reques
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,6 +70,32 @@ class EncoderServer:
             await ready.batcher.close()
 
 
+async def _run_in_daemon_thread(loader: EncoderLoader) -> PromptEncoder:
+    """Load on a daemon thread: a stop signal during a minutes-long load must not wait for it to end."""
+    loop = asyncio.get_running_loop()
+    result: asyncio.Future[PromptEncoder] = loop.create_future()
+
+    def settle(outcome: PromptEncoder | None, error: BaseException | None) -> None:
+        if result.done():
+            return
+        if error is not None:
+            result.set_exception(error)
+        else:
+            result.set_result(outcome)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            encoder: PromptEncoder | None = loader()
+            error: BaseException | None = None
+        except BaseException as failure:  # delivered to the awaiting task, which reports it
+            encoder, error = None, failure
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the server stopped while loading
+            loop.call_soon_threadsafe(settle, encoder, error)
+
+    threading.Thread(target=run, name="load-encoder", daemon=True).start()
+    return await result
+
+
 async def _set_health(servicer: HealthServicer, status: int) -> None:
     for service in ("", SERVICE_NAME):
         await servicer.set(service, status)
@@ -77,9 +105,13 @@ async def create_server(config: ServerConfig, load_encoder: EncoderLoader | None
     """Bind, start and begin loading the model; `load_encoder` defaults to loading `config.model`."""
     loader = load_encoder or (lambda: PromptEncoder.load(config.model, config.limits))
     interceptors = [BearerTokenInterceptor(config.auth_token)] if config.auth_token else []
-    server = grpc.aio.server(
-        interceptors=interceptors, options=[("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES)]
-    )
+    options = [
+        ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
+        # gRPC enables SO_REUSEPORT by default: a second server on a busy port would start and silently
+        # take half the traffic. One port, one server.
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     state = EncoderState()
     encoder_pb2_grpc.add_TextEncoderServicer_to_server(TextEncoderServicer(state), server)
     health_servicer = HealthServicer()
@@ -92,15 +124,16 @@ async def create_server(config: ServerConfig, load_encoder: EncoderLoader | None
         ),
         server,
     )
-    port = server.add_insecure_port(config.address)
-    if port == 0:
-        raise OSError(f"could not bind {config.address}; is another process using the port?")
+    try:
+        port = server.add_insecure_port(config.address)
+    except RuntimeError as error:  # grpc reports a failed bind this way
+        raise OSError(f"could not bind {config.address}; is another process using the port?") from error
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
 
     async def load() -> ReadyEncoder:
         started = time.perf_counter()
-        encoder = await asyncio.get_running_loop().run_in_executor(None, loader)
+        encoder = await _run_in_daemon_thread(loader)
         batcher: DynamicBatcher[torch.Tensor, WirePayload] = DynamicBatcher(
             lambda requests: run_batch_on_host(encoder, list(requests)), encode_tensor, config.batching
         )

@@ -10,6 +10,7 @@ import pytest
 
 from encoder_server.batcher import DynamicBatcher
 from encoder_server.config import BatchingConfig
+from encoder_server.errors import NotReadyError
 from encoder_server.request import EncodeRequest
 
 
@@ -109,3 +110,49 @@ def test_cancelled_caller_is_dropped_before_its_pass():
 
     asyncio.run(scenario())
     assert seen == ["kept"]
+
+
+def test_close_finishes_the_pass_in_flight_and_fails_what_is_queued():
+    in_pass = threading.Event()
+    release = threading.Event()
+
+    def run_batch(requests: Sequence[EncodeRequest]) -> list[str]:
+        in_pass.set()
+        release.wait(10)
+        return [request.prompts[0] for request in requests]
+
+    async def scenario() -> tuple[object, object]:
+        batcher = DynamicBatcher(run_batch, str, BatchingConfig(max_batch_size=1, batch_wait_ms=0))
+        batcher.start()
+        running = asyncio.ensure_future(batcher.submit(_request("running")))
+        await asyncio.get_running_loop().run_in_executor(None, in_pass.wait, 10)
+        queued = asyncio.ensure_future(batcher.submit(_request("queued")))
+        await asyncio.sleep(0)
+        closing = asyncio.ensure_future(batcher.close())
+        await asyncio.sleep(0.05)
+        release.set()
+        await closing
+        outcomes = await asyncio.gather(running, queued, return_exceptions=True)
+        return outcomes[0], outcomes[1]
+
+    running, queued = asyncio.run(scenario())
+    assert running == "running"
+    assert isinstance(queued, NotReadyError)
+
+
+def test_caller_that_gives_up_frees_its_queue_space_at_once():
+    async def scenario() -> int:
+        config = BatchingConfig(max_batch_size=2, batch_wait_ms=5000, max_queued_prompts=2)
+        batcher = DynamicBatcher(lambda requests: [r.prompts[0] for r in requests], str, config)
+        batcher.start()
+        gone = asyncio.ensure_future(batcher.submit(_request("a")))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        await asyncio.sleep(0.01)
+        queued = batcher.queued_prompts
+        done = await batcher.submit(_request("b", "c"))  # would be RESOURCE_EXHAUSTED if "a" still counted
+        assert done == "b"
+        await batcher.close()
+        return queued
+
+    assert asyncio.run(scenario()) == 0
