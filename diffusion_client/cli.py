@@ -10,9 +10,14 @@ import time
 from pathlib import Path
 
 from diffusion_client.errors import ClientError, GenerationInputError
-from diffusion_client.generator import ImageGenerator
+from diffusion_client.generator import ImageGenerator, validate_jobs
 from diffusion_client.jobs import GenerationJob, jobs_from_file
-from diffusion_client.pipeline import PipelineConfig, configured_joint_attention_dim, load_pipeline
+from diffusion_client.pipeline import (
+    PipelineConfig,
+    configured_joint_attention_dim,
+    configured_size_multiple,
+    load_pipeline,
+)
 from diffusion_client.remote_encoder import RemoteTextEncoder
 from shared.defaults import DEFAULT_PORT
 from shared.quiet import quiet_model_libraries
@@ -94,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     config = _pipeline_config(args)
     started = time.perf_counter()
     with RemoteTextEncoder(args.encoder, timeout=args.timeout, token=args.token) as encoder:
-        # Fail fast on a wrong address or model, before loading gigabytes of weights.
+        # Fail fast on bad input, a wrong address or a wrong model, before loading gigabytes of weights.
+        validate_jobs(jobs, configured_size_multiple(config.model_path))
         encoder.check_fits(configured_joint_attention_dim(config.model_path))
         pipeline = load_pipeline(config)
         generator = ImageGenerator(
@@ -123,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("flux2-generate: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug or an unforeseen failure still gets one line, not a traceback
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        print(f"flux2-generate: error: unexpected {type(error).__name__}: {detail}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -28,6 +28,14 @@ class GeneratedImage:
     path: Path
 
 
+def validate_jobs(jobs: Sequence[GenerationJob], size_multiple: int) -> None:
+    """Check sizes, steps, seeds and reference images of every job before any GPU time is spent."""
+    for job in jobs:
+        job.check(size_multiple)
+        for path in job.images:
+            load_reference_image(path)
+
+
 class ImageGenerator:
     def __init__(
         self,
@@ -76,10 +84,7 @@ class ImageGenerator:
 
     def run(self, jobs: Sequence[GenerationJob]) -> Iterator[GeneratedImage]:
         """Generate and save each job in order, prefetching the next job's embedding."""
-        for job in jobs:
-            job.check(self.size_multiple)
-            for path in job.images:
-                load_reference_image(path)  # fail on a bad file before spending GPU time
+        validate_jobs(jobs, self.size_multiple)
         self.check_compatible()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch-embeds") as prefetcher:
             upcoming: Future[torch.Tensor] = prefetcher.submit(self.fetch_embeds, jobs[0])

@@ -30,6 +30,9 @@ def save_png(image: Image.Image, out: Path, metadata: Mapping[str, Any]) -> Path
     for key, value in metadata.items():
         info.add_text(key, value if isinstance(value, str) else json.dumps(value))
     info.add_text("flux2-split", json.dumps(dict(metadata), sort_keys=True))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    image.save(out, format="PNG", pnginfo=info)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        image.save(out, format="PNG", pnginfo=info)
+    except OSError as error:
+        raise GenerationInputError(f"cannot write {out}: {error.strerror or error}") from error
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from diffusion_client.errors import GenerationInputError
 
 MAX_SIDE = 4096
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit value
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,10 @@ class GenerationJob:
                 )
         if self.steps < 1:
             raise GenerationInputError(f"--steps must be at least 1, not {self.steps}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise GenerationInputError(f"--seed must be between 0 and {MAX_SEED}, not {self.seed}")
+        if not math.isfinite(self.guidance):
+            raise GenerationInputError(f"--guidance must be a finite number, not {self.guidance}")
         for image in self.images:
             if not image.is_file():
                 raise GenerationInputError(f"reference image {image} does not exist")
@@ -62,6 +68,7 @@ def jobs_from_file(path: Path, defaults: GenerationJob) -> list[GenerationJob]:
     except (OSError, UnicodeDecodeError) as error:
         raise GenerationInputError(f"cannot read prompts file {path}: {error}") from error
     jobs: list[GenerationJob] = []
+    line_of_output: dict[Path, int] = {}
     for number, line in enumerate(lines, start=1):
         text = line.strip()
         if not text or text.startswith("#"):
@@ -72,7 +79,14 @@ def jobs_from_file(path: Path, defaults: GenerationJob) -> list[GenerationJob]:
             settings.update(_parse_json_line(path, number, text))
         else:
             settings["prompt"] = text
-        jobs.append(dataclasses.replace(defaults, **settings))
+        job = dataclasses.replace(defaults, **settings)
+        if job.out in line_of_output:
+            raise GenerationInputError(
+                f"{path}:{number}: writes {job.out}, as line {line_of_output[job.out]} does; "
+                'give each line a different "out"'
+            )
+        line_of_output[job.out] = number
+        jobs.append(job)
     if not jobs:
         raise GenerationInputError(f"prompts file {path} has no prompts")
     return jobs
@@ -92,9 +106,12 @@ def _parse_json_line(path: Path, number: int, text: str) -> dict[str, Any]:
     settings: dict[str, Any] = {"prompt": raw["prompt"]}
     for key, kind in (("seed", int), ("steps", int), ("height", int), ("width", int), ("guidance", float)):
         if key in raw:
-            if not isinstance(raw[key], int | float) or isinstance(raw[key], bool):
-                raise GenerationInputError(f"{where}: {key!r} must be a number")
-            settings[key] = kind(raw[key])
+            value = raw[key]
+            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+                raise GenerationInputError(f"{where}: {key!r} must be a finite number")
+            if kind is int and not float(value).is_integer():
+                raise GenerationInputError(f"{where}: {key!r} must be a whole number")
+            settings[key] = kind(value)
     if "out" in raw:
         settings["out"] = Path(raw["out"])
     if "images" in raw:

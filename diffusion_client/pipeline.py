@@ -26,6 +26,10 @@ class PipelineConfig:
     dtype: torch.dtype | None = None  # None: bfloat16 on CUDA, float32 on CPU
 
     def __post_init__(self) -> None:
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise GenerationInputError(
+                f"--device {self.device} asked for, but no CUDA GPU is visible; use --device cpu --quantize none"
+            )
         if self.quantize == "nf4" and not self.device.startswith("cuda"):
             raise GenerationInputError(
                 "NF4 quantisation needs a CUDA GPU (bitsandbytes refuses to run without one); pass --quantize none"
@@ -91,6 +95,13 @@ def load_pipeline(config: PipelineConfig) -> Any:
 
 def joint_attention_dim(pipeline: Any) -> int:
     return int(pipeline.transformer.config.joint_attention_dim)
+
+
+def configured_size_multiple(model_path: Path) -> int:
+    """Height and width must be multiples of this: the VAE's downscale times the 2x2 latent patch."""
+    _check_snapshot(model_path)
+    config = json.loads((model_path / "vae" / "config.json").read_text())
+    return int(2 ** (len(config["block_out_channels"]) - 1) * 2)
 
 
 def configured_joint_attention_dim(model_path: Path) -> int:

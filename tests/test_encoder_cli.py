@@ -57,3 +57,12 @@ def test_conflicting_options_are_rejected_at_start_up(tiny_snapshot):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 2
     assert "--max-queued-prompts (8) must be at least --max-batch-size (64)" in stderr
+
+
+def test_second_server_on_a_busy_port_exits_with_one_line(encoder_server, tiny_snapshot):
+    port = encoder_server.handle.port
+    process = _serve("--model", str(tiny_snapshot), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu")
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert f"could not bind 127.0.0.1:{port}" in stderr
+    assert "Traceback" not in stderr

@@ -221,3 +221,68 @@ def test_model_path_that_is_not_a_snapshot_exits_2(encoder_server, tmp_path: Pat
     code = generate_main(["a cat", "--encoder", encoder_server.target, "--model", str(tmp_path)])
     assert code == 2
     assert_one_line_error(capsys.readouterr().err, "no model_index.json")
+
+
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ('{"prompt": "x", "seed": NaN}', "'seed' must be a finite number"),
+        ('{"prompt": "x", "steps": 2.5}', "'steps' must be a whole number"),
+        ('{"prompt": "x", "out": "same.png"}\n{"prompt": "y", "out": "same.png"}', "as line 1 does"),
+    ],
+    ids=["nan-seed", "fractional-steps", "duplicate-output"],
+)
+def test_bad_prompts_file_values_exit_2(encoder_server, tiny_snapshot, tmp_path, capsys, line, message):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(line + "\n")
+    code = generate_main(["--prompts", str(prompts), "--encoder", encoder_server.target, "--model", str(tiny_snapshot)])
+    assert code == 2
+    assert_one_line_error(capsys.readouterr().err, message)
+
+
+def test_seed_out_of_range_exits_2_before_loading(encoder_server, tiny_snapshot, capsys):
+    code = generate_main(
+        ["a cat", "--encoder", encoder_server.target, "--model", str(tiny_snapshot), "--seed", str(2**64)]
+    )
+    assert code == 2
+    assert_one_line_error(capsys.readouterr().err, "--seed must be between 0 and")
+
+
+def test_output_path_that_is_a_directory_exits_2(encoder_server, tiny_snapshot, tmp_path, capsys):
+    code = generate_main(
+        [
+            "a cat",
+            "--encoder",
+            encoder_server.target,
+            "--model",
+            str(tiny_snapshot),
+            "--quiet",
+            "--out",
+            str(tmp_path),
+            *SIZE,
+        ]
+    )
+    assert code == 2
+    assert_one_line_error(capsys.readouterr().err, f"cannot write {tmp_path}")
+
+
+def test_cuda_device_without_a_gpu_exits_2(encoder_server, tiny_snapshot, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    code = generate_main(
+        [
+            "a cat",
+            "--encoder",
+            encoder_server.target,
+            "--model",
+            str(tiny_snapshot),
+            "--device",
+            "cuda",
+            "--quantize",
+            "none",
+        ]
+    )
+    assert code == 2
+    assert_one_line_error(capsys.readouterr().err, "no CUDA GPU is visible")

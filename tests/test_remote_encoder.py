@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
+from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
@@ -11,7 +13,13 @@ import pytest
 import torch
 
 from diffusion_client import RemoteTextEncoder
-from diffusion_client.errors import BadReplyError, EncoderRejectedError, EncoderTimeoutError, ModelMismatchError
+from diffusion_client.errors import (
+    BadReplyError,
+    EncoderFailedError,
+    EncoderRejectedError,
+    EncoderTimeoutError,
+    ModelMismatchError,
+)
 from shared.protocol import encoder_pb2, encoder_pb2_grpc
 from shared.wire import encode_tensor
 from tests.helpers import start_server
@@ -92,3 +100,52 @@ def test_pinned_fingerprint_refuses_a_server_with_other_weights(encoder_server):
     fingerprint = RemoteTextEncoder(encoder_server.target).info().fingerprint
     with RemoteTextEncoder(encoder_server.target, expected_fingerprint=fingerprint[:12]) as encoder:
         assert encoder.encode("x").shape == (1, 512, 96)
+
+
+class ScriptedEncoder(encoder_pb2_grpc.TextEncoderServicer):
+    """A peer that fails with the given status codes first, then answers correctly."""
+
+    def __init__(self, failures: list[grpc.StatusCode]) -> None:
+        self.failures = list(failures)
+        self.calls = 0
+
+    def Encode(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        self.calls += 1
+        if self.failures:
+            context.abort(self.failures.pop(0), "scripted failure")
+        meta, chunks = encode_tensor(torch.zeros(len(request.prompts), 512, 96))
+        header = encoder_pb2.TensorHeader(
+            dtype=meta.dtype, shape=list(meta.shape), byte_length=meta.byte_length, crc32=meta.crc32
+        )
+        yield encoder_pb2.EncodeResponse(header=header)
+        for chunk in chunks:
+            yield encoder_pb2.EncodeResponse(chunk=chunk)
+
+
+@contextlib.contextmanager
+def scripted_server(failures: list[grpc.StatusCode]) -> Iterator[tuple[str, ScriptedEncoder]]:
+    servicer = ScriptedEncoder(failures)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    encoder_pb2_grpc.add_TextEncoderServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}", servicer
+    finally:
+        server.stop(0)
+
+
+def test_overloaded_server_is_retried_with_backoff():
+    with scripted_server([grpc.StatusCode.RESOURCE_EXHAUSTED] * 2) as (target, servicer):
+        with RemoteTextEncoder(target, backoff_s=0.05) as encoder:
+            assert encoder.encode("x").shape == (1, 512, 96)
+        assert servicer.calls == 3
+
+
+def test_server_failure_is_not_retried_and_exits_3():
+    with scripted_server([grpc.StatusCode.INTERNAL]) as (target, servicer):
+        with RemoteTextEncoder(target, backoff_s=0.05) as encoder, pytest.raises(EncoderFailedError) as error:
+            encoder.encode("x")
+        assert servicer.calls == 1
+    assert error.value.exit_code == 3
+    assert "see the server log" in str(error.value)
