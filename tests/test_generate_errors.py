@@ -51,6 +51,12 @@ def not_grpc_port() -> Iterator[int]:
     listener.close()
 
 
+@pytest.fixture
+def generate(encoder_server, tiny_snapshot):  # type: ignore[no-untyped-def]
+    """`flux2-generate` in process against the session's server and snapshot; returns the exit code."""
+    return lambda *args: generate_main(["--encoder", encoder_server.target, "--model", str(tiny_snapshot), *args])
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "diffusion_client.cli", *args]
     return subprocess.run(
@@ -124,40 +130,16 @@ def test_model_mismatch_exits_4_before_denoising(tiny_snapshot, tmp_path, tmp_pa
     assert not (tmp_path / "x.png").exists()
 
 
-def test_unreadable_reference_image_exits_2(encoder_server, tiny_snapshot, tmp_path, capsys):
+def test_unreadable_reference_image_exits_2(generate, tmp_path, capsys):
     bogus = tmp_path / "ref.png"
     bogus.write_text("not an image")
-    code = generate_main(
-        [
-            "edit",
-            "--encoder",
-            encoder_server.target,
-            "--model",
-            str(tiny_snapshot),
-            "--image",
-            str(bogus),
-            "--out",
-            str(tmp_path / "x.png"),
-            *SIZE,
-        ]
-    )
+    code = generate("edit", "--image", str(bogus), "--out", str(tmp_path / "x.png"), *SIZE)
     assert code == 2
     assert_one_line_error(capsys.readouterr().err, f"cannot read reference image {bogus}")
 
 
-def test_missing_reference_image_exits_2(encoder_server, tiny_snapshot, tmp_path, capsys):
-    code = generate_main(
-        [
-            "edit",
-            "--encoder",
-            encoder_server.target,
-            "--model",
-            str(tiny_snapshot),
-            "--image",
-            str(tmp_path / "nope.png"),
-            *SIZE,
-        ]
-    )
+def test_missing_reference_image_exits_2(generate, tmp_path, capsys):
+    code = generate("edit", "--image", str(tmp_path / "nope.png"), *SIZE)
     assert code == 2
     assert_one_line_error(capsys.readouterr().err, "does not exist")
 
@@ -171,48 +153,22 @@ def test_missing_reference_image_exits_2(encoder_server, tiny_snapshot, tmp_path
     ],
     ids=["height-not-multiple", "width-too-small", "zero-steps"],
 )
-def test_odd_sizes_exit_2_with_the_nearest_valid_values(
-    encoder_server, tiny_snapshot, tmp_path, capsys, flags, message
-):
-    code = generate_main(
-        [
-            "a cat",
-            "--encoder",
-            encoder_server.target,
-            "--model",
-            str(tiny_snapshot),
-            "--out",
-            str(tmp_path / "x.png"),
-            *SIZE,
-            *flags,
-        ]
-    )
+def test_odd_sizes_exit_2_with_the_nearest_valid_values(generate, tmp_path, capsys, flags, message):
+    code = generate("a cat", "--out", str(tmp_path / "x.png"), *SIZE, *flags)
     assert code == 2
     assert_one_line_error(capsys.readouterr().err, message)
 
 
-def test_bad_prompts_file_line_exits_2_naming_the_line(encoder_server, tiny_snapshot, tmp_path, capsys):
+def test_bad_prompts_file_line_exits_2_naming_the_line(generate, tmp_path, capsys):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "ok"}\n{"prompt": "x", "sead": 3}\n')
-    code = generate_main(["--prompts", str(prompts), "--encoder", encoder_server.target, "--model", str(tiny_snapshot)])
+    code = generate("--prompts", str(prompts))
     assert code == 2
     assert_one_line_error(capsys.readouterr().err, f"{prompts}:2: unknown keys ['sead']")
 
 
-def test_nf4_without_gpu_exits_2_suggesting_quantize_none(encoder_server, tiny_snapshot, capsys):
-    code = generate_main(
-        [
-            "a cat",
-            "--encoder",
-            encoder_server.target,
-            "--model",
-            str(tiny_snapshot),
-            "--quantize",
-            "nf4",
-            "--device",
-            "cpu",
-        ]
-    )
+def test_nf4_without_gpu_exits_2_suggesting_quantize_none(generate, capsys):
+    code = generate("a cat", "--quantize", "nf4", "--device", "cpu")
     assert code == 2
     assert_one_line_error(capsys.readouterr().err, "--quantize none")
 
@@ -232,57 +188,31 @@ def test_model_path_that_is_not_a_snapshot_exits_2(encoder_server, tmp_path: Pat
     ],
     ids=["nan-seed", "fractional-steps", "duplicate-output"],
 )
-def test_bad_prompts_file_values_exit_2(encoder_server, tiny_snapshot, tmp_path, capsys, line, message):
+def test_bad_prompts_file_values_exit_2(generate, tmp_path, capsys, line, message):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(line + "\n")
-    code = generate_main(["--prompts", str(prompts), "--encoder", encoder_server.target, "--model", str(tiny_snapshot)])
+    code = generate("--prompts", str(prompts))
     assert code == 2
     assert_one_line_error(capsys.readouterr().err, message)
 
 
-def test_seed_out_of_range_exits_2_before_loading(encoder_server, tiny_snapshot, capsys):
-    code = generate_main(
-        ["a cat", "--encoder", encoder_server.target, "--model", str(tiny_snapshot), "--seed", str(2**64)]
-    )
+def test_seed_out_of_range_exits_2_before_loading(generate, capsys):
+    code = generate("a cat", "--seed", str(2**64))
     assert code == 2
     assert_one_line_error(capsys.readouterr().err, "--seed must be between 0 and")
 
 
-def test_output_path_that_is_a_directory_exits_2(encoder_server, tiny_snapshot, tmp_path, capsys):
-    code = generate_main(
-        [
-            "a cat",
-            "--encoder",
-            encoder_server.target,
-            "--model",
-            str(tiny_snapshot),
-            "--quiet",
-            "--out",
-            str(tmp_path),
-            *SIZE,
-        ]
-    )
+def test_output_path_that_is_a_directory_exits_2(generate, tmp_path, capsys):
+    code = generate("a cat", "--quiet", "--out", str(tmp_path), *SIZE)
     assert code == 2
     assert_one_line_error(capsys.readouterr().err, f"cannot write {tmp_path}")
 
 
-def test_cuda_device_without_a_gpu_exits_2(encoder_server, tiny_snapshot, capsys):
+def test_cuda_device_without_a_gpu_exits_2(generate, capsys):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    code = generate_main(
-        [
-            "a cat",
-            "--encoder",
-            encoder_server.target,
-            "--model",
-            str(tiny_snapshot),
-            "--device",
-            "cuda",
-            "--quantize",
-            "none",
-        ]
-    )
+    code = generate("a cat", "--device", "cuda", "--quantize", "none")
     assert code == 2
     assert_one_line_error(capsys.readouterr().err, "no CUDA GPU is visible")
