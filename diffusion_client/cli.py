@@ -14,9 +14,10 @@ from diffusion_client.generator import ImageGenerator, validate_jobs
 from diffusion_client.jobs import GenerationJob, jobs_from_file
 from diffusion_client.pipeline import (
     PipelineConfig,
-    configured_joint_attention_dim,
-    configured_size_multiple,
+    joint_attention_dim,
     load_pipeline,
+    read_component_config,
+    size_multiple,
 )
 from diffusion_client.remote_encoder import RemoteTextEncoder
 from shared.defaults import DEFAULT_PORT
@@ -100,8 +101,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with RemoteTextEncoder(args.encoder, timeout=args.timeout, token=args.token) as encoder:
         # Fail fast on bad input, a wrong address or a wrong model, before loading gigabytes of weights.
-        validate_jobs(jobs, configured_size_multiple(config.model_path))
-        encoder.check_fits(configured_joint_attention_dim(config.model_path))
+        validate_jobs(jobs, size_multiple(read_component_config(config.model_path, "vae")))
+        encoder.check_fits(joint_attention_dim(read_component_config(config.model_path, "transformer")))
         pipeline = load_pipeline(config)
         generator = ImageGenerator(
             pipeline,

@@ -17,7 +17,7 @@ from PIL import Image
 
 from diffusion_client.images import load_reference_image, save_png
 from diffusion_client.jobs import GenerationJob
-from diffusion_client.pipeline import joint_attention_dim
+from diffusion_client.pipeline import joint_attention_dim, size_multiple
 from diffusion_client.remote_encoder import RemoteTextEncoder
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS
 
@@ -58,11 +58,11 @@ class ImageGenerator:
     @property
     def size_multiple(self) -> int:
         """Height and width must be multiples of this: the VAE's downscale times the 2x2 latent patch."""
-        return int(self.pipeline.vae_scale_factor) * 2
+        return size_multiple(self.pipeline.vae.config)
 
     def check_compatible(self, layers: Sequence[int] = DEFAULT_HIDDEN_STATE_LAYERS) -> None:
         """Refuse before any denoising if the server's embeddings cannot feed this transformer."""
-        self.encoder.check_fits(joint_attention_dim(self.pipeline), layers)
+        self.encoder.check_fits(joint_attention_dim(self.pipeline.transformer.config), layers)
 
     def fetch_embeds(self, job: GenerationJob) -> torch.Tensor:
         return self.encoder.encode([job.prompt], device=self.device, dtype=self.dtype)

@@ -7,6 +7,7 @@ snapshot or by loading a snapshot saved pre-quantised. The VAE stays in bf16 (fl
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -93,19 +94,18 @@ def load_pipeline(config: PipelineConfig) -> Any:
     return pipeline
 
 
-def joint_attention_dim(pipeline: Any) -> int:
-    return int(pipeline.transformer.config.joint_attention_dim)
-
-
-def configured_size_multiple(model_path: Path) -> int:
+def size_multiple(vae_config: Mapping[str, Any]) -> int:
     """Height and width must be multiples of this: the VAE's downscale times the 2x2 latent patch."""
-    _check_snapshot(model_path)
-    config = json.loads((model_path / "vae" / "config.json").read_text())
-    return int(2 ** (len(config["block_out_channels"]) - 1) * 2)
+    return int(2 ** (len(vae_config["block_out_channels"]) - 1) * 2)
 
 
-def configured_joint_attention_dim(model_path: Path) -> int:
-    """The transformer's text-embedding width, read from its config without loading weights."""
+def joint_attention_dim(transformer_config: Mapping[str, Any]) -> int:
+    """The transformer's text-embedding width: what the encoder's stacked layers must add up to."""
+    return int(transformer_config["joint_attention_dim"])
+
+
+def read_component_config(model_path: Path, component: str) -> dict[str, Any]:
+    """A component's `config.json`, so checks can run before any weights load."""
     _check_snapshot(model_path)
-    config = json.loads((model_path / "transformer" / "config.json").read_text())
-    return int(config["joint_attention_dim"])
+    config: dict[str, Any] = json.loads((model_path / component / "config.json").read_text())
+    return config

@@ -80,10 +80,7 @@ class DynamicBatcher(Generic[Computed, Result]):
             return
         log.error("batcher stopped", exc_info=task.exception())
         self._closed = True
-        while self._queue:
-            pending = self._queue.popleft()
-            if not pending.future.done():
-                pending.future.set_exception(NotReadyError("the encoder's batcher stopped; see the server log"))
+        self._fail_queued("the encoder's batcher stopped; see the server log")
 
     async def submit(self, request: EncodeRequest) -> Result:
         """Queue `request` and wait for its result; cancelling the wait drops it from its batch."""
@@ -119,14 +116,18 @@ class DynamicBatcher(Generic[Computed, Result]):
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        while self._queue:
-            pending = self._queue.popleft()
-            if not pending.future.done():
-                pending.future.set_exception(NotReadyError("the encoder shut down before this request ran"))
+        self._fail_queued("the encoder shut down before this request ran")
         if self._finishing:
             await asyncio.gather(*self._finishing, return_exceptions=True)
         self._executor.shutdown(wait=False)  # idle by now: the pass in flight was awaited above
         self._finishers.shutdown(wait=False)
+
+    def _fail_queued(self, reason: str) -> None:
+        while self._queue:
+            pending = self._queue.popleft()
+            if not pending.future.done():
+                pending.future.set_exception(NotReadyError(reason))
+        self._queued_prompts = 0
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -181,11 +182,7 @@ class DynamicBatcher(Generic[Computed, Result]):
 
     def _compatible_prompts(self) -> int:
         length = self._queue[0].request.max_sequence_length
-        return sum(
-            len(p.request.prompts)
-            for p in self._queue
-            if p.request.max_sequence_length == length and not p.future.done()
-        )
+        return sum(len(p.request.prompts) for p in self._queue if p.request.max_sequence_length == length)
 
     def _take_batch(self) -> list[_Pending[Result]]:
         """Pop, in arrival order, the requests that fit one pass with the oldest; skip cancelled ones."""
