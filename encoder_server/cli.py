@@ -1,16 +1,23 @@
-"""`flux2-encoder serve`: run the FLUX.2 text-encoder gRPC server."""
+"""`flux2-encoder`: run the FLUX.2 text-encoder gRPC server, or check one's health.
+
+Only `serve` imports torch and the model libraries: `health` and `--help` answer in a fraction of a second.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
+import math
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from encoder_server.config import (
+    DEFAULT_MAX_PENDING_REPLY_BYTES,
+    DEFAULT_SEND_TIMEOUT_S,
+    DEFAULT_SHUTDOWN_GRACE_S,
+    MIB,
     SUPPORTED_DTYPES,
     BatchingConfig,
     ConfigError,
@@ -19,61 +26,68 @@ from encoder_server.config import (
     ServerConfig,
 )
 from encoder_server.errors import EncoderError
-from encoder_server.loading import resolve_snapshot
-from encoder_server.server import create_server
-from shared.defaults import DEFAULT_PORT
-from shared.quiet import quiet_model_libraries
-
-log = logging.getLogger("flux2-encoder")
+from shared.defaults import DEFAULT_PORT, SERVICE_NAME
+from shared.quiet import quiet_library_loggers
 
 
-def default_device() -> str:
-    import torch
+def _number(text: str) -> float:
+    """A finite number; argparse reports the ValueError as 'invalid _number value'."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+
+_number.__name__ = "finite number"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other failure; `--help` still shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flux2-encoder", description="FLUX.2 text encoder over gRPC.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="flux2-encoder", description="FLUX.2 text encoder over gRPC.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     serve = commands.add_parser("serve", help="load a snapshot's text encoder and serve embeddings")
     serve.add_argument("--model", required=True, type=Path, help="root of a local FLUX.2 diffusers snapshot")
     serve.add_argument("--host", default="[::]", help="address to bind (default: all interfaces)")
-    serve.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"port to bind; 0 picks one (default {DEFAULT_PORT})"
-    )
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to bind; 0 picks one (default %(default)s)")
     serve.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     serve.add_argument("--dtype", choices=SUPPORTED_DTYPES, help="default: bfloat16 on CUDA, float32 on CPU")
-    serve.add_argument(
-        "--max-batch-size",
-        type=int,
-        default=BatchingConfig.max_batch_size,
-        help="prompts per forward pass and per request (default %(default)s)",
-    )
-    serve.add_argument(
-        "--batch-wait-ms",
-        type=float,
-        default=BatchingConfig.batch_wait_ms,
-        help="how long a request may wait for others to share its pass (default %(default)s)",
-    )
-    serve.add_argument(
-        "--max-queued-prompts",
-        type=int,
-        default=BatchingConfig.max_queued_prompts,
-        help="queue bound; beyond it requests get RESOURCE_EXHAUSTED (default %(default)s)",
-    )
-    serve.add_argument(
-        "--max-layer",
-        type=int,
-        default=None,
-        help="load decoder layers 1..N only (30 saves a quarter of Mistral's weights)",
-    )
-    serve.add_argument(
-        "--max-prompt-chars",
-        type=int,
-        default=RequestLimits.max_prompt_chars,
-        help="longest prompt accepted, in characters (default %(default)s)",
-    )
+    limits, batching = RequestLimits, BatchingConfig
+    options: list[tuple[str, type | object, object, str]] = [
+        ("--max-batch-size", int, batching.max_batch_size, "prompts per forward pass and per request"),
+        ("--batch-wait-ms", _number, batching.batch_wait_ms, "how long a request may wait for others (0 to 10000)"),
+        ("--max-queued-prompts", int, batching.max_queued_prompts, "beyond it requests get RESOURCE_EXHAUSTED"),
+        ("--max-layer", int, None, "load decoder layers 1..N only (30 saves a quarter of Mistral's weights)"),
+        ("--max-prompt-chars", int, limits.max_prompt_chars, "longest prompt accepted, in characters"),
+        ("--max-hidden-state-layers", int, limits.max_hidden_state_layers, "most layers one request may stack"),
+        ("--max-reply-mib", int, limits.max_reply_bytes // MIB, "largest reply one request may ask for, in MiB"),
+        (
+            "--max-pending-reply-mib",
+            int,
+            DEFAULT_MAX_PENDING_REPLY_BYTES // MIB,
+            "replies queued, computing or being sent, all callers together; beyond it RESOURCE_EXHAUSTED",
+        ),
+        (
+            "--send-timeout-s",
+            _number,
+            DEFAULT_SEND_TIMEOUT_S,
+            "drop a reply the client has not read for this long",
+        ),
+        (
+            "--shutdown-grace-s",
+            _number,
+            DEFAULT_SHUTDOWN_GRACE_S,
+            "on SIGTERM, how long queued and in-flight requests may take to finish",
+        ),
+    ]
+    for flag, kind, default, meaning in options:
+        suffix = "" if default is None else " (default %(default)s)"
+        serve.add_argument(flag, type=kind, default=default, help=meaning + suffix)  # type: ignore[arg-type]
     serve.add_argument(
         "--auth-token-file",
         type=Path,
@@ -82,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health = commands.add_parser("health", help="print a server's health; exit 0 once it is SERVING")
     health.add_argument("target", help="HOST:PORT of the server")
-    health.add_argument("--wait", type=float, default=0.0, help="keep polling up to this many seconds")
+    health.add_argument("--wait", type=_number, default=0.0, help="keep polling up to this many seconds")
     return parser
 
 
@@ -91,15 +105,14 @@ def check_health(target: str, wait_s: float) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from shared.defaults import SERVICE_NAME
-
-    deadline = time.monotonic() + wait_s
+    deadline = time.monotonic() + max(wait_s, 0.0)
     status = "UNREACHABLE"
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
+            timeout = min(5.0, max(deadline - time.monotonic(), 1.0))
             try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5)
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=timeout)
                 status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
             except grpc.RpcError as error:
                 status = f"UNREACHABLE ({error.code().name})" if isinstance(error, grpc.Call) else "UNREACHABLE"
@@ -111,13 +124,13 @@ def check_health(target: str, wait_s: float) -> int:
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    device = args.device
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     return ServerConfig(
-        model=ModelConfig(
-            model_path=args.model,
-            device=args.device or default_device(),
-            dtype=args.dtype,
-            max_layer=args.max_layer,
-        ),
+        model=ModelConfig(model_path=args.model, device=device, dtype=args.dtype, max_layer=args.max_layer),
         host=args.host,
         port=args.port,
         batching=BatchingConfig(
@@ -125,7 +138,15 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             batch_wait_ms=args.batch_wait_ms,
             max_queued_prompts=args.max_queued_prompts,
         ),
-        limits=RequestLimits(max_prompt_chars=args.max_prompt_chars),
+        limits=RequestLimits(
+            max_prompts=args.max_batch_size,
+            max_prompt_chars=args.max_prompt_chars,
+            max_hidden_state_layers=args.max_hidden_state_layers,
+            max_reply_bytes=args.max_reply_mib * MIB,
+        ),
+        shutdown_grace_s=args.shutdown_grace_s,
+        send_timeout_s=args.send_timeout_s,
+        max_pending_reply_bytes=args.max_pending_reply_mib * MIB,
         auth_token=_read_token(args.auth_token_file),
     )
 
@@ -139,52 +160,27 @@ def _read_token(path: Path | None) -> str | None:
         raise ConfigError(f"cannot read --auth-token-file {path}: {error.strerror}.") from error
 
 
-async def serve(config: ServerConfig) -> None:
-    """Serve until SIGINT or SIGTERM, then drain in-flight requests and stop."""
-    started = time.perf_counter()
+def run_serve(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from encoder_server.loading import resolve_snapshot
+    from encoder_server.server import serve
+    from shared.quiet import quiet_model_libraries
+
+    config = config_from_args(args)
+    quiet_model_libraries()
     resolve_snapshot(config.model.model_path)  # fail before binding if the path is wrong
-    server = await create_server(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    log.info("listening on %s:%d, loading %s", config.host, server.port, config.model.model_path)
-    waiter = asyncio.ensure_future(stop.wait())
-    done, _ = await asyncio.wait({server.loading, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    if server.loading in done:
-        try:
-            ready = await server.wait_ready()
-        except BaseException:
-            await server.stop(grace_s=0)
-            raise
-        info = ready.encoder.info
-        log.info(
-            "ready on %s:%d in %.1f s: %s, %d/%d layers, hidden %d, %s on %s, max batch %d",
-            config.host,
-            server.port,
-            time.perf_counter() - started,
-            info.model_name,
-            info.max_layer,
-            info.num_layers,
-            info.hidden_size,
-            info.dtype,
-            info.device,
-            config.batching.max_batch_size,
-        )
-        await waiter
-    log.info("shutting down (grace %.0f s)", config.shutdown_grace_s)
-    await server.stop()
+    asyncio.run(serve(config))
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_library_loggers()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    quiet_model_libraries()
     if args.command == "health":
         return check_health(args.target, args.wait)
     try:
-        config = config_from_args(args)
-        asyncio.run(serve(config))
+        run_serve(args)
     except (ConfigError, EncoderError, OSError) as error:
         print(f"flux2-encoder: error: {error}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,12 @@ class ConfigError(ValueError):
 
 
 SUPPORTED_DTYPES = ("bfloat16", "float16", "float32")
+MAX_BATCH_WAIT_MS = 10_000.0  # longer only adds latency: under any real load a pass fills far sooner
+MIB = 1024 * 1024
+MAX_SECONDS = 24 * 3600.0
+DEFAULT_SHUTDOWN_GRACE_S = 30.0  # queued and in-flight requests get this long to finish on SIGTERM
+DEFAULT_SEND_TIMEOUT_S = 30.0  # a reply that cannot be sent for this long is dropped (the reader stalled)
+DEFAULT_MAX_PENDING_REPLY_BYTES = 2048 * MIB  # replies queued, computing or being sent, all streams together
 
 
 @dataclass(frozen=True)
@@ -50,8 +57,8 @@ class BatchingConfig:
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
             raise ConfigError(f"--max-batch-size must be at least 1, not {self.max_batch_size}.")
-        if self.batch_wait_ms < 0:
-            raise ConfigError(f"--batch-wait-ms must not be negative, not {self.batch_wait_ms}.")
+        if not 0 <= self.batch_wait_ms <= MAX_BATCH_WAIT_MS:  # also refuses nan
+            raise ConfigError(f"--batch-wait-ms must be between 0 and {MAX_BATCH_WAIT_MS:g}, not {self.batch_wait_ms}.")
         if self.max_queued_prompts < self.max_batch_size:
             raise ConfigError(
                 f"--max-queued-prompts ({self.max_queued_prompts}) must be at least "
@@ -63,14 +70,28 @@ class BatchingConfig:
 class RequestLimits:
     """Per-request limits, reported by GetInfo and enforced before any work is queued."""
 
+    max_prompts: int = BatchingConfig.max_batch_size  # a request must fit one forward pass
     max_prompt_chars: int = 20_000
     max_sequence_length: int = DEFAULT_MAX_SEQUENCE_LENGTH
+    max_hidden_state_layers: int = 8  # diffusers stacks 3; repeats are legal, so the count is what is bounded
+    max_reply_bytes: int = 256 * MIB  # 16 full-size default embeddings are 252 MB
 
     def __post_init__(self) -> None:
-        if self.max_prompt_chars < 1:
-            raise ConfigError(f"--max-prompt-chars must be at least 1, not {self.max_prompt_chars}.")
-        if self.max_sequence_length < 1:
-            raise ConfigError(f"--max-sequence-length must be at least 1, not {self.max_sequence_length}.")
+        for flag, value in (
+            ("--max-batch-size", self.max_prompts),
+            ("--max-prompt-chars", self.max_prompt_chars),
+            ("--max-sequence-length", self.max_sequence_length),
+            ("--max-hidden-state-layers", self.max_hidden_state_layers),
+            ("--max-reply-mib", self.max_reply_bytes),
+        ):
+            if value < 1:
+                raise ConfigError(f"{flag} must be at least 1, not {value}.")
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest well-formed `EncodeRequest`: every prompt at its limit in 4-byte UTF-8, plus framing."""
+        per_prompt = 4 * self.max_prompt_chars + 8
+        return self.max_prompts * per_prompt + 8 * self.max_hidden_state_layers + 64
 
 
 @dataclass(frozen=True)
@@ -80,7 +101,9 @@ class ServerConfig:
     port: int = DEFAULT_PORT
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     limits: RequestLimits = field(default_factory=RequestLimits)
-    shutdown_grace_s: float = 5.0
+    shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
+    send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S
+    max_pending_reply_bytes: int = DEFAULT_MAX_PENDING_REPLY_BYTES
     auth_token: str | None = field(default=None, repr=False)  # None: no authentication
 
     def __post_init__(self) -> None:
@@ -88,6 +111,24 @@ class ServerConfig:
             raise ConfigError("the auth token is empty; put the shared secret in the token file.")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port must be between 0 and 65535, not {self.port}.")
+        if self.limits.max_prompts > self.batching.max_batch_size:
+            raise ConfigError(
+                f"a request may carry {self.limits.max_prompts} prompts but a pass only "
+                f"--max-batch-size {self.batching.max_batch_size}; a request must fit one pass."
+            )
+        for flag, seconds, low in (
+            ("--shutdown-grace-s", self.shutdown_grace_s, 0.0),
+            ("--send-timeout-s", self.send_timeout_s, 0.001),
+        ):
+            if not (math.isfinite(seconds) and low <= seconds <= MAX_SECONDS):
+                raise ConfigError(
+                    f"{flag} must be a number of seconds between {low:g} and {MAX_SECONDS:g}, not {seconds}."
+                )
+        if self.max_pending_reply_bytes < self.limits.max_reply_bytes:
+            raise ConfigError(
+                f"--max-pending-reply-mib ({self.max_pending_reply_bytes // MIB}) must be at least "
+                f"--max-reply-mib ({self.limits.max_reply_bytes // MIB}), or the largest request could never run."
+            )
 
     @property
     def address(self) -> str:

@@ -1,9 +1,10 @@
 """Exceptions the encoder raises; `encoder_server.status` maps each to one gRPC status code.
 
 EncoderError
-├── InvalidRequestError   the request breaks a documented limit (INVALID_ARGUMENT)
+├── InvalidRequestError   the request breaks a documented limit, or is not a valid message (INVALID_ARGUMENT)
 ├── NotReadyError         the model is still loading or the server is stopping (UNAVAILABLE)
-├── OverloadedError       the queue is full; retry later (RESOURCE_EXHAUSTED)
+├── OverloadedError       the queue or the reply memory is full; retry later (RESOURCE_EXHAUSTED)
+├── StalledReaderError    the caller stopped reading its reply, which was dropped (DEADLINE_EXCEEDED)
 └── ModelLoadError        the snapshot cannot be loaded (raised at start-up, never to a client)
 """
 
@@ -23,6 +24,10 @@ class NotReadyError(EncoderError):
 
 
 class OverloadedError(EncoderError):
+    pass
+
+
+class StalledReaderError(EncoderError):
     pass
 
 

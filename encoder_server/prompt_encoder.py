@@ -26,7 +26,9 @@ from shared.wire import DTYPES
 
 
 @dataclass(frozen=True)
-class EncoderInfo:
+class ModelInfo:
+    """What was loaded, and how it runs."""
+
     model_name: str
     model_path: str
     hidden_size: int
@@ -44,7 +46,7 @@ class _StopForward(Exception):
 class PromptEncoder:
     """Turns prompts into `prompt_embeds` `[B, L, len(layers) * hidden]`."""
 
-    def __init__(self, language_model: Any, tokenizer: Any, info: EncoderInfo, limits: RequestLimits) -> None:
+    def __init__(self, language_model: Any, tokenizer: Any, info: ModelInfo, limits: RequestLimits) -> None:
         self._model = language_model
         self._tokenizer = tokenizer
         self.info = info
@@ -67,7 +69,7 @@ class PromptEncoder:
             raise
         except Exception as error:  # transformers, safetensors and torch each raise their own types
             raise ModelLoadError(f"could not load the text encoder from {config.model_path}: {error}") from error
-        info = EncoderInfo(
+        info = ModelInfo(
             model_name=loading.model_display_name(config.model_path),
             model_path=str(config.model_path.resolve()),
             hidden_size=int(model.config.hidden_size),
@@ -79,13 +81,14 @@ class PromptEncoder:
         )
         return cls(model, tokenizer, info, limits or RequestLimits())
 
-    def bounds(self, max_prompts: int) -> RequestBounds:
+    def bounds(self, limits: RequestLimits) -> RequestBounds:
+        """`limits` plus what this model can do: the checks a request to it must pass."""
         return RequestBounds(
-            max_prompts=max_prompts,
-            max_prompt_chars=self.limits.max_prompt_chars,
-            max_sequence_length=self.limits.max_sequence_length,
+            limits=limits,
             max_layer=self.info.max_layer,
             num_layers=self.info.num_layers,
+            hidden_size=self.info.hidden_size,
+            item_size=DTYPES[self.info.dtype].itemsize,
         )
 
     def encode(
@@ -97,7 +100,7 @@ class PromptEncoder:
         """Embeddings for `prompts` in one forward pass, validated against this encoder's limits."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         request = EncodeRequest(tuple(prompts), max_sequence_length, tuple(hidden_state_layers))
-        validate_request(request, self.bounds(max_prompts=max(len(prompts), 1)))
+        validate_request(request, self.bounds(self.limits))
         return self.encode_many([request])[0]
 
     def encode_many(self, requests: Sequence[EncodeRequest]) -> list[torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Server factory: a real gRPC server with the encoder, health and reflection, on any port (0 too).
+"""Server factory and serve loop: a real gRPC server with the encoder, health and reflection, on any port (0 too).
 
 The server listens at once and reports NOT_SERVING while the model loads in a worker thread, so
 orchestrators can watch it come up; it switches to SERVING when the first request could succeed.
@@ -7,40 +7,28 @@ orchestrators can watch it come up; it switches to SERVING when the first reques
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import threading
+import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
-import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from encoder_server.auth import BearerTokenInterceptor
-from encoder_server.batcher import DynamicBatcher
 from encoder_server.config import ServerConfig
+from encoder_server.engine import EncoderEngine, EncoderLoader
+from encoder_server.interceptors import BearerTokenInterceptor, ParseRequestsInterceptor
 from encoder_server.prompt_encoder import PromptEncoder
-from encoder_server.servicer import (
-    EncoderState,
-    ReadyEncoder,
-    TextEncoderServicer,
-    WirePayload,
-    run_batch_on_host,
-)
+from encoder_server.servicer import TextEncoderServicer
 from shared.defaults import SERVICE_NAME
 from shared.protocol import encoder_pb2, encoder_pb2_grpc
-from shared.wire import encode_tensor
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("flux2-encoder")
 
-EncoderLoader = Callable[[], PromptEncoder]
-
-# Large replies are chunked below 4 MiB; requests are small, but a batch of long prompts can pass 4 MiB.
-MAX_RECEIVE_MESSAGE_BYTES = 64 * 1024 * 1024
+# Room for the protobuf framing around the largest request the limits allow.
+RECEIVE_SLACK_BYTES = 16 * 1024
 
 
 @dataclass
@@ -50,80 +38,46 @@ class EncoderServer:
     server: grpc.aio.Server
     port: int
     config: ServerConfig
-    state: EncoderState
-    health: HealthServicer
-    loading: asyncio.Task[ReadyEncoder] = field(repr=False)
+    engine: EncoderEngine
+    health: health_aio.HealthServicer
+    loading: asyncio.Task[PromptEncoder] = field(repr=False)
 
-    async def wait_ready(self) -> ReadyEncoder:
+    async def wait_ready(self) -> PromptEncoder:
         """Wait for the model; re-raises the load error if loading failed."""
         return await asyncio.shield(self.loading)
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Report NOT_SERVING, let in-flight calls finish within the grace period, then stop."""
+        """Report NOT_SERVING, let queued and in-flight calls finish within the grace period, then stop."""
         await self.health.enter_graceful_shutdown()
-        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
-        await self.server.stop(grace)
+        await self.server.stop(self.config.shutdown_grace_s if grace_s is None else grace_s)
         if not self.loading.done():
             self.loading.cancel()
-        ready = self.state.ready
-        if ready is not None:
-            await ready.batcher.close()
+        await self.engine.close()
 
 
-async def _run_in_daemon_thread(loader: EncoderLoader) -> PromptEncoder:
-    """Load on a daemon thread: a stop signal during a minutes-long load must not wait for it to end."""
-    loop = asyncio.get_running_loop()
-    result: asyncio.Future[PromptEncoder] = loop.create_future()
-
-    def settle(outcome: PromptEncoder | None, error: BaseException | None) -> None:
-        if result.done():
-            return
-        if error is not None:
-            result.set_exception(error)
-        else:
-            result.set_result(outcome)  # type: ignore[arg-type]
-
-    def run() -> None:
-        try:
-            encoder: PromptEncoder | None = loader()
-            error: BaseException | None = None
-        except BaseException as failure:  # delivered to the awaiting task, which reports it
-            encoder, error = None, failure
-        with contextlib.suppress(RuntimeError):  # the loop is gone: the server stopped while loading
-            loop.call_soon_threadsafe(settle, encoder, error)
-
-    threading.Thread(target=run, name="load-encoder", daemon=True).start()
-    return await result
-
-
-async def _set_health(servicer: HealthServicer, status: int) -> None:
+async def _set_health(servicer: health_aio.HealthServicer, status: int) -> None:
     for service in ("", SERVICE_NAME):
         await servicer.set(service, status)
 
 
 async def create_server(config: ServerConfig, load_encoder: EncoderLoader | None = None) -> EncoderServer:
     """Bind, start and begin loading the model; `load_encoder` defaults to loading `config.model`."""
-    loader = load_encoder or (lambda: PromptEncoder.load(config.model, config.limits))
-    interceptors = [BearerTokenInterceptor(config.auth_token)] if config.auth_token else []
+    engine = EncoderEngine(config, load_encoder or (lambda: PromptEncoder.load(config.model, config.limits)))
+    interceptors: list[grpc.aio.ServerInterceptor] = [ParseRequestsInterceptor()]
+    if config.auth_token:
+        interceptors.insert(0, BearerTokenInterceptor(config.auth_token))
     options = [
-        ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", config.limits.max_request_bytes + RECEIVE_SLACK_BYTES),
         # gRPC enables SO_REUSEPORT by default: a second server on a busy port would start and silently
         # take half the traffic. One port, one server.
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(interceptors=interceptors, options=options)
-    state = EncoderState()
-    encoder_pb2_grpc.add_TextEncoderServicer_to_server(TextEncoderServicer(state), server)
-    health_servicer = HealthServicer()
+    encoder_pb2_grpc.add_TextEncoderServicer_to_server(TextEncoderServicer(engine, config.send_timeout_s), server)
+    health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (
-            encoder_pb2.DESCRIPTOR.services_by_name["TextEncoder"].full_name,
-            health.SERVICE_NAME,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
+    service_names = (encoder_pb2.DESCRIPTOR.services_by_name["TextEncoder"].full_name, health.SERVICE_NAME)
+    reflection.enable_server_reflection((*service_names, reflection.SERVICE_NAME), server)
     try:
         port = server.add_insecure_port(config.address)
     except RuntimeError as error:  # grpc reports a failed bind this way
@@ -131,18 +85,45 @@ async def create_server(config: ServerConfig, load_encoder: EncoderLoader | None
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
 
-    async def load() -> ReadyEncoder:
-        started = time.perf_counter()
-        encoder = await _run_in_daemon_thread(loader)
-        batcher: DynamicBatcher[torch.Tensor, WirePayload] = DynamicBatcher(
-            lambda requests: run_batch_on_host(encoder, list(requests)), encode_tensor, config.batching
-        )
-        batcher.start()
-        ready = ReadyEncoder(encoder, batcher, max_prompts_per_request=config.batching.max_batch_size)
-        state.set_ready(ready)
+    async def load() -> PromptEncoder:
+        encoder = await engine.load()
         await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
-        log.info("model loaded in %.1f s", time.perf_counter() - started)
-        return ready
+        return encoder
 
     loading = asyncio.get_running_loop().create_task(load(), name="load-encoder")
-    return EncoderServer(server, port, config, state, health_servicer, loading)
+    return EncoderServer(server, port, config, engine, health_servicer, loading)
+
+
+def ready_line(server: EncoderServer, seconds: float) -> str:
+    info = server.engine.info()
+    return (
+        f"ready on {server.config.host}:{server.port} in {seconds:.1f} s: {info.model_name}, "
+        f"{info.max_layer}/{info.num_layers} layers, hidden {info.hidden_size}, {info.dtype} on {info.device}, "
+        f"max batch {server.config.batching.max_batch_size}"
+    )
+
+
+async def serve(config: ServerConfig, load_encoder: EncoderLoader | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, then drain queued and in-flight requests and stop.
+
+    Logs one line when listening and one when ready; a failed load is raised after the server stops.
+    """
+    started = time.perf_counter()
+    server = await create_server(config, load_encoder)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("listening on %s:%d, loading %s", config.host, server.port, config.model.model_path)
+    waiter = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({server.loading, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if server.loading in done:
+        try:
+            await server.wait_ready()
+        except BaseException:
+            await server.stop(grace_s=0)
+            raise
+        log.info("%s", ready_line(server, time.perf_counter() - started))
+        await waiter
+    log.info("shutting down (grace %g s)", config.shutdown_grace_s)
+    await server.stop()

@@ -10,12 +10,14 @@ from encoder_server.errors import (
     ModelLoadError,
     NotReadyError,
     OverloadedError,
+    StalledReaderError,
 )
 
 STATUS_FOR_ERROR: dict[type[EncoderError], grpc.StatusCode] = {
     InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
     NotReadyError: grpc.StatusCode.UNAVAILABLE,
     OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    StalledReaderError: grpc.StatusCode.DEADLINE_EXCEEDED,
     ModelLoadError: grpc.StatusCode.FAILED_PRECONDITION,
 }
 

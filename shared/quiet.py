@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+
+# Loggers of libraries we call that report, at WARNING, things our users cannot act on.
+# bitsandbytes' CPU backend warns on import, on CPUs with AVX512-BF16 only, that it could not fetch an
+# optional kernel from the Hugging Face hub; these machines never reach the hub, and the CPU path works.
+NOISY_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
+
+
+def quiet_library_loggers() -> None:
+    """Raise noisy library loggers to ERROR; cheap, imports nothing, and must run before those libraries load."""
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
 
 def quiet_model_libraries() -> None:
     """Silence diffusers' and transformers' progress bars and info logs; warnings that matter still surface."""
+    quiet_library_loggers()
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 

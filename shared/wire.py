@@ -1,8 +1,12 @@
 """The tensor wire format: a header plus raw little-endian bytes in chunks, never pickle.
 
-`encode_tensor` turns a tensor into `(TensorMeta, chunks)`; `decode_tensor` checks and rebuilds it.
-Chunks stay under gRPC's default 4 MiB message limit, so clients with default settings receive a
-15.7 MB `[1, 512, 15360]` bfloat16 embedding.
+Two functions, one per direction, used by the server, the client, the tests and the benchmarks:
+`tensor_to_responses` turns a tensor into the `Encode` reply stream (one `header`, then `chunk`s), and
+`responses_to_tensor` checks and rebuilds it. Chunks stay under gRPC's default 4 MiB message limit, so
+clients with default settings receive a 15.7 MB `[1, 512, 15360]` bfloat16 embedding.
+
+The receiver states what it asked for (`TensorSpec`): a header announcing another dtype or shape is
+refused before a byte is allocated, so a lying server cannot make a client allocate gigabytes.
 """
 
 from __future__ import annotations
@@ -10,10 +14,12 @@ from __future__ import annotations
 import math
 import sys
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from shared.protocol import encoder_pb2
 
 # 4 MiB is gRPC's default receive limit for a whole message; leave room for the protobuf framing.
 MAX_CHUNK_BYTES = 4 * 1024 * 1024 - 4096
@@ -27,21 +33,36 @@ DTYPE_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in DTYPES.ite
 
 
 class WireFormatError(ValueError):
-    """The header and the bytes that followed it do not describe one valid tensor."""
+    """The reply stream does not describe the tensor that was asked for."""
+
+
+def item_size(dtype: str) -> int:
+    """Bytes per element of a wire dtype name."""
+    if dtype not in DTYPES:
+        raise WireFormatError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+    return DTYPES[dtype].itemsize
 
 
 @dataclass(frozen=True)
-class TensorMeta:
-    """What a receiver needs to rebuild and verify a tensor from its bytes."""
+class TensorSpec:
+    """What a receiver expects: the dtype and the full shape it asked for."""
 
     dtype: str
     shape: tuple[int, ...]
-    byte_length: int
-    crc32: int
+
+    @property
+    def byte_length(self) -> int:
+        return math.prod(self.shape) * item_size(self.dtype)
 
 
-def encode_tensor(tensor: torch.Tensor, chunk_bytes: int = MAX_CHUNK_BYTES) -> tuple[TensorMeta, list[bytes]]:
-    """Serialise `tensor` as row-major little-endian bytes split into chunks of at most `chunk_bytes`."""
+def tensor_to_responses(
+    tensor: torch.Tensor,
+    *,
+    hidden_state_layers: Sequence[int],
+    max_sequence_length: int,
+    chunk_bytes: int = MAX_CHUNK_BYTES,
+) -> list[encoder_pb2.EncodeResponse]:
+    """The whole `Encode` reply for `tensor`: a header, then its row-major little-endian bytes in chunks."""
     if tensor.dtype not in DTYPE_NAMES:
         raise WireFormatError(f"dtype {tensor.dtype} is not sendable; use one of {sorted(DTYPES)}")
     if sys.byteorder != "little":
@@ -49,46 +70,58 @@ def encode_tensor(tensor: torch.Tensor, chunk_bytes: int = MAX_CHUNK_BYTES) -> t
     host = tensor.detach().to("cpu").contiguous()
     # A byte view of the tensor's storage: no per-element conversion, and bfloat16 needs no numpy dtype.
     payload = memoryview(host.reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
-    meta = TensorMeta(
+    header = encoder_pb2.TensorHeader(
         dtype=DTYPE_NAMES[tensor.dtype],
-        shape=tuple(host.shape),
+        shape=list(host.shape),
         byte_length=payload.nbytes,
         crc32=zlib.crc32(payload),
+        hidden_state_layers=list(hidden_state_layers),
+        max_sequence_length=max_sequence_length,
     )
-    chunks = [bytes(payload[start : start + chunk_bytes]) for start in range(0, payload.nbytes, chunk_bytes)]
-    return meta, chunks
+    replies = [encoder_pb2.EncodeResponse(header=header)]
+    for start in range(0, payload.nbytes, chunk_bytes):
+        replies.append(encoder_pb2.EncodeResponse(chunk=bytes(payload[start : start + chunk_bytes])))
+    return replies
 
 
-def expected_byte_length(dtype: str, shape: tuple[int, ...]) -> int:
-    if dtype not in DTYPES:
-        raise WireFormatError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
-    if any(dim < 0 for dim in shape):
-        raise WireFormatError(f"negative dimension in shape {list(shape)}")
-    itemsize = torch.empty((), dtype=DTYPES[dtype]).element_size()
-    return math.prod(shape) * itemsize
+def responses_to_tensor(responses: Iterable[encoder_pb2.EncodeResponse], expected: TensorSpec) -> torch.Tensor:
+    """Rebuild the tensor from an `Encode` reply stream, checking it is exactly `expected`.
 
-
-def decode_tensor(meta: TensorMeta, chunks: Iterable[bytes]) -> torch.Tensor:
-    """Rebuild a tensor from its chunks, checking byte count, checksum, dtype and shape."""
-    expected = expected_byte_length(meta.dtype, meta.shape)
-    if meta.byte_length != expected:
+    The header must announce `expected`'s dtype and shape and the matching byte count before anything is
+    allocated; then the chunks must add up to that count and match the CRC-32.
+    """
+    stream = iter(responses)
+    first = next(stream, None)
+    if first is None or first.WhichOneof("part") != "header":
+        raise WireFormatError("the reply did not start with a tensor header")
+    header = first.header
+    shape = tuple(int(dim) for dim in header.shape)
+    if header.dtype != expected.dtype or shape != expected.shape:
         raise WireFormatError(
-            f"header says {meta.byte_length} bytes but {meta.dtype}{list(meta.shape)} needs {expected}"
+            f"the header announces {header.dtype}{list(shape)} but {expected.dtype}{list(expected.shape)} was asked for"
         )
-    buffer = bytearray(expected)
+    expected_bytes = expected.byte_length
+    if header.byte_length != expected_bytes:
+        raise WireFormatError(
+            f"header says {header.byte_length} bytes but {expected.dtype}{list(shape)} needs {expected_bytes}"
+        )
+    buffer = bytearray(expected_bytes)
     received = 0
     crc = 0
-    for chunk in chunks:
+    for reply in stream:
+        if reply.WhichOneof("part") != "chunk":
+            raise WireFormatError("a second header arrived in the middle of the payload")
+        chunk = reply.chunk
         end = received + len(chunk)
-        if end > expected:
-            raise WireFormatError(f"received more than the {expected} bytes the header announced")
+        if end > expected_bytes:
+            raise WireFormatError(f"received more than the {expected_bytes} bytes the header announced")
         buffer[received:end] = chunk
         crc = zlib.crc32(chunk, crc)
         received = end
-    if received != expected:
-        raise WireFormatError(f"received {received} of {expected} bytes; the stream ended early")
-    if crc != meta.crc32:
-        raise WireFormatError(f"checksum mismatch: crc32 {crc:#010x}, header says {meta.crc32:#010x}")
-    if expected == 0:
-        return torch.empty(meta.shape, dtype=DTYPES[meta.dtype])
-    return torch.frombuffer(buffer, dtype=DTYPES[meta.dtype]).reshape(meta.shape)
+    if received != expected_bytes:
+        raise WireFormatError(f"received {received} of {expected_bytes} bytes; the stream ended early")
+    if crc != header.crc32:
+        raise WireFormatError(f"checksum mismatch: crc32 {crc:#010x}, header says {header.crc32:#010x}")
+    if expected_bytes == 0:
+        return torch.empty(shape, dtype=DTYPES[expected.dtype])
+    return torch.frombuffer(buffer, dtype=DTYPES[expected.dtype]).reshape(shape)

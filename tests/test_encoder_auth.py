@@ -49,3 +49,16 @@ def test_health_needs_no_token(guarded_server):
     stub = health_pb2_grpc.HealthStub(guarded_server.channel)
     reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "Bearer"])
+def test_bearer_scheme_is_case_insensitive(guarded_server, scheme):
+    metadata = (("authorization", f"{scheme} {TOKEN}"),)
+    info = guarded_server.stub.GetInfo(encoder_pb2.GetInfoRequest(), timeout=10, metadata=metadata)
+    assert info.hidden_size == 32
+
+
+def test_token_without_the_bearer_scheme_is_refused(guarded_server):
+    with pytest.raises(grpc.RpcError) as error:
+        guarded_server.stub.GetInfo(encoder_pb2.GetInfoRequest(), timeout=10, metadata=(("authorization", TOKEN),))
+    assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED

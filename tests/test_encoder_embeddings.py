@@ -68,10 +68,13 @@ def test_header_echoes_the_layers_and_length_used(encoder_server):
     assert header.byte_length == sum(len(reply.chunk) for reply in replies[1:])
 
 
-def test_large_reply_arrives_in_chunks_under_default_grpc_limit(encoder_server):
+def test_large_reply_arrives_in_chunks_under_default_grpc_limit(tiny_snapshot):
     """16 prompts x all 34 layers is 35 MB: a client with default limits still receives it."""
     all_layers = list(range(1, 35))
-    with grpc.insecure_channel(encoder_server.target) as channel:  # default 4 MiB receive limit
+    with (
+        start_server(tiny_snapshot, max_hidden_state_layers=34) as server,
+        grpc.insecure_channel(server.target) as channel,  # default 4 MiB receive limit
+    ):
         from shared.protocol import encoder_pb2_grpc
 
         stub = encoder_pb2_grpc.TextEncoderStub(channel)
@@ -108,3 +111,5 @@ def test_get_info_describes_the_loaded_model(encoder_server, tiny_snapshot):
     assert (info.dtype, info.device) == ("float32", "cpu")
     assert len(info.fingerprint) == 64
     assert info.server_version
+    assert (info.max_prompts_per_request, info.max_prompt_chars) == (16, 20_000)
+    assert (info.max_hidden_state_layers, info.max_reply_bytes) == (8, 256 * 1024 * 1024)

@@ -51,7 +51,7 @@ def test_encode_while_model_loads_returns_unavailable(tiny_snapshot):
 def test_full_queue_returns_resource_exhausted(tiny_snapshot):
     with start_server(tiny_snapshot, max_batch_size=2, max_queued_prompts=2, batch_wait_ms=3000) as server:
         waiting = server.stub.Encode(encoder_pb2.EncodeRequest(prompts=["a"]), timeout=30)
-        _wait_until(lambda: server.handle.state.get().batcher.queued_prompts == 1)
+        _wait_until(lambda: server.handle.engine.queued_prompts == 1)
         with pytest.raises(grpc.RpcError) as error:
             server.encode(["b", "c"])
         assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

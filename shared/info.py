@@ -1,0 +1,49 @@
+"""What a server says about itself (`GetInfo`), as one plain object both sides convert in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS
+from shared.protocol import encoder_pb2
+from shared.wire import TensorSpec
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """Every field of `GetInfoResponse`, as plain Python."""
+
+    model_name: str
+    model_path: str
+    hidden_size: int  # prompt_embeds' last dimension is len(layers) * hidden_size
+    num_layers: int  # decoder layers in the checkpoint
+    max_layer: int  # deepest layer loaded, so the deepest one a request may ask for
+    default_hidden_state_layers: tuple[int, ...]
+    default_max_sequence_length: int
+    max_sequence_length: int
+    dtype: str
+    device: str
+    fingerprint: str
+    server_version: str
+    max_prompts_per_request: int
+    max_prompt_chars: int
+    max_hidden_state_layers: int
+    max_reply_bytes: int
+
+    def embedding_dim(self, layers: Sequence[int] = DEFAULT_HIDDEN_STATE_LAYERS) -> int:
+        return len(layers) * self.hidden_size
+
+    def embedding_spec(self, prompts: int, max_sequence_length: int, layers: Sequence[int]) -> TensorSpec:
+        """The exact tensor this server must return for such a request."""
+        return TensorSpec(self.dtype, (prompts, max_sequence_length, self.embedding_dim(layers)))
+
+    def to_pb(self) -> encoder_pb2.GetInfoResponse:
+        return encoder_pb2.GetInfoResponse(**dataclasses.asdict(self))
+
+    @classmethod
+    def from_pb(cls, reply: encoder_pb2.GetInfoResponse) -> ServerInfo:
+        values = {field.name: getattr(reply, field.name) for field in dataclasses.fields(cls)}
+        values["default_hidden_state_layers"] = tuple(values["default_hidden_state_layers"])
+        return cls(**values)
