@@ -21,3 +21,22 @@ def test_generated_python_code_is_up_to_date(tmp_path):
     for fresh in generator.generate(tmp_path):
         committed = REPO / "shared" / "protocol" / fresh.name
         assert committed.read_text() == fresh.read_text(), f"{committed} is stale: run `make proto`"
+
+
+def test_server_info_carries_every_get_info_field_both_ways():
+    import dataclasses
+
+    from shared.info import ServerInfo
+    from shared.protocol import encoder_pb2
+
+    proto_fields = {field.name for field in encoder_pb2.GetInfoResponse.DESCRIPTOR.fields}
+    assert {field.name for field in dataclasses.fields(ServerInfo)} == proto_fields
+    info = ServerInfo(
+        **{
+            field.name: (10, 20, 30) if field.name == "default_hidden_state_layers" else index + 1
+            for index, field in enumerate(dataclasses.fields(ServerInfo))
+            if field.type in ("int", "tuple[int, ...]")
+        },
+        **{field.name: field.name for field in dataclasses.fields(ServerInfo) if field.type == "str"},
+    )
+    assert ServerInfo.from_pb(info.to_pb()) == info
