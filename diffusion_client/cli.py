@@ -1,32 +1,78 @@
-"""`flux2-generate`: FLUX.2 images on one GPU, with prompt embeddings from a flux2-encoder server."""
+"""`flux2-generate`: FLUX.2 images on one GPU, with prompt embeddings from a flux2-encoder server.
+
+This module imports nothing heavy (torch, diffusers, grpc, PIL) at module level, so `--help` and flag
+errors answer at once; the run path imports them after quieting the libraries' loggers.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from diffusion_client.errors import ClientError, GenerationInputError
-from diffusion_client.generator import ImageGenerator, validate_jobs
-from diffusion_client.jobs import GenerationJob, jobs_from_file
-from diffusion_client.pipeline import (
-    PipelineConfig,
-    joint_attention_dim,
-    load_pipeline,
-    read_component_config,
-    size_multiple,
+from diffusion_client.errors import (
+    MESSAGE_LIMIT,
+    BadReplyError,
+    ClientError,
+    EncoderFailedError,
+    EncoderRejectedError,
+    InputError,
+    ModelMismatchError,
+    TransportError,
+    printable_line,
 )
-from diffusion_client.remote_encoder import RemoteTextEncoder
+from diffusion_client.jobs import GenerationJob, jobs_from_file
 from shared.defaults import DEFAULT_PORT
-from shared.quiet import quiet_model_libraries
+from shared.one_line import OneLineParser
+from shared.quiet import quiet_library_loggers
+
+if TYPE_CHECKING:
+    from diffusion_client.pipeline import PipelineConfig
+
+PROG = "flux2-generate"
+TOKEN_VARIABLE = "FLUX2_ENCODER_TOKEN"
+
+# The one place failures become exit codes: the first matching class wins; anything else exits 1.
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (InputError, 2),
+    (EncoderRejectedError, 2),
+    (TransportError, 3),
+    (EncoderFailedError, 3),
+    (BadReplyError, 3),
+    (ModelMismatchError, 4),
+)
+
+
+def exit_code(error: BaseException) -> int:
+    return next((code for kind, code in EXIT_CODES if isinstance(error, kind)), 1)
+
+
+def report(failure: object) -> None:
+    """One failure, as exactly one printable line on stderr; ours say what to fix, others say what they are."""
+    known = isinstance(failure, ClientError) or not isinstance(failure, BaseException)
+    message = failure if known else f"unexpected {type(failure).__name__}: {failure}"
+    print(f"{PROG}: error: {printable_line(message, MESSAGE_LIMIT)}", file=sys.stderr, flush=True)
+
+
+def positive_seconds(text: str) -> float:
+    """`--timeout`: a positive, finite number of seconds."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="flux2-generate",
+    parser = OneLineParser(
+        prog=PROG,
         description="Generate FLUX.2 images with prompt embeddings from a remote flux2-encoder server.",
     )
     parser.add_argument("prompt", nargs="?", help="what to draw (or use --prompts FILE)")
@@ -59,19 +105,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     parser.add_argument("--prompts", type=Path, help="one prompt per line, or JSONL with per-line settings")
-    parser.add_argument("--timeout", type=float, default=120.0, help="deadline for each encoder call, seconds")
     parser.add_argument(
-        "--token",
-        default=os.environ.get("FLUX2_ENCODER_TOKEN"),
-        help="bearer token for an authenticating proxy (default: $FLUX2_ENCODER_TOKEN)",
+        "--timeout",
+        type=positive_seconds,
+        default=120.0,
+        help="deadline for each encoder call in seconds, retries of an unreachable or busy server included",
     )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        help=f"file holding the bearer token for an authenticating proxy (or set ${TOKEN_VARIABLE})",
+    )
+    parser.add_argument("--token", help="bearer token; visible to other users in `ps`, prefer the two above")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
 def _jobs(args: argparse.Namespace) -> list[GenerationJob]:
     if (args.prompt is None) == (args.prompts is None):
-        raise GenerationInputError("give either a PROMPT or --prompts FILE, not both or neither")
+        raise InputError("give either a PROMPT or --prompts FILE, not both or neither")
     defaults = GenerationJob(
         prompt=args.prompt or "",
         out=args.out,
@@ -85,8 +137,71 @@ def _jobs(args: argparse.Namespace) -> list[GenerationJob]:
     return jobs_from_file(args.prompts, defaults) if args.prompts else [defaults]
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    """--token, else the first line of --token-file, else $FLUX2_ENCODER_TOKEN, else none."""
+    if args.token is not None and args.token_file is not None:
+        raise InputError("give --token or --token-file, not both")
+    token: str | None = args.token
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(f"cannot read token file {args.token_file}: {error}") from error
+        if not token:
+            raise InputError(f"token file {args.token_file} is empty")
+    if token is None:
+        token = os.environ.get(TOKEN_VARIABLE) or None
+    if token is not None and not (token.isascii() and token.isprintable()):
+        raise InputError("the token must be one line of printable ASCII (it is sent as an HTTP header)")
+    return token
+
+
+def run(args: argparse.Namespace) -> int:
+    jobs = _jobs(args)
+    token = _token(args)
+    from shared.quiet import quiet_model_libraries
+
+    quiet_model_libraries()  # before diffusers and transformers are first imported below
+
+    from diffusion_client.generator import FailedJob, ImageGenerator
+    from diffusion_client.pipeline import load_pipeline, read_component_config
+    from diffusion_client.preflight import preflight
+    from diffusion_client.remote_encoder import RemoteTextEncoder
+
+    config = _pipeline_config(args)
+    started = time.perf_counter()
+    with RemoteTextEncoder(args.encoder, timeout=args.timeout, token=token) as encoder:
+        # Everything a job can fail is checked before loading gigabytes of weights.
+        prepared = preflight(
+            jobs,
+            vae_config=read_component_config(config.model_path, "vae"),
+            transformer_config=read_component_config(config.model_path, "transformer"),
+            encoder=encoder,
+        )
+        pipeline = load_pipeline(config)
+        generator = ImageGenerator(pipeline, encoder, model_name=args.model.resolve().name, progress=not args.quiet)
+        first_failure = written = 0
+        try:
+            for outcome in generator.run(prepared):
+                if isinstance(outcome, FailedJob):
+                    report(outcome)
+                    first_failure = first_failure or exit_code(outcome.error)
+                else:
+                    written += 1
+                    print(f"wrote {outcome.path}", flush=True)
+        except Exception as error:
+            if not first_failure:
+                raise
+            report(error)  # a later failure that stops the run; the exit code stays the first one's
+    seconds = time.perf_counter() - started
+    print(f"{written} of {len(jobs)} image(s) written in {seconds:.1f} s", file=sys.stderr)
+    return first_failure
+
+
 def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     import torch
+
+    from diffusion_client.pipeline import PipelineConfig
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     quantize = args.quantize
@@ -95,45 +210,21 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     return PipelineConfig(model_path=args.model, device=device, quantize=quantize)
 
 
-def run(args: argparse.Namespace) -> int:
-    jobs = _jobs(args)
-    config = _pipeline_config(args)
-    started = time.perf_counter()
-    with RemoteTextEncoder(args.encoder, timeout=args.timeout, token=args.token) as encoder:
-        # Fail fast on bad input, a wrong address or a wrong model, before loading gigabytes of weights.
-        validate_jobs(jobs, size_multiple(read_component_config(config.model_path, "vae")))
-        encoder.check_fits(joint_attention_dim(read_component_config(config.model_path, "transformer")))
-        pipeline = load_pipeline(config)
-        generator = ImageGenerator(
-            pipeline,
-            encoder,
-            model_name=args.model.resolve().name,
-            device=config.device,
-            dtype=config.compute_dtype,
-            progress=not args.quiet,
-        )
-        for result in generator.run(jobs):
-            print(f"wrote {result.path}", flush=True)
-    print(f"{len(jobs)} image(s) in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
+    quiet_library_loggers()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    quiet_model_libraries()
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, or a bad flag already reported in one line
+        return stop.code if isinstance(stop.code, int) else 2
     try:
         return run(args)
-    except ClientError as error:
-        print(f"flux2-generate: error: {error}", file=sys.stderr)
-        return error.exit_code
     except KeyboardInterrupt:
-        print("flux2-generate: interrupted", file=sys.stderr)
+        print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # a bug or an unforeseen failure still gets one line, not a traceback
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        print(f"flux2-generate: error: unexpected {type(error).__name__}: {detail}", file=sys.stderr)
-        return 1
+        report(error)
+        return exit_code(error)
 
 
 if __name__ == "__main__":

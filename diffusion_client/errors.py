@@ -1,51 +1,86 @@
-"""Client exceptions, one per way a generation can fail; the CLI prints each as one line.
+"""Client exceptions: one tree, each class carrying what it concerns; `str(error)` is one printable line.
 
-ClientError                      exit code
-├── EncoderUnavailableError      3   server down, wrong host or port, or overloaded (after retries)
-├── EncoderTimeoutError          3   the call passed its deadline
-├── EncoderRejectedError         2   the server refused the request (status code kept)
-├── EncoderFailedError           3   the server failed on a valid request (INTERNAL, UNKNOWN, ...)
-├── BadReplyError                3   reply bytes failed checksum, size, dtype or shape checks
-├── ModelMismatchError           4   encoder output does not fit the local transformer
-└── GenerationInputError         2   bad size, unreadable image or prompts file, no GPU for NF4
+ClientError                         base; str() is one printable line
+├── EncoderError                    concerns one server: .target
+│   ├── EncoderCallError            the call ended with a gRPC status: .code (grpc.StatusCode)
+│   │   ├── TransportError          nothing was computed for us; may be retried
+│   │   │   ├── EncoderUnavailableError   UNAVAILABLE or RESOURCE_EXHAUSTED, still so at the deadline
+│   │   │   └── EncoderTimeoutError       DEADLINE_EXCEEDED
+│   │   ├── EncoderRejectedError    INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION, ...
+│   │   └── EncoderFailedError      INTERNAL, UNKNOWN, ... (server failed on a valid request)
+│   ├── BadReplyError               reply failed its checks (header dtype/shape, byte count, checksum)
+│   └── ModelMismatchError          server's model does not fit this transformer, or not the pinned fingerprint
+└── InputError                      bad job settings, reference image, prompts file, output path, device
+
+Exit codes are the CLI's business (`diffusion_client.cli.EXIT_CODES`), not these classes'. This module
+imports nothing heavy (not even grpc), so `flux2-generate --help` stays fast.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from shared.one_line import MESSAGE_LIMIT, SERVER_TEXT_LIMIT, printable_line
+
+if TYPE_CHECKING:
+    import grpc
+
+__all__ = ["MESSAGE_LIMIT", "SERVER_TEXT_LIMIT", "printable_line"]  # re-exported for the client's users
+
 
 class ClientError(Exception):
-    """Base class; `str(error)` is one line saying what went wrong and what to do."""
+    """Base class; `str(error)` is one printable line saying what went wrong and what to do."""
 
-    exit_code = 1
-
-
-class EncoderUnavailableError(ClientError):
-    exit_code = 3
+    def __str__(self) -> str:
+        return printable_line(super().__str__(), MESSAGE_LIMIT)
 
 
-class EncoderTimeoutError(ClientError):
-    exit_code = 3
+class EncoderError(ClientError):
+    """Something about one encoder server, named by `target` (`host:port`)."""
 
-
-class EncoderRejectedError(ClientError):
-    exit_code = 2
-
-    def __init__(self, message: str, status: str) -> None:
+    def __init__(self, message: str, *, target: str) -> None:
         super().__init__(message)
-        self.status = status
+        self.target = target
 
 
-class EncoderFailedError(ClientError):
-    exit_code = 3
+class EncoderCallError(EncoderError):
+    """A call ended with a gRPC status other than OK; `code` is that `grpc.StatusCode`."""
+
+    def __init__(self, message: str, *, target: str, code: grpc.StatusCode) -> None:
+        super().__init__(message, target=target)
+        self.code = code
 
 
-class BadReplyError(ClientError):
-    exit_code = 3
+class TransportError(EncoderCallError):
+    """The server computed nothing for this call, so trying again later is safe."""
 
 
-class ModelMismatchError(ClientError):
-    exit_code = 4
+class EncoderUnavailableError(TransportError):
+    """Unreachable (UNAVAILABLE) or overloaded (RESOURCE_EXHAUSTED), and still so at the deadline."""
 
 
-class GenerationInputError(ClientError):
-    exit_code = 2
+class EncoderTimeoutError(TransportError):
+    """The call passed its deadline (DEADLINE_EXCEEDED)."""
+
+
+class EncoderRejectedError(EncoderCallError):
+    """The server refused the request: bad arguments, no or wrong token, ..."""
+
+
+class EncoderFailedError(EncoderCallError):
+    """The server failed on a valid request (INTERNAL, UNKNOWN, ...); its log says why."""
+
+
+class BadReplyError(EncoderError):
+    """The reply is not the tensor asked for: header dtype or shape, byte count or checksum."""
+
+
+class ModelMismatchError(EncoderError):
+    """The server's model cannot feed this transformer, or is not the pinned set of weights."""
+
+
+class InputError(ClientError):
+    """Bad job settings, reference image, prompts file, output path or device."""
+
+
+GenerationInputError = InputError  # the name before the tree had InputError; kept for existing imports

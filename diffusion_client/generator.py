@@ -1,7 +1,11 @@
 """Make images from remote embeddings: a plain object over `Flux2Pipeline` and `RemoteTextEncoder`.
 
-For a list of jobs, the next prompt's embedding is fetched on a background thread while the
-current image denoises, so the network round trip hides behind GPU work.
+generator = ImageGenerator(pipeline, encoder, model_name="FLUX.2-dev")
+for outcome in generator.run(generator.prepare(jobs)):
+    ...  # GeneratedImage, or FailedJob for a job that failed on its own
+
+For a list of jobs, the next prompt's embedding is fetched on a background thread while the current
+image denoises, so the network round trip hides behind GPU work.
 """
 
 from __future__ import annotations
@@ -15,11 +19,22 @@ from typing import Any
 import torch
 from PIL import Image
 
-from diffusion_client.images import load_reference_image, save_png
+from diffusion_client.errors import (
+    BadReplyError,
+    ClientError,
+    EncoderFailedError,
+    EncoderRejectedError,
+    InputError,
+)
+from diffusion_client.images import save_png
 from diffusion_client.jobs import GenerationJob
-from diffusion_client.pipeline import joint_attention_dim, size_multiple
+from diffusion_client.preflight import PreparedJob, preflight
 from diffusion_client.remote_encoder import RemoteTextEncoder
-from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS
+
+# Failures that concern one job only (its output could not be written, the encoder refused or failed on
+# its prompt, its reply was corrupt): the run reports them and goes on. Anything else (the encoder out of
+# reach, the wrong model, a bug) stops the run.
+JOB_FAILURES: tuple[type[ClientError], ...] = (InputError, EncoderRejectedError, EncoderFailedError, BadReplyError)
 
 
 @dataclass(frozen=True)
@@ -28,50 +43,53 @@ class GeneratedImage:
     path: Path
 
 
-def validate_jobs(jobs: Sequence[GenerationJob], size_multiple: int) -> None:
-    """Check sizes, steps, seeds and reference images of every job before any GPU time is spent."""
-    for job in jobs:
-        job.check(size_multiple)
-        for path in job.images:
-            load_reference_image(path)
+@dataclass(frozen=True)
+class FailedJob:
+    job: GenerationJob
+    error: ClientError
+
+    def __str__(self) -> str:
+        return self.job.describe(str(self.error))
 
 
 class ImageGenerator:
-    def __init__(
-        self,
-        pipeline: Any,
-        encoder: RemoteTextEncoder,
-        *,
-        model_name: str,
-        device: torch.device | str,
-        dtype: torch.dtype,
-        progress: bool = True,
-    ) -> None:
+    """Generates prepared jobs with `pipeline`, a `Flux2Pipeline` loaded without its text encoder."""
+
+    def __init__(self, pipeline: Any, encoder: RemoteTextEncoder, *, model_name: str, progress: bool = True) -> None:
         self.pipeline = pipeline
         self.encoder = encoder
         self.model_name = model_name
-        # Flux2Pipeline uses `prompt_embeds` where they are, so they must arrive on its device and dtype.
-        self.device = torch.device(device)
-        self.dtype = dtype
         self.pipeline.set_progress_bar_config(disable=not progress, desc="denoising", leave=False)
 
     @property
-    def size_multiple(self) -> int:
-        """Height and width must be multiples of this: the VAE's downscale times the 2x2 latent patch."""
-        return size_multiple(self.pipeline.vae.config)
+    def device(self) -> torch.device:
+        """Where `Flux2Pipeline` runs, and so where it needs `prompt_embeds` (it does not move them)."""
+        device: torch.device = self.pipeline._execution_device
+        return device
 
-    def check_compatible(self, layers: Sequence[int] = DEFAULT_HIDDEN_STATE_LAYERS) -> None:
-        """Refuse before any denoising if the server's embeddings cannot feed this transformer."""
-        self.encoder.check_fits(joint_attention_dim(self.pipeline.transformer.config), layers)
+    @property
+    def dtype(self) -> torch.dtype:
+        """The transformer's compute dtype; `Flux2Pipeline` makes its latents in `prompt_embeds`' dtype."""
+        dtype: torch.dtype = self.pipeline.transformer.dtype
+        return dtype
+
+    def prepare(self, jobs: Sequence[GenerationJob]) -> list[PreparedJob]:
+        """`preflight` against this pipeline's configs and this encoder."""
+        return preflight(
+            jobs,
+            vae_config=self.pipeline.vae.config,
+            transformer_config=self.pipeline.transformer.config,
+            encoder=self.encoder,
+        )
 
     def fetch_embeds(self, job: GenerationJob) -> torch.Tensor:
-        return self.encoder.encode([job.prompt], device=self.device, dtype=self.dtype)
+        return self.encoder.encode([job.prompt], device=self.device, dtype=self.dtype)  # [1, 512, D]
 
-    def generate(self, job: GenerationJob, prompt_embeds: torch.Tensor) -> Image.Image:
+    def generate(self, prepared: PreparedJob, prompt_embeds: torch.Tensor) -> Image.Image:
         """One image from already-fetched embeddings; the same seed gives the same pixels."""
-        references = [load_reference_image(path) for path in job.images]
+        job = prepared.job
         result = self.pipeline(
-            image=references or None,
+            image=list(prepared.references) or None,
             prompt_embeds=prompt_embeds,
             height=job.height,
             width=job.width,
@@ -82,18 +100,35 @@ class ImageGenerator:
         image: Image.Image = result.images[0]
         return image
 
-    def run(self, jobs: Sequence[GenerationJob]) -> Iterator[GeneratedImage]:
-        """Generate and save each job in order, prefetching the next job's embedding."""
-        validate_jobs(jobs, self.size_multiple)
-        self.check_compatible()
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch-embeds") as prefetcher:
-            upcoming: Future[torch.Tensor] = prefetcher.submit(self.fetch_embeds, jobs[0])
-            for index, job in enumerate(jobs):
-                prompt_embeds = upcoming.result()
-                if index + 1 < len(jobs):
-                    upcoming = prefetcher.submit(self.fetch_embeds, jobs[index + 1])
-                image = self.generate(job, prompt_embeds)
-                yield GeneratedImage(job, save_png(image, job.out, self.metadata(job)))
+    def run(self, prepared_jobs: Sequence[PreparedJob]) -> Iterator[GeneratedImage | FailedJob]:
+        """Generate and save each job in order, prefetching the next job's embedding.
+
+        A job that fails on its own (`JOB_FAILURES`) is yielded as a `FailedJob` and the run goes on;
+        any other error stops it.
+        """
+        for prepared in prepared_jobs:
+            if not isinstance(prepared, PreparedJob):
+                raise TypeError(f"run() takes what prepare() returns, not {type(prepared).__name__}")
+        if not prepared_jobs:
+            return
+        prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch-embeds")
+        try:
+            upcoming: Future[torch.Tensor] = prefetcher.submit(self.fetch_embeds, prepared_jobs[0].job)
+            for index, prepared in enumerate(prepared_jobs):
+                current = upcoming
+                if index + 1 < len(prepared_jobs):
+                    upcoming = prefetcher.submit(self.fetch_embeds, prepared_jobs[index + 1].job)
+                try:
+                    image = self.generate(prepared, current.result())
+                    path = save_png(image, prepared.job.out, self.metadata(prepared.job))
+                except JOB_FAILURES as error:
+                    yield FailedJob(prepared.job, error)
+                    continue
+                yield GeneratedImage(prepared.job, path)
+        finally:
+            # Do not wait for a fetch in flight (Ctrl-C would hang up to its deadline); closing the encoder
+            # cancels it.
+            prefetcher.shutdown(wait=False, cancel_futures=True)
 
     def metadata(self, job: GenerationJob) -> dict[str, Any]:
         info = self.encoder.info()

@@ -3,6 +3,7 @@
 A prompts file holds one prompt per line, or JSON objects (JSONL) with per-line settings:
 `{"prompt": "...", "seed": 7, "steps": 20, "guidance": 3.5, "height": 768, "width": 1024,
 "images": ["ref.png"], "out": "name.png"}`. Blank lines and lines starting with `#` are skipped.
+Parsing checks each value's type; whether the values make a valid job is `preflight`'s business.
 """
 
 from __future__ import annotations
@@ -10,14 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffusion_client.errors import GenerationInputError
-
-MAX_SIDE = 4096
-MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit value
+from diffusion_client.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -30,30 +28,16 @@ class GenerationJob:
     height: int = 1024
     width: int = 1024
     images: tuple[Path, ...] = ()
+    # Where the job came from (`prompts.jsonl:3`), to start messages about it; not a setting.
+    origin: str | None = field(default=None, compare=False)
 
-    def check(self, multiple_of: int) -> None:
-        """Reject sizes the VAE and patching cannot produce exactly, with the nearest valid values."""
-        for name, value in (("height", self.height), ("width", self.width)):
-            if not multiple_of <= value <= MAX_SIDE:
-                raise GenerationInputError(f"--{name} {value} is out of range; use {multiple_of} to {MAX_SIDE}")
-            if value % multiple_of:
-                lower = value // multiple_of * multiple_of
-                raise GenerationInputError(
-                    f"--{name} {value} is not a multiple of {multiple_of}; use {lower or multiple_of} "
-                    f"or {lower + multiple_of}"
-                )
-        if self.steps < 1:
-            raise GenerationInputError(f"--steps must be at least 1, not {self.steps}")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise GenerationInputError(f"--seed must be between 0 and {MAX_SEED}, not {self.seed}")
-        if not math.isfinite(self.guidance):
-            raise GenerationInputError(f"--guidance must be a finite number, not {self.guidance}")
-        for image in self.images:
-            if not image.is_file():
-                raise GenerationInputError(f"reference image {image} does not exist")
+    def describe(self, message: str) -> str:
+        """`message` about this job, prefixed with where it came from when known."""
+        return f"{self.origin}: {message}" if self.origin else message
 
 
-_JOB_FIELDS = {field.name for field in dataclasses.fields(GenerationJob)}
+SETTINGS = frozenset(field.name for field in dataclasses.fields(GenerationJob)) - {"origin"}
+_NUMBERS: dict[str, type] = {"seed": int, "steps": int, "height": int, "width": int, "guidance": float}
 
 
 def numbered_output(out: Path, index: int) -> Path:
@@ -66,56 +50,51 @@ def jobs_from_file(path: Path, defaults: GenerationJob) -> list[GenerationJob]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
-        raise GenerationInputError(f"cannot read prompts file {path}: {error}") from error
+        raise InputError(f"cannot read prompts file {path}: {error}") from error
     jobs: list[GenerationJob] = []
-    line_of_output: dict[Path, int] = {}
     for number, line in enumerate(lines, start=1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
-        index = len(jobs)
-        settings: dict[str, Any] = {"out": numbered_output(defaults.out, index)}
+        where = f"{path}:{number}"
+        settings: dict[str, Any] = {"out": numbered_output(defaults.out, len(jobs)), "origin": where}
         if text.startswith("{"):
-            settings.update(_parse_json_line(path, number, text))
+            settings.update(_parse_json_line(where, text))
         else:
             settings["prompt"] = text
-        job = dataclasses.replace(defaults, **settings)
-        if job.out in line_of_output:
-            raise GenerationInputError(
-                f"{path}:{number}: writes {job.out}, as line {line_of_output[job.out]} does; "
-                'give each line a different "out"'
-            )
-        line_of_output[job.out] = number
-        jobs.append(job)
+        jobs.append(dataclasses.replace(defaults, **settings))
     if not jobs:
-        raise GenerationInputError(f"prompts file {path} has no prompts")
+        raise InputError(f"prompts file {path} has no prompts")
     return jobs
 
 
-def _parse_json_line(path: Path, number: int, text: str) -> dict[str, Any]:
-    where = f"{path}:{number}"
+def _parse_json_line(where: str, text: str) -> dict[str, Any]:
+    """The settings one JSONL line gives, each of the right type, or a one-line error naming the line."""
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as error:
-        raise GenerationInputError(f"{where}: not valid JSON ({error.msg})") from error
+        raise InputError(f"{where}: not valid JSON ({error.msg})") from error
     if not isinstance(raw, dict) or not isinstance(raw.get("prompt"), str):
-        raise GenerationInputError(f'{where}: each JSON line needs a "prompt" string')
-    unknown = set(raw) - _JOB_FIELDS
+        raise InputError(f'{where}: each JSON line needs a "prompt" string')
+    unknown = set(raw) - SETTINGS
     if unknown:
-        raise GenerationInputError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(_JOB_FIELDS)}")
+        raise InputError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(SETTINGS)}")
     settings: dict[str, Any] = {"prompt": raw["prompt"]}
-    for key, kind in (("seed", int), ("steps", int), ("height", int), ("width", int), ("guidance", float)):
+    for key, kind in _NUMBERS.items():
         if key in raw:
             value = raw[key]
             if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-                raise GenerationInputError(f"{where}: {key!r} must be a finite number")
+                raise InputError(f"{where}: {key!r} must be a finite number, not {json.dumps(value)}")
             if kind is int and not float(value).is_integer():
-                raise GenerationInputError(f"{where}: {key!r} must be a whole number")
+                raise InputError(f"{where}: {key!r} must be a whole number, not {json.dumps(value)}")
             settings[key] = kind(value)
     if "out" in raw:
+        if not isinstance(raw["out"], str) or not raw["out"].strip():
+            raise InputError(f"{where}: 'out' must be a non-empty path string, not {json.dumps(raw['out'])}")
         settings["out"] = Path(raw["out"])
     if "images" in raw:
-        if not isinstance(raw["images"], list) or not all(isinstance(item, str) for item in raw["images"]):
-            raise GenerationInputError(f"{where}: 'images' must be a list of paths")
-        settings["images"] = tuple(Path(item) for item in raw["images"])
+        images = raw["images"]
+        if not isinstance(images, list) or not all(isinstance(item, str) and item.strip() for item in images):
+            raise InputError(f"{where}: 'images' must be a list of path strings, not {json.dumps(images)}")
+        settings["images"] = tuple(Path(item) for item in images)
     return settings

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import torch
 
-from diffusion_client.errors import GenerationInputError
+from diffusion_client.errors import InputError
 
 Quantize = Literal["nf4", "none"]
 
@@ -28,12 +28,13 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise GenerationInputError(
-                f"--device {self.device} asked for, but no CUDA GPU is visible; use --device cpu --quantize none"
+            raise InputError(
+                f"device {self.device} asked for, but no CUDA GPU is visible; use device cpu without quantisation"
             )
         if self.quantize == "nf4" and not self.device.startswith("cuda"):
-            raise GenerationInputError(
-                "NF4 quantisation needs a CUDA GPU (bitsandbytes refuses to run without one); pass --quantize none"
+            raise InputError(
+                f"NF4 quantisation needs a CUDA GPU (bitsandbytes refuses to run without one), not device "
+                f"{self.device}; use quantize none"
             )
 
     @property
@@ -50,12 +51,12 @@ def _is_prequantized(transformer_dir: Path) -> bool:
 
 def _check_snapshot(model_path: Path) -> None:
     if not (model_path / "model_index.json").is_file():
-        raise GenerationInputError(
+        raise InputError(
             f"{model_path} is not a diffusers snapshot (no model_index.json); pass the FLUX.2 snapshot's root folder"
         )
     for component in ("transformer", "vae", "scheduler"):
         if not (model_path / component).is_dir():
-            raise GenerationInputError(f"{model_path} has no {component}/ folder; is it a complete FLUX.2 snapshot?")
+            raise InputError(f"{model_path} has no {component}/ folder; is it a complete FLUX.2 snapshot?")
 
 
 def load_transformer(config: PipelineConfig) -> Any:
@@ -107,5 +108,11 @@ def joint_attention_dim(transformer_config: Mapping[str, Any]) -> int:
 def read_component_config(model_path: Path, component: str) -> dict[str, Any]:
     """A component's `config.json`, so checks can run before any weights load."""
     _check_snapshot(model_path)
-    config: dict[str, Any] = json.loads((model_path / component / "config.json").read_text())
+    path = model_path / component / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"cannot read {path}: {error}; is it a complete FLUX.2 snapshot?") from error
+    if not isinstance(config, dict):
+        raise InputError(f"{path} does not hold a JSON object; is it a complete FLUX.2 snapshot?")
     return config

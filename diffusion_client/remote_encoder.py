@@ -2,14 +2,17 @@
 
 encoder = RemoteTextEncoder("encoder-box:50051")
 image = pipe(prompt_embeds=encoder.encode("a cat"), ...).images[0]
+
+Replies are held to the tensor asked for: the server's `GetInfo` (fetched once) gives the dtype and width,
+the request gives the rest, and a header announcing anything else is refused before a byte is allocated.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -17,61 +20,51 @@ import torch
 
 from diffusion_client.errors import (
     BadReplyError,
-    ClientError,
+    EncoderCallError,
     EncoderFailedError,
     EncoderRejectedError,
     EncoderTimeoutError,
     EncoderUnavailableError,
     ModelMismatchError,
+    printable_line,
 )
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS, DEFAULT_MAX_SEQUENCE_LENGTH
+from shared.info import ServerInfo
 from shared.protocol import encoder_pb2, encoder_pb2_grpc
-from shared.wire import TensorMeta, WireFormatError, decode_tensor
+from shared.wire import TensorSpec, WireFormatError, responses_to_tensor
 
 T = TypeVar("T")
 
+LAST_ATTEMPT_S = 0.1  # the least time left worth one more attempt
+
+RemoteEncoderInfo = ServerInfo  # the name this module used before `shared.info`; kept for existing imports
+
+# Both mean the server did no work for the request, so trying again is safe.
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
-CLIENT_MISTAKES = frozenset(
+REJECTED = frozenset(
     {
         grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.OUT_OF_RANGE,
         grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.UNAUTHENTICATED,
         grpc.StatusCode.PERMISSION_DENIED,
         grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
         grpc.StatusCode.UNIMPLEMENTED,
     }
 )
 
 
-@dataclass(frozen=True)
-class RemoteEncoderInfo:
-    """The server's GetInfo reply, as plain Python."""
-
-    model_name: str
-    hidden_size: int
-    num_layers: int
-    max_layer: int
-    default_hidden_state_layers: tuple[int, ...]
-    max_sequence_length: int
-    dtype: str
-    device: str
-    fingerprint: str
-    server_version: str
-    max_prompts_per_request: int
-
-    def embedding_dim(self, layers: Sequence[int] = DEFAULT_HIDDEN_STATE_LAYERS) -> int:
-        return len(layers) * self.hidden_size
-
-
 class RemoteTextEncoder:
-    """A client for `flux2.encoder.v1.TextEncoder` with deadlines, retries and verified replies.
+    """A client for `flux2.encoder.v1.TextEncoder` with one deadline per call, retries and verified replies.
 
     Args:
         target: `host:port` of the server.
-        timeout: deadline in seconds for each call, retries included.
+        timeout: seconds each `encode()` or `info()` may take, retries included; positive and finite.
         token: sent as `authorization: Bearer <token>` for servers behind an authenticating proxy.
-        retries: extra attempts when the server is UNAVAILABLE or RESOURCE_EXHAUSTED (nothing else is retried).
-        backoff_s: first retry delay; doubles each attempt, with jitter.
+        retries: most extra attempts when the server is UNAVAILABLE or RESOURCE_EXHAUSTED (nothing else is
+            retried); None keeps trying until the deadline.
+        backoff_s, max_backoff_s: the first retry delay, doubled each attempt up to the cap, with jitter.
         expected_fingerprint: refuse (`ModelMismatchError`) a server whose weights fingerprint does not
             start with this, to pin a deployment to one model.
     """
@@ -82,19 +75,30 @@ class RemoteTextEncoder:
         *,
         timeout: float = 60.0,
         token: str | None = None,
-        retries: int = 3,
-        backoff_s: float = 0.25,
+        retries: int | None = None,
+        backoff_s: float = 0.1,
+        max_backoff_s: float = 2.0,
         channel_options: Sequence[tuple[str, Any]] = (),
         expected_fingerprint: str | None = None,
     ) -> None:
+        if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"timeout must be a positive finite number of seconds, not {timeout!r}")
+        if retries is not None and retries < 0:
+            raise ValueError(f"retries must be None (until the deadline) or at least 0, not {retries}")
+        if not 0 < backoff_s <= max_backoff_s:
+            raise ValueError(f"need 0 < backoff_s <= max_backoff_s, not {backoff_s} and {max_backoff_s}")
         self.target = target
-        self.timeout = timeout
+        self.timeout = float(timeout)
         self.retries = retries
         self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._channel = grpc.insecure_channel(target, options=list(channel_options))
+        # gRPC's own reconnect backoff grows to 2 minutes; cap it at ours so a server that comes back is
+        # reached within one retry step, not long after the deadline.
+        options = {"grpc.max_reconnect_backoff_ms": int(max_backoff_s * 1000), **dict(channel_options)}
+        self._channel = grpc.insecure_channel(target, options=list(options.items()))
         self._stub = encoder_pb2_grpc.TextEncoderStub(self._channel)
-        self._info: RemoteEncoderInfo | None = None
+        self._info: ServerInfo | None = None
         self._expected_fingerprint = expected_fingerprint
 
     def __enter__(self) -> RemoteTextEncoder:
@@ -106,45 +110,27 @@ class RemoteTextEncoder:
     def close(self) -> None:
         self._channel.close()
 
-    def info(self) -> RemoteEncoderInfo:
-        """The server's model description (fetched once, then cached)."""
-        if self._info is None:
-            reply = self._call(lambda options: self._stub.GetInfo(encoder_pb2.GetInfoRequest(), **options))
-            self._info = RemoteEncoderInfo(
-                model_name=reply.model_name,
-                hidden_size=reply.hidden_size,
-                num_layers=reply.num_layers,
-                max_layer=reply.max_layer,
-                default_hidden_state_layers=tuple(reply.default_hidden_state_layers),
-                max_sequence_length=reply.max_sequence_length,
-                dtype=reply.dtype,
-                device=reply.device,
-                fingerprint=reply.fingerprint,
-                server_version=reply.server_version,
-                max_prompts_per_request=reply.max_prompts_per_request,
-            )
-        expected = self._expected_fingerprint
-        if expected and not self._info.fingerprint.startswith(expected):
-            raise ModelMismatchError(
-                f"the encoder at {self.target} serves weights {self._info.fingerprint[:16]}, "
-                f"not the expected {expected[:16]}; it runs a different model"
-            )
-        return self._info
+    def info(self) -> ServerInfo:
+        """The server's model description (fetched once, then cached); checks a pinned fingerprint."""
+        return self._info_by(time.monotonic() + self.timeout)
 
     def check_fits(self, joint_attention_dim: int, layers: Sequence[int] = DEFAULT_HIDDEN_STATE_LAYERS) -> None:
         """Raise `ModelMismatchError` unless these layers' embeddings fit a transformer of that width."""
         info = self.info()
         produced = info.embedding_dim(layers)
+        model = printable_line(info.model_name)
         if produced != joint_attention_dim:
             raise ModelMismatchError(
-                f"the encoder at {self.target} serves {info.model_name} (hidden size {info.hidden_size} x "
+                f"the encoder at {self.target} serves {model} (hidden size {info.hidden_size} x "
                 f"{len(layers)} layers = {produced}), but this transformer expects {joint_attention_dim}; "
-                "point --encoder at a server running the same FLUX.2 model"
+                "use an encoder server running the same FLUX.2 model",
+                target=self.target,
             )
         if max(layers) > info.max_layer:
             raise ModelMismatchError(
                 f"the encoder at {self.target} loaded only {info.max_layer} layers but layer {max(layers)} "
-                "is needed; restart it with a larger --max-layer"
+                "is needed; restart it with a larger --max-layer",
+                target=self.target,
             )
 
     def encode(
@@ -158,75 +144,100 @@ class RemoteTextEncoder:
     ) -> torch.Tensor:
         """`prompt_embeds` `[B, max_sequence_length, len(layers) * hidden]`, on `device` in `dtype` if given."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        deadline = time.monotonic() + self.timeout  # one deadline for GetInfo (first time) and Encode
+        info = self._info_by(deadline)
+        layers = tuple(layers) or info.default_hidden_state_layers
+        expected = info.embedding_spec(len(prompts), max_sequence_length, layers)
         request = encoder_pb2.EncodeRequest(
             prompts=prompts, max_sequence_length=max_sequence_length, hidden_state_layers=list(layers)
         )
-        if self._expected_fingerprint:
-            self.info()
-        embeds = self._call(lambda options: self._receive(request, options))
-        expected = (len(prompts), max_sequence_length)
-        if tuple(embeds.shape[:2]) != expected:
-            raise BadReplyError(f"server returned shape {list(embeds.shape)}, expected {list(expected)} + [dim]")
+        embeds = self._call(lambda options: self._receive(request, expected, options), deadline)
         if device is not None or dtype is not None:
             embeds = embeds.to(device=device, dtype=dtype)
-        return embeds
+        return embeds  # [B, max_sequence_length, len(layers) * hidden_size]
 
-    def _receive(self, request: encoder_pb2.EncodeRequest, options: dict[str, Any]) -> torch.Tensor:
+    def _info_by(self, deadline: float) -> ServerInfo:
+        if self._info is None:
+            reply = self._call(lambda options: self._stub.GetInfo(encoder_pb2.GetInfoRequest(), **options), deadline)
+            self._info = ServerInfo.from_pb(reply)
+        expected = self._expected_fingerprint
+        if expected and not self._info.fingerprint.startswith(expected):
+            raise ModelMismatchError(
+                f"the encoder at {self.target} serves weights {printable_line(self._info.fingerprint[:16])}, "
+                f"not the expected {expected[:16]}; it runs a different model",
+                target=self.target,
+            )
+        return self._info
+
+    def _receive(
+        self, request: encoder_pb2.EncodeRequest, expected: TensorSpec, options: dict[str, Any]
+    ) -> torch.Tensor:
         replies = self._stub.Encode(request, **options)
-        first = next(replies, None)
-        if first is None or first.WhichOneof("part") != "header":
-            raise BadReplyError(f"the encoder at {self.target} sent no header; is it a flux2-encoder server?")
-        header = first.header
-        meta = TensorMeta(header.dtype, tuple(header.shape), header.byte_length, header.crc32)
         try:
-            return decode_tensor(meta, (reply.chunk for reply in replies))
+            return responses_to_tensor(replies, expected)
         except WireFormatError as error:
-            raise BadReplyError(f"bad reply from the encoder at {self.target}: {error}") from error
+            replies.cancel()  # stop the server streaming bytes we will not read
+            raise BadReplyError(
+                f"bad reply from the encoder at {self.target}: {printable_line(error)}", target=self.target
+            ) from None
 
-    def _call_options(self, deadline: float) -> dict[str, Any]:
-        return {"timeout": max(deadline - time.monotonic(), 0.001), "metadata": self._metadata}
+    def _call(self, call: Callable[[dict[str, Any]], T], deadline: float) -> T:
+        """Run `call` by `deadline`, retrying UNAVAILABLE and RESOURCE_EXHAUSTED with capped, jittered backoff.
 
-    def _call(self, call: Callable[[dict[str, Any]], T]) -> T:
-        """Run `call` within one overall deadline, retrying only UNAVAILABLE and RESOURCE_EXHAUSTED.
-
-        Both mean the server did no work for this request, so trying again is safe; everything else
-        is mapped to one `ClientError`.
+        Retries go on until the deadline (or `retries` runs out); every other status is mapped at once to
+        one `EncoderCallError`.
         """
-        deadline = time.monotonic() + self.timeout
-        for attempt in range(self.retries + 1):
+        attempt = 0
+        unavailable: tuple[grpc.StatusCode, str | None] | None = None  # the last retryable failure
+        while True:
+            remaining = deadline - time.monotonic()
             try:
-                return call(self._call_options(deadline))
+                return call({"timeout": max(remaining, 0.001), "metadata": self._metadata})
             except grpc.RpcError as error:
                 code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
-                delay = self.backoff_s * 2**attempt * random.uniform(0.8, 1.2)
-                if code in RETRYABLE and attempt < self.retries and time.monotonic() + delay < deadline:
-                    time.sleep(delay)
-                    continue
-                raise self._client_error(error, code) from None
-        raise AssertionError("unreachable")
+                details: str | None = error.details() if isinstance(error, grpc.Call) else str(error)
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED and unavailable is not None:
+                    code, details = unavailable  # the deadline came while the server was still out of reach
+                if code not in RETRYABLE:
+                    raise self._call_error(code, details) from None
+                unavailable = (code, details)
+                remaining = deadline - time.monotonic()
+                out_of_attempts = self.retries is not None and attempt >= self.retries
+                if out_of_attempts or remaining <= LAST_ATTEMPT_S:
+                    raise self._call_error(code, details) from None
+                delay = min(self.backoff_s * 2**attempt, self.max_backoff_s) * random.uniform(0.5, 1.0)
+                time.sleep(min(delay, remaining - LAST_ATTEMPT_S))  # the last try comes just before the deadline
+                attempt += 1
 
-    def _client_error(self, error: grpc.RpcError, code: grpc.StatusCode) -> ClientError:
-        details = error.details() if isinstance(error, grpc.Call) else str(error)
+    def _call_error(self, code: grpc.StatusCode, details: str | None) -> EncoderCallError:
+        said = printable_line(details or "no details")
+        target = self.target
         if code == grpc.StatusCode.UNAVAILABLE:
             return EncoderUnavailableError(
-                f"cannot reach the encoder at {self.target} ({_first_line(details)}); "
-                "check the address and that `flux2-encoder serve` is running and reports SERVING"
+                f"cannot reach the encoder at {target} ({said}); "
+                "check the address and that `flux2-encoder serve` is running and reports SERVING",
+                target=target,
+                code=code,
             )
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            return EncoderUnavailableError(f"the encoder at {self.target} stayed overloaded: {_first_line(details)}")
+            return EncoderUnavailableError(
+                f"the encoder at {target} stayed overloaded until the deadline ({self.timeout:g} s): {said}",
+                target=target,
+                code=code,
+            )
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return EncoderTimeoutError(
-                f"the encoder at {self.target} did not answer within {self.timeout:g} s; "
-                "it may be overloaded, or raise the timeout"
+                f"the encoder at {target} did not answer within {self.timeout:g} s; "
+                "it may be overloaded, or raise the timeout",
+                target=target,
+                code=code,
             )
         if code == grpc.StatusCode.UNAUTHENTICATED:
-            return EncoderRejectedError(f"the encoder at {self.target} needs a token: {details}", code.name)
-        if code in CLIENT_MISTAKES:
-            return EncoderRejectedError(f"the encoder at {self.target} refused: {details} ({code.name})", code.name)
+            return EncoderRejectedError(f"the encoder at {target} needs a token: {said}", target=target, code=code)
+        if code in REJECTED:
+            return EncoderRejectedError(
+                f"the encoder at {target} refused: {said} ({code.name})", target=target, code=code
+            )
         return EncoderFailedError(
-            f"the encoder at {self.target} failed: {_first_line(details)} ({code.name}); see the server log"
+            f"the encoder at {target} failed: {said} ({code.name}); see the server log", target=target, code=code
         )
-
-
-def _first_line(text: str | None) -> str:
-    return (text or "no details").strip().splitlines()[0]

@@ -35,7 +35,7 @@ def test_wrong_token_is_refused_with_a_hint(guarded_server):
         pytest.raises(EncoderRejectedError) as error,
     ):
         encoder.encode("x")
-    assert error.value.status == "UNAUTHENTICATED"
+    assert error.value.code == grpc.StatusCode.UNAUTHENTICATED
     assert "--token" in str(error.value)
 
 

@@ -117,3 +117,60 @@ def test_prompts_file_writes_one_image_per_line_each_identical_to_its_single_run
         single = tmp_path / f"single-{path.name}"
         assert generate(encoder_server, tiny_snapshot, prompt, "--seed", str(seed), "--out", str(single), *SIZE) == 0
         np.testing.assert_array_equal(pixels(path), pixels(single))
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tiny_snapshot: Path):  # type: ignore[no-untyped-def]
+    from diffusion_client.pipeline import PipelineConfig, load_pipeline
+
+    return load_pipeline(PipelineConfig(model_path=tiny_snapshot, device="cpu", quantize="none"))
+
+
+def test_generator_prepare_then_run_matches_monolithic_diffusers(
+    encoder_server, tiny_pipeline, monolithic_pipeline, tmp_path
+):
+    from diffusion_client import RemoteTextEncoder
+    from diffusion_client.generator import GeneratedImage, ImageGenerator
+    from diffusion_client.jobs import GenerationJob
+
+    job = GenerationJob(prompt="a fox in the snow", out=tmp_path / "lib.png", seed=7, steps=3, height=64, width=64)
+    with RemoteTextEncoder(encoder_server.target) as encoder:
+        generator = ImageGenerator(tiny_pipeline, encoder, model_name="tiny", progress=False)
+        assert (generator.device, generator.dtype) == (torch.device("cpu"), torch.float32)
+        outcomes = list(generator.run(generator.prepare([job])))
+    assert outcomes == [GeneratedImage(job, job.out)]
+    np.testing.assert_array_equal(pixels(job.out), monolithic_image(monolithic_pipeline, "a fox in the snow", seed=7))
+
+
+def test_reference_images_are_decoded_once_in_prepare_not_again_in_run(encoder_server, tiny_pipeline, tmp_path):
+    from diffusion_client import RemoteTextEncoder
+    from diffusion_client.generator import GeneratedImage, ImageGenerator
+    from diffusion_client.jobs import GenerationJob
+
+    reference = tmp_path / "ref.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(reference)
+    jobs = [
+        GenerationJob(
+            prompt="make it blue", out=tmp_path / f"{i}.png", steps=2, height=64, width=64, images=(reference,)
+        )
+        for i in range(2)
+    ]
+    with RemoteTextEncoder(encoder_server.target) as encoder:
+        generator = ImageGenerator(tiny_pipeline, encoder, model_name="tiny", progress=False)
+        prepared = generator.prepare(jobs)
+        assert prepared[0].references[0] is prepared[1].references[0]  # one decode for both jobs
+        reference.unlink()  # run() must not read it again
+        outcomes = list(generator.run(prepared))
+    assert all(isinstance(outcome, GeneratedImage) for outcome in outcomes)
+    assert [outcome.path.name for outcome in outcomes] == ["0.png", "1.png"]
+
+
+def test_generator_run_takes_only_prepared_jobs(encoder_server, tiny_pipeline, tmp_path):
+    from diffusion_client import RemoteTextEncoder
+    from diffusion_client.generator import ImageGenerator
+    from diffusion_client.jobs import GenerationJob
+
+    with RemoteTextEncoder(encoder_server.target) as encoder:
+        generator = ImageGenerator(tiny_pipeline, encoder, model_name="tiny", progress=False)
+        with pytest.raises(TypeError, match="what prepare"):
+            list(generator.run([GenerationJob(prompt="x", out=tmp_path / "x.png")]))  # type: ignore[list-item]

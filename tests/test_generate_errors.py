@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
+import struct
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,15 +13,11 @@ import pytest
 
 from diffusion_client.cli import main as generate_main
 from shared.tiny_snapshot import TinySnapshotShape, build_tiny_snapshot
+from tests.cli_runs import assert_one_line_error, free_port, run_cli
+from tests.fake_encoder import FakeEncoder, embeds_for, fake_server
 from tests.helpers import start_server
 
 SIZE = ["--height", "64", "--width", "64", "--steps", "2"]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
@@ -57,29 +52,15 @@ def generate(encoder_server, tiny_snapshot):  # type: ignore[no-untyped-def]
     return lambda *args: generate_main(["--encoder", encoder_server.target, "--model", str(tiny_snapshot), *args])
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "diffusion_client.cli", *args]
-    return subprocess.run(
-        command, capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"}
-    )
-
-
-def assert_one_line_error(stderr: str, *fragments: str) -> None:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert "Traceback" not in stderr
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("flux2-generate: error: ")
-    for fragment in fragments:
-        assert fragment in lines[0]
-
-
 def test_server_not_running_exits_3_with_one_line(tiny_snapshot, tmp_path):
     finished = run_cli(
         "a cat",
         "--encoder",
-        f"127.0.0.1:{_free_port()}",
+        f"127.0.0.1:{free_port()}",
         "--model",
         str(tiny_snapshot),
+        "--timeout",
+        "2",
         "--out",
         str(tmp_path / "x.png"),
         *SIZE,
@@ -98,7 +79,7 @@ def test_wrong_port_exits_3_with_one_line(tiny_snapshot, tmp_path, not_grpc_port
             "--model",
             str(tiny_snapshot),
             "--timeout",
-            "10",
+            "2",
             "--out",
             str(tmp_path / "x.png"),
             *SIZE,
@@ -147,16 +128,17 @@ def test_missing_reference_image_exits_2(generate, tmp_path, capsys):
 @pytest.mark.parametrize(
     "flags,message",
     [
-        (["--height", "100"], "--height 100 is not a multiple of 16; use 96 or 112"),
-        (["--width", "8"], "--width 8 is out of range"),
-        (["--steps", "0"], "--steps must be at least 1"),
+        (["--height", "100"], "height 100 is not a multiple of 16; use 96 or 112"),
+        (["--width", "8"], "width 8 is out of range"),
+        (["--steps", "0"], "steps must be at least 1"),
     ],
     ids=["height-not-multiple", "width-too-small", "zero-steps"],
 )
 def test_odd_sizes_exit_2_with_the_nearest_valid_values(generate, tmp_path, capsys, flags, message):
     code = generate("a cat", "--out", str(tmp_path / "x.png"), *SIZE, *flags)
     assert code == 2
-    assert_one_line_error(capsys.readouterr().err, message)
+    line = assert_one_line_error(capsys.readouterr().err, message)
+    assert f"--{flags[0][2:]} " not in line  # the library's words, not the flag's
 
 
 def test_bad_prompts_file_line_exits_2_naming_the_line(generate, tmp_path, capsys):
@@ -170,7 +152,7 @@ def test_bad_prompts_file_line_exits_2_naming_the_line(generate, tmp_path, capsy
 def test_nf4_without_gpu_exits_2_suggesting_quantize_none(generate, capsys):
     code = generate("a cat", "--quantize", "nf4", "--device", "cpu")
     assert code == 2
-    assert_one_line_error(capsys.readouterr().err, "--quantize none")
+    assert_one_line_error(capsys.readouterr().err, "NF4 quantisation needs a CUDA GPU", "quantize none")
 
 
 def test_model_path_that_is_not_a_snapshot_exits_2(encoder_server, tmp_path: Path, capsys):
@@ -184,7 +166,7 @@ def test_model_path_that_is_not_a_snapshot_exits_2(encoder_server, tmp_path: Pat
     [
         ('{"prompt": "x", "seed": NaN}', "'seed' must be a finite number"),
         ('{"prompt": "x", "steps": 2.5}', "'steps' must be a whole number"),
-        ('{"prompt": "x", "out": "same.png"}\n{"prompt": "y", "out": "same.png"}', "as line 1 does"),
+        ('{"prompt": "x", "out": "same.png"}\n{"prompt": "y", "out": "same.png"}', "p.jsonl:2: writes same.png, as"),
     ],
     ids=["nan-seed", "fractional-steps", "duplicate-output"],
 )
@@ -199,13 +181,13 @@ def test_bad_prompts_file_values_exit_2(generate, tmp_path, capsys, line, messag
 def test_seed_out_of_range_exits_2_before_loading(generate, capsys):
     code = generate("a cat", "--seed", str(2**64))
     assert code == 2
-    assert_one_line_error(capsys.readouterr().err, "--seed must be between 0 and")
+    assert_one_line_error(capsys.readouterr().err, "seed must be between 0 and")
 
 
 def test_output_path_that_is_a_directory_exits_2(generate, tmp_path, capsys):
     code = generate("a cat", "--quiet", "--out", str(tmp_path), *SIZE)
     assert code == 2
-    assert_one_line_error(capsys.readouterr().err, f"cannot write {tmp_path}")
+    assert_one_line_error(capsys.readouterr().err, f"cannot write {tmp_path}: it is a directory")
 
 
 def test_cuda_device_without_a_gpu_exits_2(generate, capsys):
@@ -216,3 +198,96 @@ def test_cuda_device_without_a_gpu_exits_2(generate, capsys):
     code = generate("a cat", "--device", "cuda", "--quantize", "none")
     assert code == 2
     assert_one_line_error(capsys.readouterr().err, "no CUDA GPU is visible")
+
+
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ('{"prompt": "x", "out": 5}', "p.jsonl:1: 'out' must be a non-empty path string, not 5"),
+        ('{"prompt": "x", "out": ""}', "p.jsonl:1: 'out' must be a non-empty path string"),
+        ('{"prompt": "x", "images": ["a.png", 3]}', "p.jsonl:1: 'images' must be a list of path strings"),
+        ('{"prompt": "x", "images": "a.png"}', "p.jsonl:1: 'images' must be a list of path strings"),
+        ('{"prompt": null}', 'p.jsonl:1: each JSON line needs a "prompt" string'),
+        ('{"prompt": "x", "guidance": "high"}', "p.jsonl:1: 'guidance' must be a finite number"),
+        ('{"prompt": "x", "seed": true}', "p.jsonl:1: 'seed' must be a finite number"),
+        ('{"prompt": "x", "height": 100}', "p.jsonl:1: height 100 is not a multiple of 16"),
+    ],
+    ids=[
+        "out-number",
+        "out-empty",
+        "images-number",
+        "images-string",
+        "prompt-null",
+        "guidance-text",
+        "seed-bool",
+        "size",
+    ],
+)
+def test_jsonl_field_of_the_wrong_type_exits_2_naming_file_and_line(generate, tmp_path, capsys, line, message):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(line + "\n")
+    code = generate("--prompts", str(prompts))
+    assert code == 2
+    assert_one_line_error(capsys.readouterr().err, message)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-5", "soon"])
+def test_timeout_flag_that_is_not_a_positive_finite_number_exits_2_in_one_line(tiny_snapshot, capsys, value):
+    code = generate_main(["a cat", "--model", str(tiny_snapshot), f"--timeout={value}"])
+    assert code == 2
+    assert_one_line_error(capsys.readouterr().err, "argument --timeout: must be a positive number of seconds")
+
+
+def test_unknown_flag_exits_2_in_one_line(tiny_snapshot, capsys):
+    assert generate_main(["a cat", "--model", str(tiny_snapshot), "--colour", "red"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "unrecognized arguments: --colour red")
+
+
+def test_reply_with_a_wrong_last_dimension_exits_3_not_a_pipeline_crash(tiny_snapshot, tmp_path, capsys):
+    lying = FakeEncoder(lambda request, _context: embeds_for(request, width=97))
+    with fake_server(lying) as target:
+        code = generate_main(
+            ["a cat", "--encoder", target, "--model", str(tiny_snapshot), "--quiet", "--out", str(tmp_path / "x.png")]
+            + SIZE
+        )
+    assert code == 3
+    assert_one_line_error(capsys.readouterr().err, f"bad reply from the encoder at {target}", "97")
+    assert not (tmp_path / "x.png").exists()
+
+
+def hand_made_png(width: int, height: int) -> bytes:
+    """A PNG whose header claims `width` x `height` RGB pixels, with a one-byte image stream."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
+def test_reference_image_claiming_20000_by_20000_pixels_exits_2_naming_the_cap(tiny_snapshot, tmp_path):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(hand_made_png(20000, 20000))
+    assert len(bomb.read_bytes()) < 100
+    finished = run_cli(
+        "edit it",
+        "--image",
+        str(bomb),
+        "--encoder",
+        f"127.0.0.1:{free_port()}",
+        "--model",
+        str(tiny_snapshot),
+        "--out",
+        str(tmp_path / "x.png"),
+        *SIZE,
+    )
+    assert finished.returncode == 2, finished.stderr
+    assert_one_line_error(finished.stderr, f"reference image {bomb}", "8192x8192")
+
+
+def test_reference_image_over_the_cap_but_under_pils_limit_exits_2(generate, tmp_path, capsys):
+    wide = tmp_path / "wide.png"
+    wide.write_bytes(hand_made_png(8193, 8192))
+    code = generate("edit it", "--image", str(wide), "--out", str(tmp_path / "x.png"), *SIZE)
+    assert code == 2
+    assert_one_line_error(capsys.readouterr().err, f"reference image {wide} is 8193x8192 pixels", "8192x8192")

@@ -98,4 +98,4 @@ def test_header_announcing_8_gib_is_refused_without_allocating():
 
 def test_unknown_dtype_is_refused():
     with pytest.raises(WireFormatError, match="unknown dtype"):
-        TensorSpec("int7", (2,)).byte_length
+        _ = TensorSpec("int7", (2,)).byte_length

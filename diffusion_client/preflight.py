@@ -1,0 +1,111 @@
+"""One preflight for generation jobs: every check a job can fail before any GPU time is spent.
+
+`preflight` validates each job's settings against the model's configs, checks that each output can be
+written and that no two jobs write one file, decodes every reference image once, and checks that the
+encoder's embeddings fit the transformer. The CLI runs it on the snapshot's `config.json` files before
+loading any weights; `ImageGenerator.prepare` runs it on a loaded pipeline's configs. Only its result,
+`PreparedJob`s, can be generated.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from diffusion_client.errors import InputError
+from diffusion_client.images import load_reference_image
+from diffusion_client.jobs import GenerationJob
+from diffusion_client.pipeline import joint_attention_dim, size_multiple
+from diffusion_client.remote_encoder import RemoteTextEncoder
+from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS
+
+MAX_SIDE = 4096
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit value
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """A job that passed preflight, with its reference images decoded (RGB)."""
+
+    job: GenerationJob
+    references: tuple[Image.Image, ...] = ()
+
+
+def preflight(
+    jobs: Sequence[GenerationJob],
+    *,
+    vae_config: Mapping[str, Any],
+    transformer_config: Mapping[str, Any],
+    encoder: RemoteTextEncoder,
+    layers: Sequence[int] = DEFAULT_HIDDEN_STATE_LAYERS,
+) -> list[PreparedJob]:
+    """Check `jobs` (local checks first, then the encoder) and decode their reference images.
+
+    Raises `InputError` for a bad job, `ModelMismatchError` for an encoder that cannot feed this
+    transformer, and the encoder's call errors if it cannot be asked.
+    """
+    multiple = size_multiple(vae_config)
+    for job in jobs:
+        check_settings(job, multiple)
+    check_outputs(jobs)
+    decoded: dict[Path, Image.Image] = {}  # one decode per file, however many jobs use it
+    prepared = []
+    for job in jobs:
+        for path in job.images:
+            if path not in decoded:
+                try:
+                    decoded[path] = load_reference_image(path)
+                except InputError as error:
+                    raise InputError(job.describe(str(error))) from error
+        prepared.append(PreparedJob(job, tuple(decoded[path] for path in job.images)))
+    encoder.check_fits(joint_attention_dim(transformer_config), layers)
+    return prepared
+
+
+def check_settings(job: GenerationJob, multiple: int) -> None:
+    """Sizes the VAE and patching produce exactly (else the nearest valid values), steps, seed, guidance."""
+    for name, value in (("height", job.height), ("width", job.width)):
+        if not multiple <= value <= MAX_SIDE:
+            raise InputError(job.describe(f"{name} {value} is out of range; use {multiple} to {MAX_SIDE}"))
+        if value % multiple:
+            lower = value // multiple * multiple
+            raise InputError(
+                job.describe(f"{name} {value} is not a multiple of {multiple}; use {lower} or {lower + multiple}")
+            )
+    if job.steps < 1:
+        raise InputError(job.describe(f"steps must be at least 1, not {job.steps}"))
+    if not 0 <= job.seed <= MAX_SEED:
+        raise InputError(job.describe(f"seed must be between 0 and {MAX_SEED}, not {job.seed}"))
+    if not math.isfinite(job.guidance):
+        raise InputError(job.describe(f"guidance must be a finite number, not {job.guidance}"))
+
+
+def check_outputs(jobs: Sequence[GenerationJob]) -> None:
+    """Each output is a file path whose folder exists or can be made, and no two jobs write one file."""
+    first_writer: dict[Path, str] = {}  # resolved output -> the job that writes it, as messages name it
+    for number, job in enumerate(jobs, start=1):
+        out = job.out
+        if out.is_dir():
+            raise InputError(job.describe(f"cannot write {out}: it is a directory; give a file name"))
+        folder = _nearest_existing(out.absolute().parent)
+        if not folder.is_dir():
+            raise InputError(job.describe(f"cannot write {out}: {folder} is not a directory"))
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise InputError(job.describe(f"cannot write {out}: {folder} is not writable"))
+        key = out.resolve()
+        if key in first_writer:
+            raise InputError(job.describe(f"writes {out}, as {first_writer[key]} does; give each job its own output"))
+        first_writer[key] = job.origin or f"job {number}"
+
+
+def _nearest_existing(folder: Path) -> Path:
+    """`folder` or its closest ancestor that exists: where a missing folder would be created."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder

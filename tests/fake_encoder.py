@@ -1,0 +1,92 @@
+"""Scripted peers for client tests: a real sync gRPC server on port 0 whose replies a test chooses.
+
+They stand in for servers that misbehave in ways the real one never should (lying headers, corrupt bytes,
+hostile error text); everything else about the call (channel, deadlines, streaming) is real gRPC.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import torch
+
+from shared.info import ServerInfo
+from shared.protocol import encoder_pb2, encoder_pb2_grpc
+from shared.wire import tensor_to_responses
+
+Replies = Iterable[encoder_pb2.EncodeResponse]
+
+# What the tiny snapshot's encoder reports: 32 wide, so (10, 20, 30) give the tiny transformer's 96.
+TINY_INFO = ServerInfo(
+    model_name="fake-tiny",
+    model_path="/fake/tiny",
+    hidden_size=32,
+    num_layers=34,
+    max_layer=34,
+    default_hidden_state_layers=(10, 20, 30),
+    default_max_sequence_length=512,
+    max_sequence_length=512,
+    dtype="float32",
+    device="cpu",
+    fingerprint="f" * 64,
+    server_version="fake",
+    max_prompts_per_request=16,
+    max_prompt_chars=20_000,
+    max_hidden_state_layers=8,
+    max_reply_bytes=2**30,
+)
+
+
+def embeds_for(request: encoder_pb2.EncodeRequest, *, width: int = 96, dtype: torch.dtype = torch.float32) -> Replies:
+    """An honest reply in shape: zeros `[B, length, width]`."""
+    length = request.max_sequence_length or 512
+    tensor = torch.zeros(len(request.prompts), length, width, dtype=dtype)
+    return tensor_to_responses(
+        tensor, hidden_state_layers=list(request.hidden_state_layers), max_sequence_length=length
+    )
+
+
+class FakeEncoder(encoder_pb2_grpc.TextEncoderServicer):
+    """Answers GetInfo with `info`; each Encode first fails with the next of `failures`, then runs `reply`."""
+
+    def __init__(
+        self,
+        reply: Callable[[encoder_pb2.EncodeRequest, grpc.ServicerContext], Replies] | None = None,
+        *,
+        info: ServerInfo = TINY_INFO,
+        failures: Iterable[grpc.StatusCode] = (),
+        details: str = "scripted failure",
+    ) -> None:
+        self.reply = reply or (lambda request, _context: embeds_for(request))
+        self.info = info
+        self.failures = list(failures)
+        self.details = details
+        self.calls = 0
+        self.metadata: list[dict[str, str]] = []
+
+    def GetInfo(self, request: Any, context: grpc.ServicerContext) -> encoder_pb2.GetInfoResponse:  # noqa: N802
+        self.metadata.append({key: str(value) for key, value in context.invocation_metadata()})
+        return self.info.to_pb()
+
+    def Encode(self, request: Any, context: grpc.ServicerContext) -> Iterator[encoder_pb2.EncodeResponse]:  # noqa: N802
+        self.calls += 1
+        if self.failures:
+            context.abort(self.failures.pop(0), self.details)
+        yield from self.reply(request, context)
+
+
+@contextlib.contextmanager
+def fake_server(servicer: encoder_pb2_grpc.TextEncoderServicer) -> Iterator[str]:
+    """Serve `servicer` on 127.0.0.1:0; yields the target to dial."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    encoder_pb2_grpc.add_TextEncoderServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(0)
