@@ -11,13 +11,13 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
 
 from encoder_server.config import (
     DEFAULT_MAX_PENDING_REPLY_BYTES,
     DEFAULT_SEND_TIMEOUT_S,
     DEFAULT_SHUTDOWN_GRACE_S,
     MIB,
+    QUANTIZE_CHOICES,
     SUPPORTED_DTYPES,
     BatchingConfig,
     ConfigError,
@@ -27,6 +27,7 @@ from encoder_server.config import (
 )
 from encoder_server.errors import EncoderError
 from shared.defaults import DEFAULT_PORT, SERVICE_NAME
+from shared.one_line import OneLineParser
 from shared.quiet import quiet_library_loggers
 
 
@@ -41,13 +42,6 @@ def _number(text: str) -> float:
 _number.__name__ = "finite number"
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """Usage errors as one line, like every other failure; `--help` still shows the usage."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="flux2-encoder", description="FLUX.2 text encoder over gRPC.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
@@ -56,13 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="[::]", help="address to bind (default: all interfaces)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to bind; 0 picks one (default %(default)s)")
     serve.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    serve.add_argument("--dtype", choices=SUPPORTED_DTYPES, help="default: bfloat16 on CUDA, float32 on CPU")
+    serve.add_argument("--dtype", choices=SUPPORTED_DTYPES, help="default: float32 unquantised on CPU, else bfloat16")
+    serve.add_argument(
+        "--quantize",
+        choices=QUANTIZE_CHOICES,
+        default=None,
+        help="weights in int8 or nf4 (bitsandbytes), quantised while loading (default: as the snapshot is saved)",
+    )
     limits, batching = RequestLimits, BatchingConfig
     options: list[tuple[str, type | object, object, str]] = [
         ("--max-batch-size", int, batching.max_batch_size, "prompts per forward pass and per request"),
         ("--batch-wait-ms", _number, batching.batch_wait_ms, "how long a request may wait for others (0 to 10000)"),
         ("--max-queued-prompts", int, batching.max_queued_prompts, "beyond it requests get RESOURCE_EXHAUSTED"),
-        ("--max-layer", int, None, "load decoder layers 1..N only (30 saves a quarter of Mistral's weights)"),
+        ("--max-layer", int, None, "load decoder layers 1..N only (default 30, the deepest FLUX.2 uses)"),
         ("--max-prompt-chars", int, limits.max_prompt_chars, "longest prompt accepted, in characters"),
         ("--max-hidden-state-layers", int, limits.max_hidden_state_layers, "most layers one request may stack"),
         ("--max-reply-mib", int, limits.max_reply_bytes // MIB, "largest reply one request may ask for, in MiB"),
@@ -130,7 +130,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return ServerConfig(
-        model=ModelConfig(model_path=args.model, device=device, dtype=args.dtype, max_layer=args.max_layer),
+        model=ModelConfig(
+            model_path=args.model, device=device, dtype=args.dtype, max_layer=args.max_layer, quantize=args.quantize
+        ),
         host=args.host,
         port=args.port,
         batching=BatchingConfig(

@@ -14,6 +14,7 @@ class ConfigError(ValueError):
 
 
 SUPPORTED_DTYPES = ("bfloat16", "float16", "float32")
+QUANTIZE_CHOICES = ("none", "int8", "nf4")
 MAX_BATCH_WAIT_MS = 10_000.0  # longer only adds latency: under any real load a pass fills far sooner
 MIB = 1024 * 1024
 MAX_SECONDS = 24 * 3600.0
@@ -29,21 +30,26 @@ class ModelConfig:
     model_path: Path
     device: str = "cpu"
     dtype: str | None = None  # None: bfloat16 on CUDA, float32 on CPU
-    max_layer: int | None = None  # load decoder layers 1..max_layer only; None loads all
+    max_layer: int | None = None  # load decoder layers 1..max_layer only; None: up to the deepest default (30)
+    quantize: str | None = None  # "none", "int8" or "nf4"; None: as the snapshot is saved (usually none)
 
     def __post_init__(self) -> None:
         if self.dtype is not None and self.dtype not in SUPPORTED_DTYPES:
             raise ConfigError(f"--dtype must be one of {', '.join(SUPPORTED_DTYPES)}, not {self.dtype!r}.")
         if self.max_layer is not None and self.max_layer < 1:
             raise ConfigError(f"--max-layer must be at least 1, not {self.max_layer}.")
+        if self.quantize is not None and self.quantize not in QUANTIZE_CHOICES:
+            raise ConfigError(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)}, not {self.quantize!r}.")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"--device must be 'cpu', 'cuda' or 'cuda:N', not {self.device!r}.")
 
     @property
     def resolved_dtype(self) -> str:
+        """float32 only for an unquantised model on the CPU; bitsandbytes computes in 16 bits."""
         if self.dtype is not None:
             return self.dtype
-        return "bfloat16" if self.device.startswith("cuda") else "float32"
+        unquantized = self.quantize in (None, "none")
+        return "float32" if self.device == "cpu" and unquantized else "bfloat16"
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,8 @@ def _server_info(encoder: PromptEncoder, config: ServerConfig) -> ServerInfo:
         max_prompt_chars=limits.max_prompt_chars,
         max_hidden_state_layers=limits.max_hidden_state_layers,
         max_reply_bytes=limits.max_reply_bytes,
+        quantization=model.quantization,
+        weight_bytes=model.weight_bytes,
     )
 
 

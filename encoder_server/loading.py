@@ -1,8 +1,9 @@
 """Load the FLUX.2 text encoder's decoder stack and tokenizer from a local diffusers snapshot.
 
-Only what embeddings need is loaded: the token embeddings and decoder layers 1..max_layer of the
-Mistral3 language model. The vision tower, projector, final layers beyond `max_layer` and the LM head
-stay on disk (safetensors reads tensors lazily, so they are never materialised).
+Only what embeddings need is loaded: the token embeddings and decoder layers 1..max_layer (by default
+1..30, the deepest layer FLUX.2 stacks) of the Mistral3 language model, optionally quantised to int8 or
+nf4. The vision tower, projector, layers beyond `max_layer` and the LM head stay on disk (safetensors reads
+tensors lazily, so they are never materialised).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 import torch
 
 from encoder_server.errors import ModelLoadError
+from encoder_server.quantization import Quantization, bitsandbytes_config, resolve_quantization, saved_quantization
+from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +85,12 @@ def _quiet_transformers() -> Iterator[None]:
 
 
 def load_language_model(
-    text_encoder_dir: Path, *, max_layer: int | None, device: str, dtype: torch.dtype
-) -> tuple[Any, int]:
-    """Load the decoder stack; returns `(MistralModel, num_layers in the checkpoint)`."""
+    text_encoder_dir: Path, *, max_layer: int | None, device: str, dtype: torch.dtype, quantize: Quantization | None
+) -> tuple[Any, int, str]:
+    """Load the decoder stack; returns `(MistralModel, num_layers in the checkpoint, quantization served)`.
+
+    `max_layer=None` loads up to the deepest default layer (30), the most FLUX.2's embeddings use.
+    """
     from transformers import AutoConfig, MistralModel
 
     config = AutoConfig.from_pretrained(text_encoder_dir)
@@ -92,7 +98,15 @@ def load_language_model(
     num_layers = int(text_config.num_hidden_layers)
     if max_layer is not None and max_layer > num_layers:
         raise ModelLoadError(f"--max-layer {max_layer} exceeds the encoder's {num_layers} layers")
-    text_config.num_hidden_layers = max_layer or num_layers
+    text_config.num_hidden_layers = max_layer or min(max(DEFAULT_HIDDEN_STATE_LAYERS), num_layers)
+    saved = saved_quantization(config)
+    quantization = resolve_quantization(quantize, saved)
+    extra: dict[str, Any] = {}
+    if saved != "none":
+        # The language model's config is a part of Mistral3's; the saved quantisation is on the whole.
+        text_config.quantization_config = config.quantization_config
+    elif quantization != "none":
+        extra["quantization_config"] = bitsandbytes_config(quantization, dtype)  # type: ignore[arg-type]
     with _quiet_transformers():
         model, loading_info = MistralModel.from_pretrained(
             text_encoder_dir,
@@ -101,6 +115,7 @@ def load_language_model(
             dtype=dtype,
             device_map=device,
             output_loading_info=True,
+            **extra,
         )
     missing = sorted(loading_info.get("missing_keys", ()))
     if missing:
@@ -109,7 +124,7 @@ def load_language_model(
             "is it a Mistral3 text encoder?"
         )
     model.eval().requires_grad_(False)
-    return model, num_layers
+    return model, num_layers, quantization
 
 
 def _safetensors_samples(path: Path) -> Iterator[bytes]:
@@ -125,8 +140,8 @@ def _safetensors_samples(path: Path) -> Iterator[bytes]:
             yield handle.read(FINGERPRINT_SAMPLE_BYTES)
 
 
-def snapshot_fingerprint(text_encoder_dir: Path, chat_template: str) -> str:
-    """sha256 over the encoder config, the chat template and samples of every weight file.
+def snapshot_fingerprint(text_encoder_dir: Path, chat_template: str, quantization: str) -> str:
+    """sha256 over the encoder config, the chat template, the quantisation served and samples of every weight file.
 
     Sampling keeps this to a few MB of reads for a 48 GB checkpoint while still telling apart
     snapshots whose weights differ (random vs. trained, or another fine-tune).
@@ -134,6 +149,8 @@ def snapshot_fingerprint(text_encoder_dir: Path, chat_template: str) -> str:
     digest = hashlib.sha256()
     digest.update((text_encoder_dir / "config.json").read_bytes())
     digest.update(chat_template.encode())
+    # The same weights served in int8 or nf4 give other embeddings than in bf16.
+    digest.update(f"quantization={quantization}".encode())
     for weights in sorted(text_encoder_dir.glob("*.safetensors")):
         digest.update(weights.name.encode())
         digest.update(str(weights.stat().st_size).encode())

@@ -37,6 +37,8 @@ class ModelInfo:
     dtype: str
     device: str
     fingerprint: str
+    quantization: str = "none"  # "none", "int8" or "nf4"
+    weight_bytes: int = 0  # resident size of the loaded weights
 
 
 class _StopForward(Exception):
@@ -62,8 +64,12 @@ class PromptEncoder:
         try:
             tokenizer = loading.load_tokenizer(tokenizer_dir)
             dtype = DTYPES[config.resolved_dtype]
-            model, num_layers = loading.load_language_model(
-                text_encoder_dir, max_layer=config.max_layer, device=config.device, dtype=dtype
+            model, num_layers, quantization = loading.load_language_model(
+                text_encoder_dir,
+                max_layer=config.max_layer,
+                device=config.device,
+                dtype=dtype,
+                quantize=config.quantize,  # type: ignore[arg-type]  # checked by ModelConfig
             )
         except ModelLoadError:
             raise
@@ -77,7 +83,9 @@ class PromptEncoder:
             max_layer=int(model.config.num_hidden_layers),
             dtype=config.resolved_dtype,
             device=str(model.device),
-            fingerprint=loading.snapshot_fingerprint(text_encoder_dir, tokenizer.chat_template),
+            fingerprint=loading.snapshot_fingerprint(text_encoder_dir, tokenizer.chat_template, quantization),
+            quantization=quantization,
+            weight_bytes=int(model.get_memory_footprint()),
         )
         return cls(model, tokenizer, info, limits or RequestLimits())
 

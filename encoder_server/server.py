@@ -96,10 +96,12 @@ async def create_server(config: ServerConfig, load_encoder: EncoderLoader | None
 
 def ready_line(server: EncoderServer, seconds: float) -> str:
     info = server.engine.info()
+    weights = "" if info.quantization == "none" else f"{info.quantization} weights, "
+    resident_gib = info.weight_bytes / 2**30
     return (
         f"ready on {server.config.host}:{server.port} in {seconds:.1f} s: {info.model_name}, "
-        f"{info.max_layer}/{info.num_layers} layers, hidden {info.hidden_size}, {info.dtype} on {info.device}, "
-        f"max batch {server.config.batching.max_batch_size}"
+        f"{info.max_layer}/{info.num_layers} layers, hidden {info.hidden_size}, {weights}{info.dtype} "
+        f"on {info.device}, {resident_gib:.2f} GiB resident, max batch {server.config.batching.max_batch_size}"
     )
 
 

@@ -31,6 +31,8 @@ class ServerInfo:
     max_prompt_chars: int
     max_hidden_state_layers: int
     max_reply_bytes: int
+    quantization: str = "none"  # "none", "int8" or "nf4"
+    weight_bytes: int = 0
 
     def embedding_dim(self, layers: Sequence[int] = DEFAULT_HIDDEN_STATE_LAYERS) -> int:
         return len(layers) * self.hidden_size

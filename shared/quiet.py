@@ -7,7 +7,8 @@ import logging
 # Loggers of libraries we call that report, at WARNING, things our users cannot act on.
 # bitsandbytes' CPU backend warns on import, on CPUs with AVX512-BF16 only, that it could not fetch an
 # optional kernel from the Hugging Face hub; these machines never reach the hub, and the CPU path works.
-NOISY_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
+# Its int8 matmul warns on every call of every layer that it computes in float16, which it always does.
+NOISY_LOGGERS = ("bitsandbytes.backends.cpu.ops", "bitsandbytes.autograd._functions")
 
 
 def quiet_library_loggers() -> None:

@@ -51,6 +51,6 @@ def diffusers_embeds(reference_pipeline: Any):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def encoder_server(tiny_snapshot: Path) -> Iterator[RunningServer]:
-    """One real encoder server on port 0 for the whole session."""
-    with start_server(tiny_snapshot) as server:
+    """One real encoder server on port 0 for the whole session, with all 34 layers (the default loads 30)."""
+    with start_server(tiny_snapshot, max_layer=34) as server:
         yield server

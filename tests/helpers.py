@@ -63,7 +63,7 @@ def encode_via(stub: encoder_pb2_grpc.TextEncoderStub, prompts: Sequence[str], *
 
 def server_config(snapshot: Path, **overrides: Any) -> ServerConfig:
     """A CPU server config on 127.0.0.1:0; keyword overrides go to whichever config holds that field."""
-    model = ModelConfig(model_path=snapshot, device="cpu", max_layer=overrides.pop("max_layer", None))
+    model = ModelConfig(model_path=snapshot, **{"device": "cpu", **_take(overrides, ModelConfig)})
     batching = BatchingConfig(**_take(overrides, BatchingConfig))
     # As the CLI does: a request may carry as many prompts as one pass holds.
     limits = RequestLimits(**{"max_prompts": batching.max_batch_size, **_take(overrides, RequestLimits)})

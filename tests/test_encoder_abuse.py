@@ -46,7 +46,7 @@ def test_reply_larger_than_the_stated_limit_is_refused(tiny_snapshot):
 
 
 def test_reader_that_stops_reading_loses_its_reply_and_frees_the_memory(tiny_snapshot):
-    with start_server(tiny_snapshot, max_hidden_state_layers=34, send_timeout_s=1.0) as server:
+    with start_server(tiny_snapshot, max_layer=34, max_hidden_state_layers=34, send_timeout_s=1.0) as server:
         engine = server.handle.engine
         stalled = server.stub.Encode(BIG_REQUEST, timeout=60)
         assert next(stalled).WhichOneof("part") == "header"  # then never read again
@@ -60,6 +60,7 @@ def test_reader_that_stops_reading_loses_its_reply_and_frees_the_memory(tiny_sna
 
 def test_replies_held_for_slow_readers_are_bounded_in_bytes(tiny_snapshot):
     overrides = dict(
+        max_layer=34,
         max_hidden_state_layers=34,
         send_timeout_s=30.0,
         max_reply_bytes=BIG_REPLY_BYTES,

@@ -27,7 +27,7 @@ def test_eight_concurrent_clients_get_their_own_embeddings_in_fewer_passes(tiny_
 
 def test_requests_with_different_layers_share_a_pass_and_keep_their_own_layers(tiny_snapshot, diffusers_embeds):
     calls = [(["a moth"], [10, 20, 30]), (["a lamp"], [2]), (["a door", "a key"], [34, 1])]
-    with start_server(tiny_snapshot, batch_wait_ms=300) as server:
+    with start_server(tiny_snapshot, batch_wait_ms=300, max_layer=34) as server:
         encoder = server.wait_ready()
         passes_before = encoder.forward_passes
         with ThreadPoolExecutor(max_workers=len(calls)) as pool:
@@ -52,7 +52,7 @@ def test_batches_never_exceed_max_batch_size(tiny_snapshot):
         server.wait_ready()
         with ThreadPoolExecutor(max_workers=6) as pool:
             list(pool.map(lambda i: server.encode([f"p{i}a", f"p{i}b"]), range(6)))
-        stats = server.handle.state.get().batcher.stats
+        stats = server.handle.engine.stats
     assert stats.requests == 6
     assert stats.largest_batch <= 4
     assert stats.batches >= 3

@@ -72,7 +72,7 @@ def test_large_reply_arrives_in_chunks_under_default_grpc_limit(tiny_snapshot):
     """16 prompts x all 34 layers is 35 MB: a client with default limits still receives it."""
     all_layers = list(range(1, 35))
     with (
-        start_server(tiny_snapshot, max_hidden_state_layers=34) as server,
+        start_server(tiny_snapshot, max_layer=34, max_hidden_state_layers=34) as server,
         grpc.insecure_channel(server.target) as channel,  # default 4 MiB receive limit
     ):
         from shared.protocol import encoder_pb2_grpc

@@ -45,7 +45,7 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("model_name", "model_path", "hidden_size", "num_layers", "max_layer", "default_hidden_state_layers", "default_max_sequence_length", "max_sequence_length", "dtype", "device", "fingerprint", "server_version", "max_prompts_per_request", "max_prompt_chars", "max_hidden_state_layers", "max_reply_bytes")
+    __slots__ = ("model_name", "model_path", "hidden_size", "num_layers", "max_layer", "default_hidden_state_layers", "default_max_sequence_length", "max_sequence_length", "dtype", "device", "fingerprint", "server_version", "max_prompts_per_request", "max_prompt_chars", "max_hidden_state_layers", "max_reply_bytes", "quantization", "weight_bytes")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,8 @@ class GetInfoResponse(_message.Message):
     MAX_PROMPT_CHARS_FIELD_NUMBER: _ClassVar[int]
     MAX_HIDDEN_STATE_LAYERS_FIELD_NUMBER: _ClassVar[int]
     MAX_REPLY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_path: str
     hidden_size: int
@@ -78,4 +80,6 @@ class GetInfoResponse(_message.Message):
     max_prompt_chars: int
     max_hidden_state_layers: int
     max_reply_bytes: int
-    def __init__(self, model_name: _Optional[str] = ..., model_path: _Optional[str] = ..., hidden_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., max_layer: _Optional[int] = ..., default_hidden_state_layers: _Optional[_Iterable[int]] = ..., default_max_sequence_length: _Optional[int] = ..., max_sequence_length: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., fingerprint: _Optional[str] = ..., server_version: _Optional[str] = ..., max_prompts_per_request: _Optional[int] = ..., max_prompt_chars: _Optional[int] = ..., max_hidden_state_layers: _Optional[int] = ..., max_reply_bytes: _Optional[int] = ...) -> None: ...
+    quantization: str
+    weight_bytes: int
+    def __init__(self, model_name: _Optional[str] = ..., model_path: _Optional[str] = ..., hidden_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., max_layer: _Optional[int] = ..., default_hidden_state_layers: _Optional[_Iterable[int]] = ..., default_max_sequence_length: _Optional[int] = ..., max_sequence_length: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., fingerprint: _Optional[str] = ..., server_version: _Optional[str] = ..., max_prompts_per_request: _Optional[int] = ..., max_prompt_chars: _Optional[int] = ..., max_hidden_state_layers: _Optional[int] = ..., max_reply_bytes: _Optional[int] = ..., quantization: _Optional[str] = ..., weight_bytes: _Optional[int] = ...) -> None: ...
