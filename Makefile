@@ -40,8 +40,8 @@ demo: install tiny-model
 	PYTHON=$(BIN)/python BIN=$(BIN) MODEL=$(TINY_MODEL) OUT=$(DEMO_OUT) bash scripts/demo.sh
 
 bench-tiny: install
-	$(BIN)/python bench/encoder.py --tiny
-	$(BIN)/python bench/client.py --tiny
+	$(BIN)/python -m bench.encoder --tiny
+	$(BIN)/python -m bench.client --tiny
 
 clean:
 	rm -rf $(VENV) .cache $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

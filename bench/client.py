@@ -1,286 +1,302 @@
 """Client benchmark: denoising-step cost, peak memory and per-image wall time of the split pipeline.
 
-Everything goes through the real client: a `RemoteTextEncoder` talking gRPC to a real encoder server,
-and `ImageGenerator` over `Flux2Pipeline` without its text encoder. It reports seconds per denoising
-step (time between step ends, so setup and VAE decode are excluded), the bare transformer forward
-for the same input shapes, their ratio, the peak memory of one image including VAE decode, and the
-wall time per image for a batch of prompts (remote with prefetching, against diffusers' monolithic
-in-process pipeline one prompt at a time).
+Through the client library (`RemoteTextEncoder` to a real server, `ImageGenerator` over `Flux2Pipeline` without its
+text encoder): seconds per step between step ends, the bare transformer forward for the same shapes, peak memory of
+one image with VAE decode, and seconds per image for a batch, prefetching, against diffusers' monolithic pipeline.
 
-`--tiny` runs the tiny random snapshot on CPU with an in-process server (a smoke test of the whole
-path, under a minute). `--full-size` needs CUDA: a random FLUX.2-dev DiT quantised to NF4 by diffusers,
-the real VAE architecture, and an encoder server in a subprocess on the same GPU (random Mistral Small
-3.1 shapes, or the snapshot's text encoder with `--model`), so the client's peak-memory numbers are its
-own. One JSON object goes to stdout; logs go to stderr.
+    python -m bench.client --tiny        # tiny random snapshot on CPU, in-process server, under a minute
+    python -m bench.client --full-size   # random FLUX.2-dev NF4 DiT (80 GB GPU to build), or --model SNAPSHOT
+
+Full size starts the encoder server in a subprocess on the same GPU once the client's model is in place, so the
+client's memory numbers are its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import gc
 import logging
+import random
+import statistics
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-# `python bench/client.py` puts bench/ on sys.path, not the repo root holding the project's packages.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 
-from bench.generation import GUIDANCE, Settings, measure_client, measure_monolithic
-from bench.harness import (
-    GIB,
-    device_name,
-    mode_parser,
-    parse_mode_args,
-    peak_memory,
-    release_memory,
-    reset_peak_memory,
-    run_main,
-    synchronize,
-)
-from bench.serving import encoder_subprocess, serve_in_background
-from diffusion_client.errors import ClientError, GenerationInputError
-from diffusion_client.pipeline import PipelineConfig, load_pipeline
+from bench import harness
+from bench.encoder import make_prompt
+from diffusion_client.errors import ClientError
+from diffusion_client.generator import FailedJob, ImageGenerator
+from diffusion_client.jobs import GenerationJob
+from diffusion_client.pipeline import PipelineConfig, Quantize, load_pipeline
 from diffusion_client.remote_encoder import RemoteTextEncoder
+from shared.quiet import quiet_library_loggers
 
 log = logging.getLogger("bench.client")
 
-REFERENCE_BARE_STEP_S = 0.592  # bare NF4 FLUX.2-dev step at 1024x1024 that the targets are stated against
+GUIDANCE = 4.0
+REFERENCE_BARE_STEP_S = 0.592  # bare NF4 FLUX.2-dev step at 1024x1024 on one H100, the targets' reference
 TARGETS: dict[str, Any] = {
     "applies_to": "--full-size, 1024x1024",
     "seconds_per_step_max": round(1.05 * REFERENCE_BARE_STEP_S, 4),
     "reference_bare_step_s": REFERENCE_BARE_STEP_S,
     "step_over_bare_max": 1.05,
     "peak_gpu_memory_gib_max": 20.0,
+    "monolithic_over_remote_min": 1.3,
 }
-SERVER_START_TIMEOUT_S = 900.0  # building a 24B model on the GPU, or loading one from disk
-
-
-@dataclass(frozen=True)
-class ModeDefaults:
-    device: str
-    height: int
-    width: int
-    steps: int
-    bare_repeats: int
-
-
-MODE_DEFAULTS = {
-    "tiny": ModeDefaults(device="cpu", height=128, width=128, steps=8, bare_repeats=10),
-    "full-size": ModeDefaults(device="cuda", height=1024, width=1024, steps=28, bare_repeats=3),
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "tiny": {"device": "cpu", "height": 128, "width": 128, "steps": 8, "bare_repeats": 10},
+    "full-size": {"device": "cuda", "height": 1024, "width": 1024, "steps": 28, "bare_repeats": 3},
 }
 
 
-# --- tiny -----------------------------------------------------------------------------------------
+class StepTimer:
+    """Stands in for a pipeline and records when each denoising step ends (`callback_on_step_end`)."""
+
+    def __init__(self, pipeline: Any, device: str) -> None:
+        self.pipeline = pipeline
+        self.device = device
+        self.step_ends: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.pipeline, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.step_ends = []
+        return self.pipeline(*args, callback_on_step_end=self.on_step_end, **kwargs)
+
+    def on_step_end(self, _pipeline: Any, _step: int, _timestep: Any, _tensors: dict[str, Any]) -> dict[str, Any]:
+        harness.synchronize(self.device)
+        self.step_ends.append(time.perf_counter())
+        return {}
 
 
-def run_tiny(args: argparse.Namespace, settings: Settings, scratch: Path) -> dict[str, Any]:
+def bare_transformer_inputs(pipeline: Any, prompt_embeds: torch.Tensor, height: int, width: int) -> dict[str, Any]:
+    """The keyword arguments `Flux2Pipeline.__call__` gives the transformer for one text-to-image step."""
     from diffusers import Flux2Pipeline
 
-    from encoder_server.config import ModelConfig, ServerConfig
-    from shared.tiny_snapshot import build_tiny_snapshot
+    batch, device, dtype = prompt_embeds.shape[0], prompt_embeds.device, prompt_embeds.dtype
+    scale = pipeline.vae_scale_factor * 2  # VAE downscale, then 2x2 patches
+    channels = pipeline.transformer.config.in_channels
+    latents = torch.randn(batch, channels, height // scale, width // scale, device=device, dtype=dtype)
+    return {
+        "hidden_states": Flux2Pipeline._pack_latents(latents),
+        "timestep": torch.full((batch,), 0.5, device=device, dtype=dtype),
+        "guidance": torch.full((batch,), GUIDANCE, device=device, dtype=torch.float32),
+        "encoder_hidden_states": prompt_embeds,
+        "txt_ids": Flux2Pipeline._prepare_text_ids(prompt_embeds).to(device),
+        "img_ids": Flux2Pipeline._prepare_latent_ids(latents).to(device),
+        "return_dict": False,
+    }
 
-    snapshot = args.model
+
+def prompts_for(count: int) -> list[str]:
+    return [make_prompt(random.Random(index)) for index in range(count)]
+
+
+def measure_client(
+    pipeline: Any, encoder: RemoteTextEncoder, model_name: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Steps, bare forward, peak memory and batch wall time through `ImageGenerator` with remote embeddings."""
+    device, timer = args.device, StepTimer(pipeline, args.device)
+    generator = ImageGenerator(timer, encoder, model_name=model_name, progress=False)
+    job = GenerationJob("", args.scratch, steps=args.steps, guidance=GUIDANCE, height=args.height, width=args.width)
+    jobs = [
+        dataclasses.replace(job, prompt=prompt, out=args.scratch / f"remote-{i:03d}.png", seed=i)
+        for i, prompt in enumerate(prompts_for(args.batch_prompts))
+    ]
+    prepared = generator.prepare(jobs)
+    prompt_embeds = generator.fetch_embeds(jobs[0])  # [1, 512, D]
+    with torch.inference_mode():
+        log.info("warm-up image (2 steps)")
+        generator.generate(dataclasses.replace(prepared[0], job=dataclasses.replace(jobs[0], steps=2)), prompt_embeds)
+        log.info("one image at %dx%d, %d steps, timing each step", args.width, args.height, args.steps)
+        gc.collect()
+        harness.reset_peak_memory(device)
+        started = time.perf_counter()
+        generator.generate(prepared[0], prompt_embeds)
+        harness.synchronize(device)
+        finished = time.perf_counter()
+        image_s, decode_s = finished - started, finished - timer.step_ends[-1]
+        memory = harness.peak_memory(device)
+        # Step 1 also holds the call's setup, so steps are timed from the first step's end.
+        steps = [later - earlier for earlier, later in zip(timer.step_ends, timer.step_ends[1:], strict=False)]
+        log.info("bare transformer forward for the same shapes")
+        inputs = bare_transformer_inputs(pipeline, prompt_embeds, args.height, args.width)
+        bare = harness.median_seconds(lambda: pipeline.transformer(**inputs), device, 1, args.bare_repeats)
+        log.info("batch of %d prompts through ImageGenerator.run (prefetching embeddings)", len(jobs))
+        started = time.perf_counter()
+        failed = [outcome for outcome in generator.run(prepared) if isinstance(outcome, FailedJob)]
+        harness.synchronize(device)
+        batch_s = time.perf_counter() - started
+    if failed:
+        raise harness.BenchError(f"{len(failed)} of {len(jobs)} images failed, first: {failed[0]}")
+    return {
+        "seconds_per_step": statistics.median(steps),
+        "step_seconds": [round(value, 6) for value in steps],
+        "bare_transformer_step_s": bare,
+        "step_over_bare": statistics.median(steps) / bare,
+        "image_s": image_s,
+        "decode_to_pil_s": decode_s,
+        **memory,
+        "remote": {
+            "seconds_per_image": batch_s / len(jobs),
+            "total_s": batch_s,
+            "images": len(jobs),
+            "how": "ImageGenerator.run: embeddings over gRPC, the next prompt's fetched while the current denoises",
+        },
+    }
+
+
+@contextlib.contextmanager
+def encoder_server(args: argparse.Namespace, snapshot: Path | None) -> Iterator[tuple[str, str]]:
+    """The target of an encoder server for this run, and where it runs."""
+    if args.encoder:
+        yield args.encoder, "external"
+    elif args.mode == "tiny":
+        from encoder_server.background import serve_in_thread
+        from encoder_server.config import ModelConfig, ServerConfig
+
+        config = ServerConfig(model=ModelConfig(model_path=snapshot or Path(), device="cpu"), host="127.0.0.1", port=0)
+        with serve_in_thread(config) as server:
+            yield server.target, "in-process server thread (CPU)"
+    else:
+        from bench.random_encoder import encoder_process
+
+        with encoder_process(snapshot, args.device) as target:
+            yield target, "subprocess on the same GPU (not in this process's memory numbers)"
+
+
+def measure_monolithic(args: argparse.Namespace, snapshot: Path | None) -> dict[str, Any]:
+    """diffusers' own way, one prompt at a time: `pipe(prompt=...)` with the text encoder in process.
+
+    Full size does what a 24 GB box must without the split: NF4 text encoder and DiT, `enable_model_cpu_offload`.
+    """
     if snapshot is None:
-        log.info("building the tiny snapshot in %s", scratch)
-        snapshot = build_tiny_snapshot(scratch / "tiny-flux2")
-    config = ServerConfig(model=ModelConfig(model_path=snapshot, device="cpu"), host="127.0.0.1", port=0)
-    started = time.perf_counter()
-    pipeline = load_pipeline(PipelineConfig(model_path=snapshot, device=settings.device, quantize="none"))
-    load_s = time.perf_counter() - started
-    report: dict[str, Any] = {
-        "model": {"snapshot": str(snapshot) if args.model else "tiny (random weights)", "quantize": "none"},
-        "client_load_s": load_s,
-    }
-    with serve_in_background(config) as server, RemoteTextEncoder(server.target, timeout=120) as encoder:
-        report["encoder"] = {"target": server.target, "where": "in-process server thread (CPU)"}
-        report.update(measure_client(pipeline, encoder, snapshot.name, settings))
-    del pipeline
-    release_memory(settings.device)
-
-    started = time.perf_counter()
-    pipe = Flux2Pipeline.from_pretrained(snapshot, dtype=settings.dtype).to(settings.device)
-    load_s = time.perf_counter() - started
-    report["monolithic"] = {
-        **measure_monolithic(pipe, settings),
-        "load_s": load_s,
-        "how": "Flux2Pipeline.from_pretrained with its text encoder, in process, one prompt at a time, no offload",
-    }
-    return report
-
-
-# --- full size ------------------------------------------------------------------------------------
-
-
-def load_full_size_pipeline(model: Path | None, device: str) -> tuple[Any, str]:
-    """The NF4 DiT and the VAE: random FLUX.2-dev shapes, or a snapshot through `load_pipeline`."""
-    if model is not None:
-        return load_pipeline(PipelineConfig(model_path=model, device=device, quantize="nf4")), model.name
-    from bench.full_size import flux2_pipeline_without_text_encoder, random_nf4_transformer, random_vae
-
-    transformer = random_nf4_transformer(device, torch.bfloat16)
-    return flux2_pipeline_without_text_encoder(transformer, random_vae(device, torch.bfloat16)), "random-flux2-dev"
-
-
-def monolithic_full_size(model: Path, settings: Settings) -> dict[str, Any]:
-    """What a 24 GB box does without the split: 4-bit text encoder and DiT, `enable_model_cpu_offload`."""
+        reason = "the 24B text encoder in NF4 comes only from transformers' loader reading a checkpoint; use --model"
+        return {"status": "not measured", "reason": reason}
     from diffusers import Flux2Pipeline
     from diffusers.quantizers import PipelineQuantizationConfig
 
-    quantization = PipelineQuantizationConfig(
-        quant_backend="bitsandbytes_4bit",
-        quant_kwargs={"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": torch.bfloat16},
-        components_to_quantize=["transformer", "text_encoder"],
-    )
     started = time.perf_counter()
-    pipe = Flux2Pipeline.from_pretrained(model, quantization_config=quantization, dtype=torch.bfloat16)
-    pipe.enable_model_cpu_offload(device=settings.device)
+    if args.mode == "tiny":
+        pipe = Flux2Pipeline.from_pretrained(snapshot, dtype=args.dtype).to(args.device)
+        how = "Flux2Pipeline.from_pretrained with its text encoder, in process, no offload"
+    else:
+        nf4 = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": torch.bfloat16}
+        quantization = PipelineQuantizationConfig(
+            quant_backend="bitsandbytes_4bit", quant_kwargs=nf4, components_to_quantize=["transformer", "text_encoder"]
+        )
+        pipe = Flux2Pipeline.from_pretrained(snapshot, quantization_config=quantization, dtype=torch.bfloat16)
+        pipe.enable_model_cpu_offload(device=args.device)
+        how = "Flux2Pipeline.from_pretrained, NF4 text encoder and DiT, enable_model_cpu_offload"
     load_s = time.perf_counter() - started
-    reset_peak_memory(settings.device)
-    result = measure_monolithic(pipe, settings)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = prompts_for(args.batch_prompts)
+
+    def make(index: int, steps: int) -> Any:
+        seed = torch.Generator("cpu").manual_seed(index)
+        settings = {"height": args.height, "width": args.width, "guidance_scale": GUIDANCE}
+        return pipe(prompt=prompts[index], num_inference_steps=steps, generator=seed, **settings).images[0]
+
+    log.info("monolithic: warm-up image (2 steps), then %d prompts one at a time", len(prompts))
+    make(0, 2)
+    harness.reset_peak_memory(args.device)
+    started = time.perf_counter()
+    for index in range(len(prompts)):
+        make(index, args.steps).save(args.scratch / f"monolithic-{index:03d}.png")
+    harness.synchronize(args.device)
+    total = time.perf_counter() - started
     return {
-        **result,
-        **{key.replace("peak_memory", "peak_gpu_memory"): value for key, value in peak_memory(settings.device).items()},
+        "seconds_per_image": total / len(prompts),
+        "total_s": total,
+        "images": len(prompts),
+        "peak_memory_gib": harness.peak_memory(args.device)["peak_memory_gib"],
         "load_s": load_s,
-        "how": "Flux2Pipeline.from_pretrained, NF4 text encoder and DiT, enable_model_cpu_offload, prompt by prompt",
+        "how": how,
     }
 
 
-def run_full_size(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    device = settings.device
-    report: dict[str, Any] = {}
-    with contextlib.ExitStack() as stack:
-        server = None if args.encoder else stack.enter_context(encoder_subprocess(args.model, device))
-        started = time.perf_counter()
-        pipeline, model_name = load_full_size_pipeline(args.model, device)
-        synchronize(device)
-        report["client_load_s"] = time.perf_counter() - started
-        report["resident_weights_gib"] = round(torch.cuda.memory_allocated(device) / GIB, 3)
-        report["model"] = {
-            "transformer": str(args.model) if args.model else "random FLUX.2-dev shapes (32.2B), NF4 via diffusers",
-            "vae": str(args.model) if args.model else "AutoencoderKLFlux2 defaults (FLUX.2's), random, bf16",
-            "quantize": "nf4",
-        }
-        target, where = args.encoder, "external"
-        if server is not None:
-            log.info("waiting for the encoder server at %s", server.target)
-            server.wait_until_serving(SERVER_START_TIMEOUT_S)
-            target, where = server.target, "subprocess on the same GPU (not in this process's memory numbers)"
-        with RemoteTextEncoder(target, timeout=600) as encoder:
-            info = encoder.info()
-            report["encoder"] = {"target": target, "where": where, "model_name": info.model_name, "device": info.device}
-            report.update(measure_client(pipeline, encoder, model_name, settings))
-    del pipeline
-    release_memory(device)
-    if args.model is None:
-        report["monolithic"] = {
-            "status": "not measured",
-            "reason": (
-                "needs the 24B Mistral3ForConditionalGeneration quantised to NF4 by transformers' bitsandbytes "
-                "loader, which quantises only while reading a checkpoint; random weights would mean writing ~48 GB "
-                "to disk first or bypassing that loader. Pass --model with a FLUX.2-dev snapshot to measure it."
-            ),
-        }
+def benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    """The whole run; images and the tiny snapshot go to `scratch`."""
+    args.scratch = scratch
+    args.dtype = PipelineConfig(scratch, device=args.device).compute_dtype
+    started = time.perf_counter()
+    snapshot = args.model
+    if snapshot is None and args.mode == "tiny":
+        from shared.tiny_snapshot import build_tiny_snapshot
+
+        snapshot = build_tiny_snapshot(scratch / "tiny-flux2")
+    quantize: Quantize = "nf4" if args.mode == "full-size" else "none"
+    loading = time.perf_counter()
+    if snapshot is None:
+        from bench.random_models import random_pipeline
+
+        pipeline = random_pipeline(args.device)
     else:
-        report["monolithic"] = monolithic_full_size(args.model, settings)
+        pipeline = load_pipeline(PipelineConfig(model_path=snapshot, device=args.device, quantize=quantize))
+    harness.release_memory(args.device)  # the bf16 build's memory goes back before the encoder server takes its own
+    report: dict[str, Any] = {
+        "benchmark": "client",
+        "mode": args.mode,
+        "device": harness.device_name(args.device),
+        "settings": {
+            **{key: getattr(args, key) for key in ("height", "width", "steps", "batch_prompts")},
+            "guidance": GUIDANCE,
+            "dtype": str(args.dtype).removeprefix("torch."),
+        },
+        "model": {"snapshot": str(snapshot) if snapshot else "random FLUX.2-dev (32.2B) and VAE", "quantize": quantize},
+        "client_load_s": time.perf_counter() - loading,
+    }
+    if args.device.startswith("cuda"):
+        report["resident_weights_gib"] = round(torch.cuda.memory_allocated(args.device) / harness.GIB, 3)
+    with encoder_server(args, snapshot) as (target, where), RemoteTextEncoder(target, timeout=600) as encoder:
+        report["encoder"] = {"target": target, "where": where, "model_name": encoder.info().model_name}
+        report.update(measure_client(pipeline, encoder, snapshot.name if snapshot else "random-flux2-dev", args))
+    del pipeline
+    harness.release_memory(args.device)
+    report["monolithic"] = measure_monolithic(args, snapshot)
+    monolithic = report["monolithic"].get("seconds_per_image")
+    if monolithic:
+        report["remote_over_monolithic"] = report["remote"]["seconds_per_image"] / monolithic
+    report["targets"], report["meets_targets"] = TARGETS, None
+    if args.mode == "full-size":
+        report["meets_targets"] = {
+            "seconds_per_step": report["seconds_per_step"] <= TARGETS["seconds_per_step_max"],
+            "step_over_bare": report["step_over_bare"] <= TARGETS["step_over_bare_max"],
+            "peak_gpu_memory": report["peak_memory_gib"] <= TARGETS["peak_gpu_memory_gib_max"],
+        }
+        if monolithic:
+            speedup = monolithic / report["remote"]["seconds_per_image"]
+            report["meets_targets"]["monolithic_over_remote"] = speedup >= TARGETS["monolithic_over_remote_min"]
+    report["wall_s"] = time.perf_counter() - started
     return report
 
 
-def meets_targets(report: dict[str, Any]) -> dict[str, bool]:
-    return {
-        "seconds_per_step": report["seconds_per_step"] <= TARGETS["seconds_per_step_max"],
-        "step_over_bare": report["step_over_bare"] <= TARGETS["step_over_bare_max"],
-        "peak_gpu_memory": report["peak_memory_gib"] <= TARGETS["peak_gpu_memory_gib_max"],
-    }
-
-
-# --- command line ---------------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = mode_parser(__doc__.splitlines()[0], "tiny random snapshot on CPU", "FLUX.2-dev shapes, NF4, on CUDA")
-    parser.add_argument("--model", type=Path, help="use this diffusers snapshot instead of random weights")
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = harness.mode_parser("bench.client", __doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, help="denoising steps (tiny 8, full-size 28); at least 2")
     parser.add_argument("--height", type=int, help="image height (tiny 128, full-size 1024)")
     parser.add_argument("--width", type=int, help="image width (tiny 128, full-size 1024)")
     parser.add_argument("--batch-prompts", type=int, default=4, help="prompts in the batch comparison (default 4)")
-    parser.add_argument("--device", help="tiny: cpu (default) or cuda; full-size: cuda (default) or cuda:N")
-    parser.add_argument("--encoder", help="full-size: use this HOST:PORT server instead of starting one")
-    return parser
-
-
-def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, ModeDefaults]:
-    parser = build_parser()
-    args, defaults = parse_mode_args(parser, argv, MODE_DEFAULTS, ("device", "height", "width", "steps"))
+    parser.add_argument("--encoder", help="use this HOST:PORT server instead of starting one")
+    args = harness.parse_mode_args(parser, argv, DEFAULTS)
     if args.steps < 2:
         parser.error("--steps must be at least 2: a step's time is measured between two step ends")
     if args.batch_prompts < 1:
         parser.error("--batch-prompts must be at least 1")
-    if not (args.device == "cpu" or args.device.startswith("cuda")):
-        parser.error(f"--device must be cpu, cuda or cuda:N, not {args.device!r}")
-    if args.mode == "full-size" and not args.device.startswith("cuda"):
-        parser.error("--full-size runs on CUDA; use --tiny for CPU")
-    if args.encoder and args.mode != "full-size":
-        parser.error("--encoder applies to --full-size only; --tiny starts its own server")
-    if args.model is not None and not (args.model / "model_index.json").is_file():
-        parser.error(f"--model {args.model} is not a diffusers snapshot (no model_index.json)")
-    return args, defaults
-
-
-def benchmark(args: argparse.Namespace, defaults: ModeDefaults, scratch: Path) -> dict[str, Any]:
-    """The whole run; images and the tiny snapshot go to `scratch`."""
-    settings = Settings(
-        device=args.device,
-        dtype=PipelineConfig(scratch, device=args.device).compute_dtype,
-        height=args.height,
-        width=args.width,
-        steps=args.steps,
-        batch_prompts=args.batch_prompts,
-        bare_repeats=defaults.bare_repeats,
-        out_dir=scratch,
-    )
-    started = time.perf_counter()
-    measured = run_tiny(args, settings, scratch) if args.mode == "tiny" else run_full_size(args, settings)
-    wall_s = time.perf_counter() - started
-    report: dict[str, Any] = {
-        "benchmark": "client",
-        "mode": args.mode,
-        "device": device_name(args.device),
-        "settings": {
-            "height": args.height,
-            "width": args.width,
-            "steps": args.steps,
-            "guidance": GUIDANCE,
-            "batch_prompts": args.batch_prompts,
-            "dtype": str(settings.dtype).removeprefix("torch."),
-        },
-        **measured,
-    }
-    monolithic = report["monolithic"].get("seconds_per_image")
-    if monolithic:
-        report["remote_over_monolithic"] = report["remote"]["seconds_per_image"] / monolithic
-    report["targets"] = TARGETS
-    report["meets_targets"] = meets_targets(report) if args.mode == "full-size" else None
-    report["wall_s"] = wall_s
-    return report
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, defaults = parse_args(argv)
-    needs_cuda = None
-    if args.device.startswith("cuda"):
-        needs_cuda = "--full-size" if args.mode == "full-size" else f"--device {args.device}"
-    return run_main(
-        lambda scratch: benchmark(args, defaults, scratch),
-        needs_cuda=needs_cuda,
-        scratch_prefix="bench-client-",
-        errors=(ClientError, GenerationInputError),
-    )
+    quiet_library_loggers()
+    args = parse_args(argv)
+    return harness.run_main(args, lambda scratch: benchmark(args, scratch), errors=(ClientError,))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,7 @@
-"""What every benchmark shares: timing and memory on CPU or CUDA, naming the device, and the script harness.
+"""What every benchmark shares: timing and peak memory on CPU or CUDA, the device's name, and the script harness.
 
-The harness gives each benchmark the same command line (`--tiny` or `--full-size`, each with its defaults) and
-makes it a well-behaved script: logs on stderr, one JSON report alone on stdout, and a one-line error with exit
-status 2 when it needs a GPU this machine lacks.
+Each benchmark takes `--tiny` or `--full-size` (each with its own defaults), logs on stderr, prints one JSON
+report alone on stdout, and stops with one `error:` line and status 2 when it needs a GPU this machine lacks.
 """
 
 from __future__ import annotations
@@ -18,25 +17,19 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
-log = logging.getLogger(__name__)
+from shared.quiet import quiet_model_libraries
 
 GIB = 1024**3
-LOG_FORMAT = "%(asctime)s %(name)s: %(message)s"
-
-Defaults = TypeVar("Defaults")
 
 
 class BenchError(Exception):
     """The benchmark cannot go on; the message is one line saying why."""
-
-
-# --- device, memory, timing -----------------------------------------------------------------------
 
 
 def synchronize(device: str) -> None:
@@ -45,26 +38,26 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
+def median_seconds(call: Callable[[], object], device: str, warmup: int, repeats: int) -> float:
+    """Median wall time of `call` without autograd, synchronising so queued GPU work is counted."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            call()
+        synchronize(device)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            call()
+            synchronize(device)
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def release_memory(device: str) -> None:
     """Free what the last model left behind, so the next one is measured on its own."""
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
-        log.info("GPU memory in use after freeing: %.1f GB", torch.cuda.memory_allocated(device) / 1e9)
-
-
-def median_seconds(call: Callable[[], object], device: str, warmup: int, repeats: int) -> float:
-    """Median wall time of `call`, synchronising so queued GPU work is counted."""
-    for _ in range(warmup):
-        call()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        synchronize(device)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def reset_peak_memory(device: str) -> None:
@@ -78,81 +71,80 @@ def reset_peak_memory(device: str) -> None:
 def peak_memory(device: str) -> dict[str, Any]:
     """The peak since `reset_peak_memory`: allocated tensors on CUDA, the whole process's RSS on CPU."""
     if device.startswith("cuda"):
-        allocated = torch.cuda.max_memory_allocated(device)
-        return {
-            "peak_memory_bytes": allocated,
-            "peak_memory_gib": round(allocated / GIB, 3),
-            "peak_memory_reserved_gib": round(torch.cuda.max_memory_reserved(device) / GIB, 3),
-            "peak_memory_kind": "torch.cuda.max_memory_allocated (this process only)",
-        }
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    return {
-        "peak_memory_bytes": rss,
-        "peak_memory_gib": round(rss / GIB, 3),
-        "peak_memory_kind": "process peak RSS (getrusage), which also holds libraries and any in-process server",
-    }
+        peak = torch.cuda.max_memory_allocated(device)
+        kind = "torch.cuda.max_memory_allocated (this process only)"
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+        kind = "process peak RSS (getrusage), libraries and any in-process server included"
+    return {"peak_memory_bytes": peak, "peak_memory_gib": round(peak / GIB, 3), "peak_memory_kind": kind}
 
 
 def device_name(device: str) -> str:
-    """What the report's "device" says: the GPU's model, or the CPU's cores and torch threads."""
+    """The GPU's model, or the CPU's cores and torch threads."""
     if device.startswith("cuda"):
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
-# --- the script harness ---------------------------------------------------------------------------
-
-
-def mode_parser(description: str, tiny_help: str, full_size_help: str) -> argparse.ArgumentParser:
-    """A parser with the required choice between `--tiny` and `--full-size`, stored as `args.mode`."""
-    parser = argparse.ArgumentParser(description=description)
+def mode_parser(module: str, description: str) -> argparse.ArgumentParser:
+    """A parser with the required choice of `--tiny` or `--full-size` (`args.mode`), `--model` and `--device`."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
     mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--tiny", dest="mode", action="store_const", const="tiny", help=tiny_help)
-    mode.add_argument("--full-size", dest="mode", action="store_const", const="full-size", help=full_size_help)
+    mode.add_argument("--tiny", dest="mode", action="store_const", const="tiny", help="tiny random model on CPU")
+    mode.add_argument("--full-size", dest="mode", action="store_const", const="full-size", help="FLUX.2-dev, CUDA")
+    parser.add_argument("--model", type=Path, help="a diffusers FLUX.2 snapshot to use instead of random weights")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (tiny: cpu, full-size: cuda)")
     return parser
 
 
 def parse_mode_args(
-    parser: argparse.ArgumentParser,
-    argv: Sequence[str] | None,
-    mode_defaults: Mapping[str, Defaults],
-    names: Iterable[str],
-) -> tuple[argparse.Namespace, Defaults]:
-    """Parse `argv`, then give each option in `names` left unset the chosen mode's default; also return those."""
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, defaults: Mapping[str, Mapping[str, Any]]
+) -> argparse.Namespace:
+    """Parse `argv`, then give every setting left unset (or without an option) the chosen mode's default."""
     args = parser.parse_args(argv)
-    defaults = mode_defaults[args.mode]
-    for name in names:
-        if getattr(args, name) is None:
-            setattr(args, name, getattr(defaults, name))
-    return args, defaults
+    for name, value in defaults[args.mode].items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+    if not (args.device == "cpu" or args.device.startswith("cuda")):
+        parser.error(f"--device must be cpu, cuda or cuda:N, not {args.device!r}")
+    if args.mode == "full-size" and not args.device.startswith("cuda"):
+        parser.error("--full-size runs on CUDA; use --tiny for CPU")
+    if args.model is not None and not (args.model / "model_index.json").is_file():
+        parser.error(f"--model {args.model} is not a diffusers snapshot (no model_index.json)")
+    return args
 
 
-def configure_logging() -> None:
-    """INFO and up to stderr: stdout is kept for the report."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=LOG_FORMAT)
+def setup_process() -> None:
+    """Hugging Face libraries offline (random weights or local snapshots only), INFO logs on stderr.
+
+    Call it in `main` before anything imports huggingface_hub, which reads HF_HUB_OFFLINE on import.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
 
 
 def run_main(
+    args: argparse.Namespace,
     benchmark: Callable[[Path], dict[str, Any]],
-    *,
-    needs_cuda: str | None,
-    scratch_prefix: str,
     errors: tuple[type[Exception], ...] = (),
 ) -> int:
     """Run `benchmark(scratch_dir)` and print its report as JSON on stdout; the exit status for `sys.exit`.
 
-    `needs_cuda` names the option that asked for a GPU, if one did: without CUDA the run stops at once with
-    status 2. `BenchError` and `errors` end it with status 1; either way stderr gets one line saying why.
+    Without CUDA for `--full-size` (or `--device cuda`) it stops at once with status 2; `BenchError` and
+    `errors` end it with status 1. Either way stderr gets one line starting with `error:` saying why.
     """
-    configure_logging()
-    if needs_cuda is not None and not torch.cuda.is_available():
-        print(f"error: {needs_cuda} needs a CUDA GPU, but torch.cuda.is_available() is False", file=sys.stderr)
+    setup_process()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        asked = "--full-size" if args.mode == "full-size" else f"--device {args.device}"
+        print(f"error: {asked} needs a CUDA GPU, but torch.cuda.is_available() is False", file=sys.stderr)
         return 2
+    quiet_model_libraries()
     stdout = sys.stdout
     expected: tuple[type[Exception], ...] = (BenchError, *errors)
     try:
         # Libraries sometimes print; stdout must carry only the JSON report.
-        with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory(prefix=scratch_prefix) as scratch:
+        with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory(prefix="flux2-bench-") as scratch:
             report = benchmark(Path(scratch))
     except expected as error:
         print(f"error: {error}", file=sys.stderr)

@@ -140,5 +140,7 @@ class ImageGenerator:
             "size": f"{job.width}x{job.height}",
             "model": self.model_name,
             "encoder": f"{self.encoder.target} ({info.model_name}, {info.fingerprint[:16]})",
+            # int8 and nf4 encoders give embeddings close to, not equal to, bf16 ones: record which made this.
+            "encoder_quantization": info.quantization,
             "reference_images": [str(path) for path in job.images],
         }

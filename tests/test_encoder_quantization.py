@@ -116,3 +116,20 @@ def test_bf16_on_the_cpu_is_bitwise_equal_to_diffusers_in_bf16(tiny_snapshot, bf
     served = bf16_server.encode(PROMPTS)
     assert served.dtype == expected.dtype == torch.bfloat16
     assert torch.equal(served, expected)
+
+
+def test_png_records_the_encoder_quantization(quantized_server, tiny_snapshot, tmp_path):
+    from PIL import Image
+
+    from diffusion_client.cli import main as generate_main
+
+    out = tmp_path / "quantized.png"
+    size = ["--height", "64", "--width", "64", "--steps", "2", "--quiet"]
+    assert (
+        generate_main(
+            ["a fox", "--encoder", quantized_server.target, "--model", str(tiny_snapshot), "--out", str(out), *size]
+        )
+        == 0
+    )
+    with Image.open(out) as image:
+        assert image.text["encoder_quantization"] == _info(quantized_server).quantization

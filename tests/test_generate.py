@@ -84,6 +84,7 @@ def test_png_records_how_the_image_was_made(encoder_server, tiny_snapshot, tmp_p
     assert (text["seed"], text["steps"], text["guidance"], text["size"]) == ("3", "3", "4.0", "64x64")
     assert text["model"] == tiny_snapshot.name
     assert encoder_server.target in text["encoder"]
+    assert text["encoder_quantization"] == "none"
     assert json.loads(text["flux2-split"])["prompt"] == "a tin robot"
 
 
