@@ -24,6 +24,7 @@ from encoder_server.config import (
     ModelConfig,
     RequestLimits,
     ServerConfig,
+    UpsampleLimits,
 )
 from encoder_server.errors import EncoderError
 from shared.defaults import DEFAULT_PORT, SERVICE_NAME
@@ -89,6 +90,21 @@ def build_parser() -> argparse.ArgumentParser:
         suffix = "" if default is None else " (default %(default)s)"
         serve.add_argument(flag, type=kind, default=default, help=meaning + suffix)  # type: ignore[arg-type]
     serve.add_argument(
+        "--enable-upsampling",
+        action="store_true",
+        help="load the whole Mistral3 model (all layers, vision tower, LM head) and serve Upsample",
+    )
+    upsampling = UpsampleLimits
+    for flag, default, meaning in (
+        ("--max-upsample-prompts", upsampling.max_prompts, "prompts one Upsample request may rewrite"),
+        ("--max-upsample-images", upsampling.max_images, "reference images in one Upsample request"),
+        ("--max-upsample-image-mib", upsampling.max_image_bytes // MIB, "largest reference image file, in MiB"),
+        ("--max-upsample-image-pixels", upsampling.max_image_pixels, "largest reference image, in pixels"),
+        ("--max-new-tokens", upsampling.max_new_tokens, "most tokens one upsampled prompt may have"),
+        ("--max-queued-upsamples", upsampling.max_queued, "Upsample requests waiting; beyond it RESOURCE_EXHAUSTED"),
+    ):
+        serve.add_argument(flag, type=int, default=default, help=f"{meaning} (default %(default)s)")
+    serve.add_argument(
         "--auth-token-file",
         type=Path,
         default=None,
@@ -131,7 +147,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return ServerConfig(
         model=ModelConfig(
-            model_path=args.model, device=device, dtype=args.dtype, max_layer=args.max_layer, quantize=args.quantize
+            model_path=args.model,
+            device=device,
+            dtype=args.dtype,
+            max_layer=args.max_layer,
+            quantize=args.quantize,
+            enable_upsampling=args.enable_upsampling,
         ),
         host=args.host,
         port=args.port,
@@ -145,6 +166,14 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             max_prompt_chars=args.max_prompt_chars,
             max_hidden_state_layers=args.max_hidden_state_layers,
             max_reply_bytes=args.max_reply_mib * MIB,
+        ),
+        upsampling=UpsampleLimits(
+            max_prompts=args.max_upsample_prompts,
+            max_images=args.max_upsample_images,
+            max_image_bytes=args.max_upsample_image_mib * MIB,
+            max_image_pixels=args.max_upsample_image_pixels,
+            max_new_tokens=args.max_new_tokens,
+            max_queued=args.max_queued_upsamples,
         ),
         shutdown_grace_s=args.shutdown_grace_s,
         send_timeout_s=args.send_timeout_s,

@@ -32,6 +32,7 @@ class ModelConfig:
     dtype: str | None = None  # None: bfloat16 on CUDA, float32 on CPU
     max_layer: int | None = None  # load decoder layers 1..max_layer only; None: up to the deepest default (30)
     quantize: str | None = None  # "none", "int8" or "nf4"; None: as the snapshot is saved (usually none)
+    enable_upsampling: bool = False  # load the whole Mistral3 model (all layers, vision tower, LM head) for Upsample
 
     def __post_init__(self) -> None:
         if self.dtype is not None and self.dtype not in SUPPORTED_DTYPES:
@@ -101,12 +102,42 @@ class RequestLimits:
 
 
 @dataclass(frozen=True)
+class UpsampleLimits:
+    """Per-request limits of Upsample, reported by GetInfo; images are also capped at 768² by diffusers' processing."""
+
+    max_prompts: int = 8
+    max_images: int = 8  # reference images in one request, all prompts together
+    max_image_bytes: int = 8 * MIB
+    max_image_pixels: int = 4096 * 4096  # checked from the header, before decoding
+    max_new_tokens: int = 1024
+    max_queued: int = 16  # requests waiting for the generation thread; beyond it RESOURCE_EXHAUSTED
+
+    def __post_init__(self) -> None:
+        for flag, value in (
+            ("--max-upsample-prompts", self.max_prompts),
+            ("--max-upsample-images", self.max_images),
+            ("--max-upsample-image-mib", self.max_image_bytes),
+            ("--max-upsample-image-pixels", self.max_image_pixels),
+            ("--max-new-tokens", self.max_new_tokens),
+            ("--max-queued-upsamples", self.max_queued),
+        ):
+            if value < 1:
+                raise ConfigError(f"{flag} must be at least 1, not {value}.")
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest well-formed `UpsampleRequest`, with the prompt limit of `RequestLimits`."""
+        return self.max_images * (self.max_image_bytes + 16)
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     model: ModelConfig
     host: str = "[::]"
     port: int = DEFAULT_PORT
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     limits: RequestLimits = field(default_factory=RequestLimits)
+    upsampling: UpsampleLimits = field(default_factory=UpsampleLimits)
     shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
     send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S
     max_pending_reply_bytes: int = DEFAULT_MAX_PENDING_REPLY_BYTES
@@ -135,6 +166,14 @@ class ServerConfig:
                 f"--max-pending-reply-mib ({self.max_pending_reply_bytes // MIB}) must be at least "
                 f"--max-reply-mib ({self.limits.max_reply_bytes // MIB}), or the largest request could never run."
             )
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The receive limit: the largest request the limits allow (upsample requests only where served)."""
+        largest = self.limits.max_request_bytes
+        if self.model.enable_upsampling:
+            largest += self.upsampling.max_request_bytes
+        return largest
 
     @property
     def address(self) -> str:

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import torch
@@ -23,9 +24,11 @@ import torch
 from encoder_server import __version__
 from encoder_server.batcher import BatcherStats, DynamicBatcher
 from encoder_server.config import MIB, ServerConfig
-from encoder_server.errors import NotReadyError, OverloadedError
+from encoder_server.errors import NotEnabledError, NotReadyError, OverloadedError
+from encoder_server.models import LoadedModels
 from encoder_server.prompt_encoder import PromptEncoder
 from encoder_server.request import EncodeRequest, RequestBounds, validate_request
+from encoder_server.upsampler import PromptUpsampler, UpsampleRequest, validate_upsample_request
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS, DEFAULT_MAX_SEQUENCE_LENGTH
 from shared.info import ServerInfo
 from shared.protocol import encoder_pb2
@@ -33,7 +36,7 @@ from shared.wire import tensor_to_responses
 
 log = logging.getLogger(__name__)
 
-EncoderLoader = Callable[[], PromptEncoder]
+EncoderLoader = Callable[[], "PromptEncoder | LoadedModels"]
 Reply = list[encoder_pb2.EncodeResponse]
 T = TypeVar("T")
 
@@ -60,13 +63,14 @@ class ReplyBudget:
 class _Ready:
     """What serving needs once the model has loaded."""
 
-    def __init__(self, encoder: PromptEncoder, config: ServerConfig) -> None:
-        self.encoder = encoder
+    def __init__(self, models: LoadedModels, config: ServerConfig) -> None:
+        self.encoder = encoder = models.encoder
+        self.upsampler = models.upsampler
         self.bounds: RequestBounds = encoder.bounds(config.limits)
         self.batcher: DynamicBatcher[tuple[torch.Tensor, EncodeRequest], Reply] = DynamicBatcher(
             self._forward, _to_reply, config.batching
         )
-        self.info = _server_info(encoder, config)
+        self.info = _server_info(models, config)
 
     def _forward(self, requests: Sequence[EncodeRequest]) -> list[tuple[torch.Tensor, EncodeRequest]]:
         """Forward-thread work for one batch: the pass, then each result copied to host memory."""
@@ -81,8 +85,9 @@ def _to_reply(computed: tuple[torch.Tensor, EncodeRequest]) -> Reply:
     )
 
 
-def _server_info(encoder: PromptEncoder, config: ServerConfig) -> ServerInfo:
-    model, limits = encoder.info, config.limits
+def _server_info(models: LoadedModels, config: ServerConfig) -> ServerInfo:
+    model, limits, upsampling = models.encoder.info, config.limits, config.upsampling
+    available = models.upsampler is not None
     return ServerInfo(
         model_name=model.model_name,
         model_path=model.model_path,
@@ -102,6 +107,12 @@ def _server_info(encoder: PromptEncoder, config: ServerConfig) -> ServerInfo:
         max_reply_bytes=limits.max_reply_bytes,
         quantization=model.quantization,
         weight_bytes=model.weight_bytes,
+        upsampling_available=available,
+        max_upsample_prompts=upsampling.max_prompts if available else 0,
+        max_upsample_images=upsampling.max_images if available else 0,
+        max_upsample_image_bytes=upsampling.max_image_bytes if available else 0,
+        max_upsample_image_pixels=upsampling.max_image_pixels if available else 0,
+        max_new_tokens=upsampling.max_new_tokens if available else 0,
     )
 
 
@@ -113,16 +124,20 @@ class EncoderEngine:
         self._loader = loader
         self._ready: _Ready | None = None
         self.budget = ReplyBudget(config.max_pending_reply_bytes)
+        # Generation runs beside encoding, one at a time: the seed is torch's global generator, as in diffusers.
+        self._generator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upsample")
+        self._upsamples = 0  # admitted and not finished
 
     async def load(self) -> PromptEncoder:
         """Load the model off the event loop, then start batching; raises the load error if it fails."""
         started = time.perf_counter()
-        encoder = await _run_in_daemon_thread(self._loader)
-        ready = _Ready(encoder, self.config)
+        loaded = await _run_in_daemon_thread(self._loader)
+        models = loaded if isinstance(loaded, LoadedModels) else LoadedModels(loaded)
+        ready = _Ready(models, self.config)
         ready.batcher.start()
         self._ready = ready
         log.info("model loaded in %.1f s", time.perf_counter() - started)
-        return encoder
+        return models.encoder
 
     def _get(self) -> _Ready:
         if self._ready is None:
@@ -131,6 +146,10 @@ class EncoderEngine:
 
     def info(self) -> ServerInfo:
         return self._get().info
+
+    @property
+    def upsampler(self) -> PromptUpsampler | None:
+        return self._get().upsampler
 
     @property
     def stats(self) -> BatcherStats:
@@ -152,10 +171,29 @@ class EncoderEngine:
         finally:
             self.budget.release(size)
 
+    async def upsample(self, request: UpsampleRequest) -> list[str]:
+        """Rewrite prompts on the generation thread; cancelling the wait stops the generation at its next token."""
+        ready = self._get()
+        if ready.upsampler is None:
+            raise NotEnabledError("this server does not upsample prompts; start it with --enable-upsampling")
+        limits = self.config.upsampling
+        validate_upsample_request(request, limits, self.config.limits)
+        if self._upsamples >= limits.max_queued:
+            raise OverloadedError(f"{self._upsamples} upsample requests are waiting (limit {limits.max_queued}); retry")
+        cancelled = threading.Event()
+        self._upsamples += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._generator, ready.upsampler.upsample, request, cancelled.is_set)
+        finally:
+            cancelled.set()  # a no-op once finished; stops a generation whose caller went away
+            self._upsamples -= 1
+
     async def close(self) -> None:
-        """Finish the pass in flight and fail what is still queued."""
+        """Finish the pass in flight and fail what is still queued; stop generating."""
         if self._ready is not None:
             await self._ready.batcher.close()
+        self._generator.shutdown(wait=False, cancel_futures=True)
 
 
 async def _run_in_daemon_thread(work: Callable[[], T]) -> T:

@@ -85,46 +85,64 @@ def _quiet_transformers() -> Iterator[None]:
 
 
 def load_language_model(
-    text_encoder_dir: Path, *, max_layer: int | None, device: str, dtype: torch.dtype, quantize: Quantization | None
-) -> tuple[Any, int, str]:
-    """Load the decoder stack; returns `(MistralModel, num_layers in the checkpoint, quantization served)`.
+    text_encoder_dir: Path,
+    *,
+    max_layer: int | None,
+    device: str,
+    dtype: torch.dtype,
+    quantize: Quantization | None,
+    whole: bool = False,
+) -> tuple[Any, Any, int, str]:
+    """Load the decoder stack: `(model, its MistralModel, num_layers in the checkpoint, quantization served)`.
 
-    `max_layer=None` loads up to the deepest default layer (30), the most FLUX.2's embeddings use.
+    `max_layer=None` loads up to the deepest default layer (30), the most FLUX.2's embeddings use. `whole`
+    loads the entire `Mistral3ForConditionalGeneration` instead (every layer, vision tower, LM head), for
+    upsampling; its language model is the one returned for encoding, so the weights are held once.
     """
-    from transformers import AutoConfig, MistralModel
+    from transformers import AutoConfig, Mistral3ForConditionalGeneration, MistralModel
 
     config = AutoConfig.from_pretrained(text_encoder_dir)
     text_config = config.get_text_config()
     num_layers = int(text_config.num_hidden_layers)
     if max_layer is not None and max_layer > num_layers:
         raise ModelLoadError(f"--max-layer {max_layer} exceeds the encoder's {num_layers} layers")
-    text_config.num_hidden_layers = max_layer or min(max(DEFAULT_HIDDEN_STATE_LAYERS), num_layers)
     saved = saved_quantization(config)
     quantization = resolve_quantization(quantize, saved)
-    extra: dict[str, Any] = {}
-    if saved != "none":
-        # The language model's config is a part of Mistral3's; the saved quantisation is on the whole.
-        text_config.quantization_config = config.quantization_config
-    elif quantization != "none":
+    extra: dict[str, Any] = {"dtype": dtype, "device_map": device, "output_loading_info": True}
+    if saved == "none" and quantization != "none":
         extra["quantization_config"] = bitsandbytes_config(quantization, dtype)  # type: ignore[arg-type]
+    if whole:
+        model_class, model_config = Mistral3ForConditionalGeneration, config
+    else:
+        text_config.num_hidden_layers = max_layer or min(max(DEFAULT_HIDDEN_STATE_LAYERS), num_layers)
+        if saved != "none":
+            # The language model's config is a part of Mistral3's; the saved quantisation is on the whole.
+            text_config.quantization_config = config.quantization_config
+        model_class, model_config = MistralModel, text_config
+        extra["key_mapping"] = LANGUAGE_MODEL_KEY_MAPPING
     with _quiet_transformers():
-        model, loading_info = MistralModel.from_pretrained(
-            text_encoder_dir,
-            config=text_config,
-            key_mapping=LANGUAGE_MODEL_KEY_MAPPING,
-            dtype=dtype,
-            device_map=device,
-            output_loading_info=True,
-            **extra,
-        )
+        model, loading_info = model_class.from_pretrained(text_encoder_dir, config=model_config, **extra)
     missing = sorted(loading_info.get("missing_keys", ()))
     if missing:
         raise ModelLoadError(
-            f"{text_encoder_dir} lacks {len(missing)} language-model weights (first: {missing[0]}); "
-            "is it a Mistral3 text encoder?"
+            f"{text_encoder_dir} lacks {len(missing)} weights (first: {missing[0]}); is it a Mistral3 text encoder?"
         )
     model.eval().requires_grad_(False)
-    return model, num_layers, quantization
+    language_model = model.model.language_model if whole else model
+    return model, language_model, num_layers, quantization
+
+
+def load_processor(tokenizer_dir: Path) -> Any:
+    """The snapshot's `PixtralProcessor` (tokenizer, image processor, chat template), as upsampling needs it."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tokenizer_dir)
+    if getattr(processor, "image_processor", None) is None:
+        raise ModelLoadError(
+            f"{tokenizer_dir} holds a tokenizer, not a PixtralProcessor; --enable-upsampling needs the "
+            "processor FLUX.2-dev ships as tokenizer/ (it reads reference images)"
+        )
+    return processor
 
 
 def _safetensors_samples(path: Path) -> Iterator[bytes]:

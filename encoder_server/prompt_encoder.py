@@ -2,7 +2,8 @@
 
 Tokenisation reuses diffusers' own `format_input` and system message with the snapshot's chat
 template; the forward pass runs transformers' `MistralModel` and stops after the deepest requested
-layer. This object knows nothing of gRPC: it takes prompts and returns tensors.
+layer (`layer_capture.py`), so the decoder layers can be shared with a model generating text on another
+thread. This object knows nothing of gRPC: it takes prompts and returns tensors.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ import torch
 from diffusers.pipelines.flux2.pipeline_flux2 import format_input
 from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
 
-from encoder_server import loading
 from encoder_server.config import ModelConfig, RequestLimits
-from encoder_server.errors import ModelLoadError
+from encoder_server.layer_capture import LayerCapture
 from encoder_server.request import EncodeRequest, RequestBounds, validate_request
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS, DEFAULT_MAX_SEQUENCE_LENGTH
 from shared.wire import DTYPES
@@ -41,53 +41,25 @@ class ModelInfo:
     weight_bytes: int = 0  # resident size of the loaded weights
 
 
-class _StopForward(Exception):
-    """Raised from a layer hook once the deepest requested layer has run; nothing later is computed."""
-
-
 class PromptEncoder:
     """Turns prompts into `prompt_embeds` `[B, L, len(layers) * hidden]`."""
 
     def __init__(self, language_model: Any, tokenizer: Any, info: ModelInfo, limits: RequestLimits) -> None:
         self._model = language_model
+        self._capture = LayerCapture(language_model)
         self._tokenizer = tokenizer
         self.info = info
         self.limits = limits
         self.forward_passes = 0
-        # The tokenizer's padding state and the layer hooks are per call: one forward at a time.
+        # The tokenizer's padding state and the capture are per call: one forward at a time.
         self._lock = threading.Lock()
 
     @classmethod
     def load(cls, config: ModelConfig, limits: RequestLimits | None = None) -> PromptEncoder:
         """Load from a local snapshot; raises `ModelLoadError` with a message saying what to fix."""
-        text_encoder_dir, tokenizer_dir = loading.resolve_snapshot(config.model_path)
-        try:
-            tokenizer = loading.load_tokenizer(tokenizer_dir)
-            dtype = DTYPES[config.resolved_dtype]
-            model, num_layers, quantization = loading.load_language_model(
-                text_encoder_dir,
-                max_layer=config.max_layer,
-                device=config.device,
-                dtype=dtype,
-                quantize=config.quantize,  # type: ignore[arg-type]  # checked by ModelConfig
-            )
-        except ModelLoadError:
-            raise
-        except Exception as error:  # transformers, safetensors and torch each raise their own types
-            raise ModelLoadError(f"could not load the text encoder from {config.model_path}: {error}") from error
-        info = ModelInfo(
-            model_name=loading.model_display_name(config.model_path),
-            model_path=str(config.model_path.resolve()),
-            hidden_size=int(model.config.hidden_size),
-            num_layers=num_layers,
-            max_layer=int(model.config.num_hidden_layers),
-            dtype=config.resolved_dtype,
-            device=str(model.device),
-            fingerprint=loading.snapshot_fingerprint(text_encoder_dir, tokenizer.chat_template, quantization),
-            quantization=quantization,
-            weight_bytes=int(model.get_memory_footprint()),
-        )
-        return cls(model, tokenizer, info, limits or RequestLimits())
+        from encoder_server.models import load_models
+
+        return load_models(config, limits).encoder
 
     def bounds(self, limits: RequestLimits) -> RequestBounds:
         """`limits` plus what this model can do: the checks a request to it must pass."""
@@ -143,34 +115,17 @@ class PromptEncoder:
         device = self._model.device
         return inputs["input_ids"].to(device), inputs["attention_mask"].to(device)
 
-    @torch.inference_mode()
     def _hidden_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[int]
     ) -> dict[int, torch.Tensor]:
         """Outputs of the 1-based decoder `layers`, each `[B, L, hidden]`, as transformers numbers them."""
-        deepest = max(layers)
-        captured: dict[int, torch.Tensor] = {}
-
-        def capture(layer: int):  # type: ignore[no-untyped-def]
-            def hook(_module: torch.nn.Module, _args: Any, output: Any) -> None:
-                captured[layer] = output[0] if isinstance(output, tuple) else output
-                if layer == deepest:
-                    raise _StopForward
-
-            return hook
-
-        handles = [self._model.layers[layer - 1].register_forward_hook(capture(layer)) for layer in set(layers)]
-        try:
-            self._model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        except _StopForward:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
+        captured = self._capture.run(input_ids, attention_mask, layers)
         self.forward_passes += 1
+        deepest = max(layers)
         if deepest == self.info.num_layers:
             # transformers reports the encoder's final hidden state after the closing RMSNorm.
-            captured[deepest] = self._model.norm(captured[deepest])
+            with torch.inference_mode():
+                captured[deepest] = self._capture.norm(captured[deepest])
         return captured
 
 

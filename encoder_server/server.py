@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from encoder_server.config import ServerConfig
 from encoder_server.engine import EncoderEngine, EncoderLoader
 from encoder_server.interceptors import BearerTokenInterceptor, ParseRequestsInterceptor
+from encoder_server.models import load_models
 from encoder_server.prompt_encoder import PromptEncoder
 from encoder_server.servicer import TextEncoderServicer
 from shared.defaults import SERVICE_NAME
@@ -62,12 +63,14 @@ async def _set_health(servicer: health_aio.HealthServicer, status: int) -> None:
 
 async def create_server(config: ServerConfig, load_encoder: EncoderLoader | None = None) -> EncoderServer:
     """Bind, start and begin loading the model; `load_encoder` defaults to loading `config.model`."""
-    engine = EncoderEngine(config, load_encoder or (lambda: PromptEncoder.load(config.model, config.limits)))
+    engine = EncoderEngine(
+        config, load_encoder or (lambda: load_models(config.model, config.limits, config.upsampling))
+    )
     interceptors: list[grpc.aio.ServerInterceptor] = [ParseRequestsInterceptor()]
     if config.auth_token:
         interceptors.insert(0, BearerTokenInterceptor(config.auth_token))
     options = [
-        ("grpc.max_receive_message_length", config.limits.max_request_bytes + RECEIVE_SLACK_BYTES),
+        ("grpc.max_receive_message_length", config.max_request_bytes + RECEIVE_SLACK_BYTES),
         # gRPC enables SO_REUSEPORT by default: a second server on a busy port would start and silently
         # take half the traffic. One port, one server.
         ("grpc.so_reuseport", 0),
@@ -97,11 +100,13 @@ async def create_server(config: ServerConfig, load_encoder: EncoderLoader | None
 def ready_line(server: EncoderServer, seconds: float) -> str:
     info = server.engine.info()
     weights = "" if info.quantization == "none" else f"{info.quantization} weights, "
+    batch = f"max batch {server.config.batching.max_batch_size}"
+    upsampling = ", upsampling on" if info.upsampling_available else ""
     resident_gib = info.weight_bytes / 2**30
     return (
         f"ready on {server.config.host}:{server.port} in {seconds:.1f} s: {info.model_name}, "
         f"{info.max_layer}/{info.num_layers} layers, hidden {info.hidden_size}, {weights}{info.dtype} "
-        f"on {info.device}, {resident_gib:.2f} GiB resident, max batch {server.config.batching.max_batch_size}"
+        f"on {info.device}, {resident_gib:.2f} GiB resident, {batch}{upsampling}"
     )
 
 

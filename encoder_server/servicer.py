@@ -15,6 +15,7 @@ from encoder_server.errors import EncoderError, InvalidRequestError, StalledRead
 from encoder_server.interceptors import MalformedRequest
 from encoder_server.request import EncodeRequest
 from encoder_server.status import status_for
+from encoder_server.upsampler import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, UpsampleRequest
 from shared.protocol import encoder_pb2, encoder_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,16 @@ def request_from_pb(message: encoder_pb2.EncodeRequest) -> EncodeRequest:
     )
 
 
+def upsample_request_from_pb(message: encoder_pb2.UpsampleRequest) -> UpsampleRequest:
+    return UpsampleRequest(
+        prompts=tuple(item.prompt for item in message.prompts),
+        images=tuple(tuple(item.images) for item in message.prompts),
+        temperature=message.temperature if message.HasField("temperature") else DEFAULT_TEMPERATURE,
+        max_new_tokens=message.max_new_tokens if message.HasField("max_new_tokens") else DEFAULT_MAX_NEW_TOKENS,
+        seed=message.seed if message.HasField("seed") else None,
+    )
+
+
 class TextEncoderServicer(encoder_pb2_grpc.TextEncoderServicer):
     def __init__(self, engine: EncoderEngine, send_timeout_s: float) -> None:
         self._engine = engine
@@ -75,6 +86,13 @@ class TextEncoderServicer(encoder_pb2_grpc.TextEncoderServicer):
                         f"the reply could not be sent for {self._send_timeout_s:g} s (the client stopped reading); "
                         "it was dropped"
                     ) from None
+
+    @maps_errors
+    async def Upsample(  # noqa: N802 - gRPC method name
+        self, request: encoder_pb2.UpsampleRequest, context: grpc.aio.ServicerContext
+    ) -> encoder_pb2.UpsampleResponse:
+        prompts = await self._engine.upsample(upsample_request_from_pb(request))
+        return encoder_pb2.UpsampleResponse(prompts=prompts)
 
     @maps_errors
     async def GetInfo(  # noqa: N802 - gRPC method name

@@ -8,6 +8,7 @@ from encoder_server.errors import (
     EncoderError,
     InvalidRequestError,
     ModelLoadError,
+    NotEnabledError,
     NotReadyError,
     OverloadedError,
     StalledReaderError,
@@ -18,6 +19,7 @@ STATUS_FOR_ERROR: dict[type[EncoderError], grpc.StatusCode] = {
     NotReadyError: grpc.StatusCode.UNAVAILABLE,
     OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     StalledReaderError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    NotEnabledError: grpc.StatusCode.FAILED_PRECONDITION,
     ModelLoadError: grpc.StatusCode.FAILED_PRECONDITION,
 }
 

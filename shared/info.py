@@ -33,6 +33,12 @@ class ServerInfo:
     max_reply_bytes: int
     quantization: str = "none"  # "none", "int8" or "nf4"
     weight_bytes: int = 0
+    upsampling_available: bool = False
+    max_upsample_prompts: int = 0
+    max_upsample_images: int = 0  # reference images in one request, all prompts together
+    max_upsample_image_bytes: int = 0
+    max_upsample_image_pixels: int = 0
+    max_new_tokens: int = 0
 
     def embedding_dim(self, layers: Sequence[int] = DEFAULT_HIDDEN_STATE_LAYERS) -> int:
         return len(layers) * self.hidden_size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 # Loggers of libraries we call that report, at WARNING, things our users cannot act on.
 # bitsandbytes' CPU backend warns on import, on CPUs with AVX512-BF16 only, that it could not fetch an
@@ -15,6 +16,8 @@ def quiet_library_loggers() -> None:
     """Raise noisy library loggers to ERROR; cheap, imports nothing, and must run before those libraries load."""
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    # Images are refused by our own pixel caps, below PIL's warning threshold, before they are decoded.
+    warnings.filterwarnings("ignore", message="Image size .* exceeds limit of .* could be decompression bomb DOS attack")
 
 
 def quiet_model_libraries() -> None:

@@ -1,8 +1,9 @@
 """Build a tiny, offline FLUX.2-shaped snapshot in diffusers layout.
 
 The snapshot has random weights but the real structure: a `Mistral3ForConditionalGeneration` text
-encoder with enough decoder layers for the default hidden-state layers (10, 20, 30), the real Tekken
-tokenizer shipped in `mistral-common` converted by transformers, Mistral Small 3.1's chat template,
+encoder with enough decoder layers for the default hidden-state layers (10, 20, 30), a `PixtralProcessor`
+as `tokenizer/` (as FLUX.2-dev ships it) over the real Tekken tokenizer shipped in `mistral-common`
+converted by transformers, Mistral Small 3.1's chat template,
 and a small `Flux2Transformer2DModel` whose `joint_attention_dim` is 3 x the encoder's hidden size.
 `Flux2Pipeline.from_pretrained` loads it, so tests and the demo exercise the real loading code.
 """
@@ -22,6 +23,8 @@ import mistral_common
 import torch
 
 TEKKEN_FILE = "tekken_240911.json"
+TINY_STOP_EVERY = 64
+PIXTRAL_IMAGE_SIZE = 1540  # Mistral Small 3.1's vision tower and processor: images up to 1540 px a side
 
 # Mistral Small 3.1's template form: `<s>[SYSTEM_PROMPT]…[/SYSTEM_PROMPT][INST]…[/INST]`, with content given
 # either as a string or as a list of typed blocks (the form diffusers' `format_input` produces).
@@ -100,6 +103,19 @@ def build_tokenizer():  # type: ignore[no-untyped-def]
     return convert_tekken_tokenizer(str(tekken_path()), chat_template=MISTRAL_SMALL_3_1_CHAT_TEMPLATE)
 
 
+def build_processor():  # type: ignore[no-untyped-def]
+    """What FLUX.2-dev ships as `tokenizer/`: a `PixtralProcessor` over the Tekken tokenizer (needs torchvision)."""
+    from transformers import PixtralImageProcessor, PixtralProcessor
+
+    return PixtralProcessor(
+        image_processor=PixtralImageProcessor(size={"longest_edge": PIXTRAL_IMAGE_SIZE}, patch_size=14),
+        tokenizer=build_tokenizer(),
+        patch_size=14,
+        spatial_merge_size=2,
+        chat_template=MISTRAL_SMALL_3_1_CHAT_TEMPLATE,
+    )
+
+
 def build_text_encoder(shape: TinySnapshotShape):  # type: ignore[no-untyped-def]
     """A randomly initialised `Mistral3ForConditionalGeneration` in the real architecture."""
     from transformers import Mistral3Config, Mistral3ForConditionalGeneration
@@ -129,7 +145,7 @@ def build_text_encoder(shape: TinySnapshotShape):  # type: ignore[no-untyped-def
             "num_attention_heads": 2,
             "head_dim": 8,
             "intermediate_size": 32,
-            "image_size": 56,
+            "image_size": PIXTRAL_IMAGE_SIZE,  # rotary positions for the largest image the processor makes
             "patch_size": 14,
             "num_channels": 3,
         },
@@ -140,6 +156,10 @@ def build_text_encoder(shape: TinySnapshotShape):  # type: ignore[no-untyped-def
     )
     config.text_config.tie_word_embeddings = False
     model = Mistral3ForConditionalGeneration(config)
+    # Random weights never sample `</s>`, so every upsample would run its full 512 tokens (20 s on a CPU): one
+    # token in TINY_STOP_EVERY ends a generation instead, about 64 tokens in. Real snapshots stop at `</s>`.
+    model.generation_config.eos_token_id = list(range(2, shape.vocab_size, TINY_STOP_EVERY))
+    model.generation_config.pad_token_id = 11
     return model.to(torch.bfloat16).eval()
 
 
@@ -201,7 +221,7 @@ def build_tiny_snapshot(out_dir: str | os.PathLike[str], shape: TinySnapshotShap
         scheduler=build_scheduler(),
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=build_tokenizer(),
+        tokenizer=build_processor(),
         transformer=transformer,
     )
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import grpc
 import torch
 
 from encoder_server.background import BackgroundServer, serve_in_thread
-from encoder_server.config import BatchingConfig, ModelConfig, RequestLimits, ServerConfig
+from encoder_server.config import BatchingConfig, ModelConfig, RequestLimits, ServerConfig, UpsampleLimits
 from encoder_server.prompt_encoder import PromptEncoder
 from shared.info import ServerInfo
 from shared.protocol import encoder_pb2, encoder_pb2_grpc
@@ -67,12 +67,16 @@ def server_config(snapshot: Path, **overrides: Any) -> ServerConfig:
     batching = BatchingConfig(**_take(overrides, BatchingConfig))
     # As the CLI does: a request may carry as many prompts as one pass holds.
     limits = RequestLimits(**{"max_prompts": batching.max_batch_size, **_take(overrides, RequestLimits)})
+    upsampling = UpsampleLimits(**_take(overrides, UpsampleLimits, prefix="upsample_"))
     port = overrides.pop("port", 0)
-    return ServerConfig(model=model, host="127.0.0.1", port=port, batching=batching, limits=limits, **overrides)
+    sections = {"batching": batching, "limits": limits, "upsampling": upsampling}
+    return ServerConfig(model=model, host="127.0.0.1", port=port, **sections, **overrides)
 
 
-def _take(overrides: dict[str, Any], section: Any) -> dict[str, Any]:
-    return {key: overrides.pop(key) for key in list(overrides) if key in section.__dataclass_fields__}
+def _take(overrides: dict[str, Any], section: Any, prefix: str = "") -> dict[str, Any]:
+    """Pop the overrides naming `section`'s fields (after `prefix`, for sections whose names overlap)."""
+    names = [key for key in overrides if key.startswith(prefix) and key[len(prefix) :] in section.__dataclass_fields__]
+    return {key[len(prefix) :]: overrides.pop(key) for key in names}
 
 
 @contextlib.contextmanager

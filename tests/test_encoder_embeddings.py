@@ -26,7 +26,7 @@ def test_several_prompts_match_diffusers_bitwise(encoder_server, diffusers_embed
 
 
 def test_prompt_over_512_tokens_is_truncated_like_diffusers(encoder_server, diffusers_embeds, reference_pipeline):
-    tokens = reference_pipeline.tokenizer(LONG_PROMPT, add_special_tokens=False)["input_ids"]
+    tokens = reference_pipeline.tokenizer.tokenizer(LONG_PROMPT, add_special_tokens=False)["input_ids"]
     assert len(tokens) > 512
     assert torch.equal(encoder_server.encode([LONG_PROMPT]), diffusers_embeds([LONG_PROMPT]))
 

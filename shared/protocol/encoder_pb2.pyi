@@ -6,6 +6,32 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class UpsamplePrompt(_message.Message):
+    __slots__ = ("prompt", "images")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    images: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, prompt: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class UpsampleRequest(_message.Message):
+    __slots__ = ("prompts", "temperature", "max_new_tokens", "seed")
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    prompts: _containers.RepeatedCompositeFieldContainer[UpsamplePrompt]
+    temperature: float
+    max_new_tokens: int
+    seed: int
+    def __init__(self, prompts: _Optional[_Iterable[_Union[UpsamplePrompt, _Mapping]]] = ..., temperature: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class UpsampleResponse(_message.Message):
+    __slots__ = ("prompts",)
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    prompts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, prompts: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class EncodeRequest(_message.Message):
     __slots__ = ("prompts", "max_sequence_length", "hidden_state_layers")
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
@@ -45,7 +71,7 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("model_name", "model_path", "hidden_size", "num_layers", "max_layer", "default_hidden_state_layers", "default_max_sequence_length", "max_sequence_length", "dtype", "device", "fingerprint", "server_version", "max_prompts_per_request", "max_prompt_chars", "max_hidden_state_layers", "max_reply_bytes", "quantization", "weight_bytes")
+    __slots__ = ("model_name", "model_path", "hidden_size", "num_layers", "max_layer", "default_hidden_state_layers", "default_max_sequence_length", "max_sequence_length", "dtype", "device", "fingerprint", "server_version", "max_prompts_per_request", "max_prompt_chars", "max_hidden_state_layers", "max_reply_bytes", "quantization", "weight_bytes", "upsampling_available", "max_upsample_prompts", "max_upsample_images", "max_upsample_image_bytes", "max_upsample_image_pixels", "max_new_tokens")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +90,12 @@ class GetInfoResponse(_message.Message):
     MAX_REPLY_BYTES_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLING_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    MAX_UPSAMPLE_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_UPSAMPLE_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    MAX_UPSAMPLE_IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_UPSAMPLE_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_path: str
     hidden_size: int
@@ -82,4 +114,10 @@ class GetInfoResponse(_message.Message):
     max_reply_bytes: int
     quantization: str
     weight_bytes: int
-    def __init__(self, model_name: _Optional[str] = ..., model_path: _Optional[str] = ..., hidden_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., max_layer: _Optional[int] = ..., default_hidden_state_layers: _Optional[_Iterable[int]] = ..., default_max_sequence_length: _Optional[int] = ..., max_sequence_length: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., fingerprint: _Optional[str] = ..., server_version: _Optional[str] = ..., max_prompts_per_request: _Optional[int] = ..., max_prompt_chars: _Optional[int] = ..., max_hidden_state_layers: _Optional[int] = ..., max_reply_bytes: _Optional[int] = ..., quantization: _Optional[str] = ..., weight_bytes: _Optional[int] = ...) -> None: ...
+    upsampling_available: bool
+    max_upsample_prompts: int
+    max_upsample_images: int
+    max_upsample_image_bytes: int
+    max_upsample_image_pixels: int
+    max_new_tokens: int
+    def __init__(self, model_name: _Optional[str] = ..., model_path: _Optional[str] = ..., hidden_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., max_layer: _Optional[int] = ..., default_hidden_state_layers: _Optional[_Iterable[int]] = ..., default_max_sequence_length: _Optional[int] = ..., max_sequence_length: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., fingerprint: _Optional[str] = ..., server_version: _Optional[str] = ..., max_prompts_per_request: _Optional[int] = ..., max_prompt_chars: _Optional[int] = ..., max_hidden_state_layers: _Optional[int] = ..., max_reply_bytes: _Optional[int] = ..., quantization: _Optional[str] = ..., weight_bytes: _Optional[int] = ..., upsampling_available: _Optional[bool] = ..., max_upsample_prompts: _Optional[int] = ..., max_upsample_images: _Optional[int] = ..., max_upsample_image_bytes: _Optional[int] = ..., max_upsample_image_pixels: _Optional[int] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...

@@ -44,6 +44,11 @@ class TextEncoderStub:
                 request_serializer=flux2_dot_encoder_dot_v1_dot_encoder__pb2.GetInfoRequest.SerializeToString,
                 response_deserializer=flux2_dot_encoder_dot_v1_dot_encoder__pb2.GetInfoResponse.FromString,
                 _registered_method=True)
+        self.Upsample = channel.unary_unary(
+                '/flux2.encoder.v1.TextEncoder/Upsample',
+                request_serializer=flux2_dot_encoder_dot_v1_dot_encoder__pb2.UpsampleRequest.SerializeToString,
+                response_deserializer=flux2_dot_encoder_dot_v1_dot_encoder__pb2.UpsampleResponse.FromString,
+                _registered_method=True)
 
 
 class TextEncoderServicer:
@@ -63,6 +68,15 @@ class TextEncoderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Upsample(self, request, context):
+        """Rewrites short prompts into detailed ones with the same Mistral model, looking at reference images
+        for edits, exactly as diffusers' `Flux2Pipeline.upsample_prompt`. Needs a server started with
+        `--enable-upsampling` (GetInfoResponse.upsampling_available); otherwise FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TextEncoderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +89,11 @@ def add_TextEncoderServicer_to_server(servicer, server):
                     servicer.GetInfo,
                     request_deserializer=flux2_dot_encoder_dot_v1_dot_encoder__pb2.GetInfoRequest.FromString,
                     response_serializer=flux2_dot_encoder_dot_v1_dot_encoder__pb2.GetInfoResponse.SerializeToString,
+            ),
+            'Upsample': grpc.unary_unary_rpc_method_handler(
+                    servicer.Upsample,
+                    request_deserializer=flux2_dot_encoder_dot_v1_dot_encoder__pb2.UpsampleRequest.FromString,
+                    response_serializer=flux2_dot_encoder_dot_v1_dot_encoder__pb2.UpsampleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +150,33 @@ class TextEncoder:
             '/flux2.encoder.v1.TextEncoder/GetInfo',
             flux2_dot_encoder_dot_v1_dot_encoder__pb2.GetInfoRequest.SerializeToString,
             flux2_dot_encoder_dot_v1_dot_encoder__pb2.GetInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Upsample(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flux2.encoder.v1.TextEncoder/Upsample',
+            flux2_dot_encoder_dot_v1_dot_encoder__pb2.UpsampleRequest.SerializeToString,
+            flux2_dot_encoder_dot_v1_dot_encoder__pb2.UpsampleResponse.FromString,
             options,
             channel_credentials,
             insecure,
