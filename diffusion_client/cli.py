@@ -27,6 +27,7 @@ from diffusion_client.errors import (
     printable_line,
 )
 from diffusion_client.jobs import GenerationJob, jobs_from_file
+from diffusion_client.upsampling import DEFAULT_UPSAMPLE_TEMPERATURE, check_temperature
 from shared.defaults import DEFAULT_PORT
 from shared.one_line import OneLineParser
 from shared.quiet import quiet_library_loggers
@@ -70,6 +71,19 @@ def positive_seconds(text: str) -> float:
     return seconds
 
 
+def upsample_temperature(text: str) -> float:
+    """`--upsample-temperature`: finite, above 0 and at most 2."""
+    try:
+        return check_temperature(float(text))
+    except (ValueError, InputError):
+        raise argparse.ArgumentTypeError(f"must be a number above 0 and at most 2, not {text!r}") from None
+
+
+def one_line(text: str) -> str:
+    """Text a server sent, made one printable line, but not shortened."""
+    return printable_line(text, max(len(text), 1))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog=PROG,
@@ -106,6 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     parser.add_argument("--prompts", type=Path, help="one prompt per line, or JSONL with per-line settings")
     parser.add_argument(
+        "--upsample",
+        action="store_true",
+        help="rewrite each prompt into a detailed one on the encoder server first, seeded with --seed "
+        "(needs `flux2-encoder serve --enable-upsampling`)",
+    )
+    parser.add_argument(
+        "--upsample-temperature",
+        type=upsample_temperature,
+        default=DEFAULT_UPSAMPLE_TEMPERATURE,
+        help="sampling temperature of --upsample, above 0 and at most 2 (default %(default)s)",
+    )
+    parser.add_argument(
         "--timeout",
         type=positive_seconds,
         default=120.0,
@@ -133,6 +159,8 @@ def _jobs(args: argparse.Namespace) -> list[GenerationJob]:
         height=args.height,
         width=args.width,
         images=tuple(args.images),
+        upsample=args.upsample,
+        upsample_temperature=args.upsample_temperature,
     )
     return jobs_from_file(args.prompts, defaults) if args.prompts else [defaults]
 
@@ -188,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
                     first_failure = first_failure or exit_code(outcome.error)
                 else:
                     written += 1
+                    if outcome.upsampled_prompt is not None:
+                        print(f"upsampled: {one_line(outcome.upsampled_prompt)}", flush=True)
                     print(f"wrote {outcome.path}", flush=True)
         except Exception as error:
             if not first_failure:

@@ -8,7 +8,7 @@ ClientError                         base; str() is one printable line
 │   │   │   └── EncoderTimeoutError       DEADLINE_EXCEEDED
 │   │   ├── EncoderRejectedError    INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION, ...
 │   │   └── EncoderFailedError      INTERNAL, UNKNOWN, ... (server failed on a valid request)
-│   ├── BadReplyError               reply failed its checks (header dtype/shape, byte count, checksum)
+│   ├── BadReplyError               reply failed its checks (header dtype/shape, bytes, checksum; upsampled prompts)
 │   └── ModelMismatchError          server's model does not fit this transformer, or not the pinned fingerprint
 └── InputError                      bad job settings, reference image, prompts file, output path, device
 
@@ -72,7 +72,7 @@ class EncoderFailedError(EncoderCallError):
 
 
 class BadReplyError(EncoderError):
-    """The reply is not the tensor asked for: header dtype or shape, byte count or checksum."""
+    """The reply is not what was asked for: header dtype or shape, byte count or checksum; upsampled prompts."""
 
 
 class ModelMismatchError(EncoderError):

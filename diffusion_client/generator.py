@@ -4,12 +4,13 @@ generator = ImageGenerator(pipeline, encoder, model_name="FLUX.2-dev")
 for outcome in generator.run(generator.prepare(jobs)):
     ...  # GeneratedImage, or FailedJob for a job that failed on its own
 
-For a list of jobs, the next prompt's embedding is fetched on a background thread while the current
-image denoises, so the network round trip hides behind GPU work.
+For a list of jobs, the next prompt's embedding (and, for a job that upsamples, its rewritten prompt first)
+is fetched on a background thread while the current image denoises, so the server's work hides behind GPU work.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from diffusion_client.images import save_png
 from diffusion_client.jobs import GenerationJob
 from diffusion_client.preflight import PreparedJob, preflight
 from diffusion_client.remote_encoder import RemoteTextEncoder
+from diffusion_client.upsampling import max_new_tokens_for
 
 # Failures that concern one job only (its output could not be written, the encoder refused or failed on
 # its prompt, its reply was corrupt): the run reports them and goes on. Anything else (the encoder out of
@@ -41,6 +43,15 @@ JOB_FAILURES: tuple[type[ClientError], ...] = (InputError, EncoderRejectedError,
 class GeneratedImage:
     job: GenerationJob
     path: Path
+    upsampled_prompt: str | None = None  # what the image was generated from, for a job that upsamples
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What a job's image is generated from: the embedding of its prompt, or of the server's rewrite of it."""
+
+    prompt_embeds: torch.Tensor  # [1, 512, D]
+    upsampled_prompt: str | None = None  # the rewrite, for a job that upsamples
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,31 @@ class ImageGenerator:
     def fetch_embeds(self, job: GenerationJob) -> torch.Tensor:
         return self.encoder.encode([job.prompt], device=self.device, dtype=self.dtype)  # [1, 512, D]
 
+    @property
+    def upsample_max_new_tokens(self) -> int:
+        """Tokens asked for per rewritten prompt: diffusers' 512, or fewer where the server allows fewer."""
+        return max_new_tokens_for(self.encoder.info())
+
+    def upsample_prompt(self, prepared: PreparedJob) -> str:
+        """The server's rewrite of the job's prompt, seeded with the job's seed, looking at its reference files."""
+        job = prepared.job
+        references = [reference.data for reference in prepared.reference_files]
+        return self.encoder.upsample(
+            job.prompt,
+            [references] if references else None,
+            temperature=job.upsample_temperature,
+            seed=job.seed,
+            max_new_tokens=self.upsample_max_new_tokens,
+        )[0]
+
+    def fetch_conditioning(self, prepared: PreparedJob) -> Conditioning:
+        """The prompt to generate from (upsampled first if the job asks) and its embedding."""
+        job = prepared.job
+        if not job.upsample:
+            return Conditioning(self.fetch_embeds(job))
+        prompt = self.upsample_prompt(prepared)
+        return Conditioning(self.fetch_embeds(dataclasses.replace(job, prompt=prompt)), prompt)
+
     def generate(self, prepared: PreparedJob, prompt_embeds: torch.Tensor) -> Image.Image:
         """One image from already-fetched embeddings; the same seed gives the same pixels."""
         job = prepared.job
@@ -113,27 +149,38 @@ class ImageGenerator:
             return
         prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch-embeds")
         try:
-            upcoming: Future[torch.Tensor] = prefetcher.submit(self.fetch_embeds, prepared_jobs[0].job)
+            upcoming: Future[Conditioning] = prefetcher.submit(self.fetch_conditioning, prepared_jobs[0])
             for index, prepared in enumerate(prepared_jobs):
                 current = upcoming
                 if index + 1 < len(prepared_jobs):
-                    upcoming = prefetcher.submit(self.fetch_embeds, prepared_jobs[index + 1].job)
+                    upcoming = prefetcher.submit(self.fetch_conditioning, prepared_jobs[index + 1])
                 try:
-                    image = self.generate(prepared, current.result())
-                    path = save_png(image, prepared.job.out, self.metadata(prepared.job))
+                    conditioning = current.result()
+                    upsampled = conditioning.upsampled_prompt
+                    image = self.generate(prepared, conditioning.prompt_embeds)
+                    path = save_png(image, prepared.job.out, self.metadata(prepared.job, upsampled))
                 except JOB_FAILURES as error:
                     yield FailedJob(prepared.job, error)
                     continue
-                yield GeneratedImage(prepared.job, path)
+                yield GeneratedImage(prepared.job, path, upsampled)
         finally:
             # Do not wait for a fetch in flight (Ctrl-C would hang up to its deadline); closing the encoder
             # cancels it.
             prefetcher.shutdown(wait=False, cancel_futures=True)
 
-    def metadata(self, job: GenerationJob) -> dict[str, Any]:
+    def metadata(self, job: GenerationJob, upsampled_prompt: str | None = None) -> dict[str, Any]:
+        """How the image was made; `prompt` is what it was generated from, the rewrite if one was made."""
         info = self.encoder.info()
+        upsampling: dict[str, Any] = {}
+        if upsampled_prompt is not None:
+            upsampling = {
+                "original_prompt": job.prompt,
+                "upsample_temperature": job.upsample_temperature,
+                "upsample_max_new_tokens": self.upsample_max_new_tokens,
+            }
         return {
-            "prompt": job.prompt,
+            "prompt": job.prompt if upsampled_prompt is None else upsampled_prompt,
+            **upsampling,
             "seed": job.seed,
             "steps": job.steps,
             "guidance": job.guidance,

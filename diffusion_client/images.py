@@ -31,6 +31,8 @@ def _too_large(path: Path, size: str) -> InputError:
 
 def load_reference_image(path: Path) -> Image.Image:
     """An RGB image, or a one-line error naming the file and what is wrong with it."""
+    from diffusers.pipelines.flux2.image_processor import Flux2ImageProcessor
+
     try:
         with warnings.catch_warnings():
             # PIL warns (and past twice its limit, raises) on huge images; both become our one-line error.
@@ -40,7 +42,10 @@ def load_reference_image(path: Path) -> Image.Image:
                 if width * height > MAX_REFERENCE_PIXELS:
                     raise _too_large(path, f"{width}x{height} pixels")
                 image.load()
-                return image.convert("RGB")
+                rgb = image.convert("RGB")
+        # Flux2Pipeline refuses these only after the weights have loaded; its own check, run first.
+        Flux2ImageProcessor.check_image_input(rgb)
+        return rgb
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         claimed = re.search(r"\((\d+) pixels\)", str(error))  # PIL: "Image size (400000000 pixels) exceeds ..."
         raise _too_large(path, f"{int(claimed[1]):,} pixels" if claimed else "too large") from error
@@ -48,7 +53,7 @@ def load_reference_image(path: Path) -> Image.Image:
         raise InputError(f"reference image {path} does not exist") from error
     except UnidentifiedImageError as error:
         raise InputError(f"cannot read reference image {path}: not a readable image file") from error
-    except (OSError, ValueError, SyntaxError) as error:  # PIL raises SyntaxError for some broken files
+    except (OSError, ValueError, SyntaxError) as error:  # PIL: SyntaxError for some broken files
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise InputError(f"cannot read reference image {path}: {reason or 'not a readable image file'}") from error
 

@@ -2,7 +2,8 @@
 
 A prompts file holds one prompt per line, or JSON objects (JSONL) with per-line settings:
 `{"prompt": "...", "seed": 7, "steps": 20, "guidance": 3.5, "height": 768, "width": 1024,
-"images": ["ref.png"], "out": "name.png"}`. Blank lines and lines starting with `#` are skipped.
+"images": ["ref.png"], "out": "name.png", "upsample": true, "upsample_temperature": 0.15}`. Blank lines and
+lines starting with `#` are skipped.
 Parsing checks each value's type; whether the values make a valid job is `preflight`'s business.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from diffusion_client.errors import InputError
+from diffusion_client.upsampling import DEFAULT_UPSAMPLE_TEMPERATURE
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,9 @@ class GenerationJob:
     height: int = 1024
     width: int = 1024
     images: tuple[Path, ...] = ()
+    # Rewrite the prompt on the encoder server first (seeded with `seed`), and generate from the rewrite.
+    upsample: bool = False
+    upsample_temperature: float = DEFAULT_UPSAMPLE_TEMPERATURE
     # Where the job came from (`prompts.jsonl:3`), to start messages about it; not a setting.
     origin: str | None = field(default=None, compare=False)
 
@@ -37,7 +42,14 @@ class GenerationJob:
 
 
 SETTINGS = frozenset(field.name for field in dataclasses.fields(GenerationJob)) - {"origin"}
-_NUMBERS: dict[str, type] = {"seed": int, "steps": int, "height": int, "width": int, "guidance": float}
+_NUMBERS: dict[str, type] = {
+    "seed": int,
+    "steps": int,
+    "height": int,
+    "width": int,
+    "guidance": float,
+    "upsample_temperature": float,
+}
 
 
 def numbered_output(out: Path, index: int) -> Path:
@@ -88,6 +100,10 @@ def _parse_json_line(where: str, text: str) -> dict[str, Any]:
             if kind is int and not float(value).is_integer():
                 raise InputError(f"{where}: {key!r} must be a whole number, not {json.dumps(value)}")
             settings[key] = kind(value)
+    if "upsample" in raw:
+        if not isinstance(raw["upsample"], bool):
+            raise InputError(f"{where}: 'upsample' must be true or false, not {json.dumps(raw['upsample'])}")
+        settings["upsample"] = raw["upsample"]
     if "out" in raw:
         if not isinstance(raw["out"], str) or not raw["out"].strip():
             raise InputError(f"{where}: 'out' must be a non-empty path string, not {json.dumps(raw['out'])}")

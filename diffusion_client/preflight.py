@@ -2,13 +2,15 @@
 
 `preflight` validates each job's settings against the model's configs, checks that each output can be
 written and that no two jobs write one file, decodes every reference image once, and checks that the
-encoder's embeddings fit the transformer. The CLI runs it on the snapshot's `config.json` files before
-loading any weights; `ImageGenerator.prepare` runs it on a loaded pipeline's configs. Only its result,
-`PreparedJob`s, can be generated.
+encoder's embeddings fit the transformer and, for jobs that upsample their prompt, that the encoder offers
+upsampling and takes their reference files (read once, sent later as they are). The CLI runs it on the
+snapshot's `config.json` files before loading any weights; `ImageGenerator.prepare` runs it on a loaded
+pipeline's configs. Only its result, `PreparedJob`s, can be generated.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -23,6 +25,13 @@ from diffusion_client.images import load_reference_image
 from diffusion_client.jobs import GenerationJob
 from diffusion_client.pipeline import joint_attention_dim, size_multiple
 from diffusion_client.remote_encoder import RemoteTextEncoder
+from diffusion_client.upsampling import (
+    ReferenceFile,
+    check_temperature,
+    check_upsample_request,
+    max_new_tokens_for,
+    read_reference_file,
+)
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS
 
 MAX_SIDE = 4096
@@ -31,10 +40,11 @@ MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit value
 
 @dataclass(frozen=True)
 class PreparedJob:
-    """A job that passed preflight, with its reference images decoded (RGB)."""
+    """A job that passed preflight, with its reference images decoded (RGB) and, to upsample with, as files."""
 
     job: GenerationJob
     references: tuple[Image.Image, ...] = ()
+    reference_files: tuple[ReferenceFile, ...] = ()  # only for a job that upsamples: its references' file bytes
 
 
 def preflight(
@@ -65,7 +75,46 @@ def preflight(
                     raise InputError(job.describe(str(error))) from error
         prepared.append(PreparedJob(job, tuple(decoded[path] for path in job.images)))
     encoder.check_fits(joint_attention_dim(transformer_config), layers)
-    return prepared
+    return _with_upsampling(prepared, encoder)
+
+
+def _with_upsampling(prepared: list[PreparedJob], encoder: RemoteTextEncoder) -> list[PreparedJob]:
+    """Check the encoder can upsample what the jobs ask, and read those jobs' reference files once."""
+    upsampling = [item.job for item in prepared if item.job.upsample]
+    if not upsampling:
+        return prepared
+    info = encoder.info()
+    if not info.upsampling_available:
+        raise InputError(
+            upsampling[0].describe(
+                f"upsampling asked for, but the encoder at {encoder.target} does not offer it; restart it with "
+                "`flux2-encoder serve --enable-upsampling`, or generate without --upsample"
+            )
+        )
+    files: dict[Path, ReferenceFile] = {}  # one read per file, however many jobs use it
+    checked = []
+    for item in prepared:
+        job = item.job
+        if not job.upsample:
+            checked.append(item)
+            continue
+        try:
+            for path in job.images:
+                if path not in files:
+                    files[path] = read_reference_file(path, str(path), info.max_upsample_image_bytes)
+            references = tuple(files[path] for path in job.images)
+            check_upsample_request(
+                info,
+                [job.prompt],
+                [references],
+                temperature=job.upsample_temperature,
+                max_new_tokens=max_new_tokens_for(info),
+                seed=job.seed,
+            )
+        except InputError as error:
+            raise InputError(job.describe(str(error))) from error
+        checked.append(dataclasses.replace(item, reference_files=references))
+    return checked
 
 
 def check_settings(job: GenerationJob, multiple: int) -> None:
@@ -84,6 +133,10 @@ def check_settings(job: GenerationJob, multiple: int) -> None:
         raise InputError(job.describe(f"seed must be between 0 and {MAX_SEED}, not {job.seed}"))
     if not math.isfinite(job.guidance):
         raise InputError(job.describe(f"guidance must be a finite number, not {job.guidance}"))
+    try:
+        check_temperature(job.upsample_temperature)
+    except InputError as error:
+        raise InputError(job.describe(str(error))) from error
 
 
 def check_outputs(jobs: Sequence[GenerationJob]) -> None:

@@ -2,9 +2,11 @@
 
 encoder = RemoteTextEncoder("encoder-box:50051")
 image = pipe(prompt_embeds=encoder.encode("a cat"), ...).images[0]
+detailed = encoder.upsample("a cat", seed=7)[0]  # on a server started with --enable-upsampling
 
 Replies are held to the tensor asked for: the server's `GetInfo` (fetched once) gives the dtype and width,
 the request gives the rest, and a header announcing anything else is refused before a byte is allocated.
+Upsample requests are checked against the limits `GetInfo` states before they are sent.
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ from diffusion_client.errors import (
     EncoderUnavailableError,
     ModelMismatchError,
     printable_line,
+)
+from diffusion_client.upsampling import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_UPSAMPLE_TEMPERATURE,
+    ReferenceImage,
+    check_upsample_request,
+    check_upsampled,
+    read_reference_files,
 )
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS, DEFAULT_MAX_SEQUENCE_LENGTH
 from shared.info import ServerInfo
@@ -155,6 +165,43 @@ class RemoteTextEncoder:
         if device is not None or dtype is not None:
             embeds = embeds.to(device=device, dtype=dtype)
         return embeds  # [B, max_sequence_length, len(layers) * hidden_size]
+
+    def upsample(
+        self,
+        prompts: str | Sequence[str],
+        images: Sequence[Sequence[ReferenceImage]] | None = None,
+        *,
+        temperature: float = DEFAULT_UPSAMPLE_TEMPERATURE,
+        seed: int | None = None,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    ) -> list[str]:
+        """Detailed rewrites of `prompts`, one per prompt, as diffusers' `Flux2Pipeline.upsample_prompt` makes.
+
+        Args:
+            images: None, or one sequence of reference images per prompt (file paths or file bytes; PNG, JPEG
+                or WebP), sent as the files are. Either every prompt has images or none does.
+            seed: seeds the server's sampling, so the same seed gives the same rewrites; None is unseeded.
+
+        The request is checked against the limits `GetInfo` states (`InputError`) before anything is sent. A
+        server started without `--enable-upsampling` refuses it (`EncoderRejectedError`, FAILED_PRECONDITION).
+        """
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        deadline = time.monotonic() + self.timeout  # one deadline for GetInfo (first time) and Upsample
+        info = self._info_by(deadline)
+        max_bytes = info.max_upsample_image_bytes if info.upsampling_available else None
+        files = read_reference_files(len(prompts), images, max_bytes)
+        check_upsample_request(info, prompts, files, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+        request = encoder_pb2.UpsampleRequest(
+            prompts=[
+                encoder_pb2.UpsamplePrompt(prompt=prompt, images=[reference.data for reference in references])
+                for prompt, references in zip(prompts, files, strict=True)
+            ],
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+        )
+        reply = self._call(lambda options: self._stub.Upsample(request, **options), deadline)
+        return check_upsampled(reply.prompts, len(prompts), max_new_tokens, self.target)
 
     def _info_by(self, deadline: float) -> ServerInfo:
         if self._info is None:

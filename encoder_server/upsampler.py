@@ -31,7 +31,7 @@ UPSAMPLING_MAX_LENGTH = 2048
 DEFAULT_MAX_NEW_TOKENS = 512
 DEFAULT_TEMPERATURE = 0.15  # diffusers' and BFL's recommendation
 MAX_TEMPERATURE = 2.0  # beyond this, sampling from a 131k vocabulary is noise
-IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
+IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "WEBP")  # MPO: how PIL names many camera JPEGs
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ def quiet_library_loggers() -> None:
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     # Images are refused by our own pixel caps, below PIL's warning threshold, before they are decoded.
-    warnings.filterwarnings("ignore", message="Image size .* exceeds limit of .* could be decompression bomb DOS attack")
+    warnings.filterwarnings(
+        "ignore", message="Image size .* exceeds limit of .* could be decompression bomb DOS attack"
+    )
 
 
 def quiet_model_libraries() -> None:

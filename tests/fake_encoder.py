@@ -7,6 +7,7 @@ hostile error text); everything else about the call (channel, deadlines, streami
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from typing import Any
@@ -40,6 +41,19 @@ TINY_INFO = ServerInfo(
     max_reply_bytes=2**30,
 )
 
+# The same, with upsampling on and the real server's default limits.
+TINY_UPSAMPLING_INFO = dataclasses.replace(
+    TINY_INFO,
+    upsampling_available=True,
+    max_upsample_prompts=8,
+    max_upsample_images=8,
+    max_upsample_image_bytes=8 * 1024 * 1024,
+    max_upsample_image_pixels=4096 * 4096,
+    max_new_tokens=1024,
+)
+
+UpsampleReply = Callable[[encoder_pb2.UpsampleRequest, grpc.ServicerContext], list[str]]
+
 
 def embeds_for(request: encoder_pb2.EncodeRequest, *, width: int = 96, dtype: torch.dtype = torch.float32) -> Replies:
     """An honest reply in shape: zeros `[B, length, width]`."""
@@ -51,7 +65,11 @@ def embeds_for(request: encoder_pb2.EncodeRequest, *, width: int = 96, dtype: to
 
 
 class FakeEncoder(encoder_pb2_grpc.TextEncoderServicer):
-    """Answers GetInfo with `info`; each Encode first fails with the next of `failures`, then runs `reply`."""
+    """Answers GetInfo with `info`; each Encode first fails with the next of `failures`, then runs `reply`.
+
+    Upsample answers with `upsample_reply`'s prompts (by default each prompt with " (upsampled)" added) and
+    keeps every request in `upsample_requests`.
+    """
 
     def __init__(
         self,
@@ -60,13 +78,18 @@ class FakeEncoder(encoder_pb2_grpc.TextEncoderServicer):
         info: ServerInfo = TINY_INFO,
         failures: Iterable[grpc.StatusCode] = (),
         details: str = "scripted failure",
+        upsample_reply: UpsampleReply | None = None,
     ) -> None:
         self.reply = reply or (lambda request, _context: embeds_for(request))
         self.info = info
         self.failures = list(failures)
         self.details = details
+        self.upsample_reply = upsample_reply or (
+            lambda request, _context: [item.prompt + " (upsampled)" for item in request.prompts]
+        )
         self.calls = 0
         self.metadata: list[dict[str, str]] = []
+        self.upsample_requests: list[encoder_pb2.UpsampleRequest] = []
 
     def GetInfo(self, request: Any, context: grpc.ServicerContext) -> encoder_pb2.GetInfoResponse:  # noqa: N802
         self.metadata.append({key: str(value) for key, value in context.invocation_metadata()})
@@ -77,6 +100,10 @@ class FakeEncoder(encoder_pb2_grpc.TextEncoderServicer):
         if self.failures:
             context.abort(self.failures.pop(0), self.details)
         yield from self.reply(request, context)
+
+    def Upsample(self, request: Any, context: grpc.ServicerContext) -> encoder_pb2.UpsampleResponse:  # noqa: N802
+        self.upsample_requests.append(request)
+        return encoder_pb2.UpsampleResponse(prompts=self.upsample_reply(request, context))
 
 
 @contextlib.contextmanager

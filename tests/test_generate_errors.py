@@ -291,3 +291,14 @@ def test_reference_image_over_the_cap_but_under_pils_limit_exits_2(generate, tmp
     code = generate("edit it", "--image", str(wide), "--out", str(tmp_path / "x.png"), *SIZE)
     assert code == 2
     assert_one_line_error(capsys.readouterr().err, f"reference image {wide} is 8193x8192 pixels", "8192x8192")
+
+
+def test_reference_image_too_small_for_flux2_exits_2_before_loading_weights(generate, tmp_path, capsys):
+    """Flux2Pipeline refuses sides under 64 px only after the weights have loaded; the preflight runs its check."""
+    from PIL import Image
+
+    small = tmp_path / "small.png"
+    Image.new("RGB", (48, 64), "white").save(small)
+    code = generate("edit", "--image", str(small), "--out", str(tmp_path / "x.png"), *SIZE)
+    assert code == 2
+    assert_one_line_error(capsys.readouterr().err, f"cannot read reference image {small}", "at least 64px")

@@ -1,4 +1,4 @@
-"""A snapshot whose tokenizer/ is a plain tokenizer (not the PixtralProcessor FLUX.2-dev ships) gives the same embeddings.
+"""A snapshot whose tokenizer/ is a plain tokenizer, not the PixtralProcessor FLUX.2-dev ships, encodes the same.
 
 The tiny snapshot ships a PixtralProcessor, as FLUX.2-dev does, and diffusers tokenises through it; the server
 always loads the tokenizer and the snapshot's chat template, so both layouts must encode identically.

@@ -1,4 +1,4 @@
-"""`RemoteTextEncoder`: embeddings ready for `Flux2Pipeline`, deadlines, retries, and verified replies."""
+"""`RemoteTextEncoder`: embeddings ready for `Flux2Pipeline`, deadlines, retries, verified replies, upsampling."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ import resource
 import socket
 import threading
 import time
+from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from diffusion_client import RemoteEncoderInfo, RemoteTextEncoder
 from diffusion_client.errors import (
@@ -30,7 +33,7 @@ from diffusion_client.errors import (
 from shared.info import ServerInfo
 from shared.protocol import encoder_pb2
 from shared.wire import tensor_to_responses
-from tests.fake_encoder import TINY_INFO, FakeEncoder, embeds_for, fake_server
+from tests.fake_encoder import TINY_INFO, TINY_UPSAMPLING_INFO, FakeEncoder, embeds_for, fake_server
 from tests.helpers import start_server
 
 
@@ -222,3 +225,129 @@ def test_pinned_fingerprint_refuses_a_server_with_other_weights(encoder_server):
         fingerprint = encoder.info().fingerprint
     with RemoteTextEncoder(encoder_server.target, expected_fingerprint=fingerprint[:12]) as encoder:
         assert encoder.encode("x").shape == (1, 512, 96)
+
+
+# Prompt upsampling. The tiny model has random weights, so its rewrites are gibberish; a few tokens are plenty.
+FEW_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def upsampling_server(tiny_snapshot):  # type: ignore[no-untyped-def]
+    with start_server(tiny_snapshot, enable_upsampling=True) as server:
+        yield server
+
+
+def noise_image(path: Path, size: tuple[int, int] = (64, 64), seed: int = 0, format: str | None = None) -> Path:
+    pixels = np.random.default_rng(seed).integers(0, 255, (*size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format=format)
+    return path
+
+
+def test_upsample_returns_one_rewrite_per_prompt_and_the_same_ones_for_the_same_seed(upsampling_server):
+    prompts = ["a paper boat", "a glass bird"]
+    with RemoteTextEncoder(upsampling_server.target) as encoder:
+        first = encoder.upsample(prompts, seed=7, max_new_tokens=FEW_TOKENS)
+        again = encoder.upsample(prompts, seed=7, max_new_tokens=FEW_TOKENS)
+    assert len(first) == 2 and all(isinstance(prompt, str) and prompt for prompt in first)
+    assert first != prompts
+    assert again == first
+
+
+def test_upsample_reference_images_as_paths_and_as_bytes_give_the_same_rewrite(upsampling_server, tmp_path):
+    references = [noise_image(tmp_path / "a.png"), noise_image(tmp_path / "b.jpg", (48, 80), seed=1)]
+    with RemoteTextEncoder(upsampling_server.target) as encoder:
+        from_paths = encoder.upsample("make it blue", [references], seed=3, max_new_tokens=FEW_TOKENS)
+        from_bytes = encoder.upsample(
+            ["make it blue"], [[path.read_bytes() for path in references]], seed=3, max_new_tokens=FEW_TOKENS
+        )
+    assert len(from_paths) == 1 and from_paths == from_bytes
+
+
+def test_upsample_on_a_server_without_upsampling_is_refused_naming_the_flag(encoder_server):
+    with RemoteTextEncoder(encoder_server.target) as encoder, pytest.raises(EncoderRejectedError) as error:
+        encoder.upsample("a cat", max_new_tokens=FEW_TOKENS)
+    assert error.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "--enable-upsampling" in str(error.value)
+
+
+def test_upsample_reference_files_are_sent_byte_for_byte(tmp_path):
+    reference = noise_image(tmp_path / "ref.jpg", (40, 56))
+    servicer = FakeEncoder(info=TINY_UPSAMPLING_INFO)
+    with fake_server(servicer) as target, RemoteTextEncoder(target) as encoder:
+        assert encoder.upsample("edit", [[reference]], temperature=0.5, seed=9) == ["edit (upsampled)"]
+    (request,) = servicer.upsample_requests
+    assert list(request.prompts[0].images) == [reference.read_bytes()]
+    assert (request.temperature, request.max_new_tokens, request.seed) == (0.5, 512, 9)
+
+
+LIMITED = dataclasses.replace(
+    TINY_UPSAMPLING_INFO, max_upsample_prompts=2, max_upsample_images=2, max_upsample_image_bytes=4096
+)
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        ({"prompts": ["a"] * 3}, "3 prompts to upsample; the encoder takes at most 2"),
+        ({"images": [["a.png"] * 3]}, "3 reference images to upsample with; the encoder takes at most 2"),
+        ({"images": [["big.png"]]}, "bytes; the encoder takes at most 4,096 bytes per image"),
+        ({"images": [["a.bmp"]]}, "reference image a.bmp is BMP; upsampling takes PNG, JPEG or WebP"),
+        ({"images": [[b"not an image"]]}, "reference image 0 of prompt 0 is not a PNG, JPEG or WebP image"),
+        ({"images": [["missing.png"]]}, "reference image missing.png does not exist"),
+        ({"images": ["a.png"]}, "images[0] must be a list of reference images for prompt 0"),
+        ({"prompts": ["a", "b"], "images": [["a.png"], []]}, "either every prompt has reference images or none"),
+        ({"temperature": 0}, "upsample temperature must be a number above 0 and at most 2"),
+        ({"temperature": float("nan")}, "upsample temperature must be a number above 0 and at most 2"),
+        ({"temperature": 3}, "upsample temperature must be a number above 0 and at most 2"),
+        ({"max_new_tokens": 1025}, "max_new_tokens 1025 is more than the encoder allows; use 1 to 1024"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be a whole number of at least 1"),
+        ({"seed": -1}, "seed must be None or a whole number"),
+    ],
+    ids=[
+        "prompts",
+        "images",
+        "bytes",
+        "bmp",
+        "not-an-image",
+        "missing",
+        "flat-images",
+        "mixed",
+        "temperature-0",
+        "temperature-nan",
+        "temperature-3",
+        "tokens-over",
+        "tokens-0",
+        "seed",
+    ],
+)
+def test_upsample_request_outside_the_limits_raises_input_error_without_a_call(tmp_path, monkeypatch, call, message):
+    monkeypatch.chdir(tmp_path)
+    noise_image(tmp_path / "a.png", (16, 16))
+    noise_image(tmp_path / "big.png", (64, 64))
+    noise_image(tmp_path / "a.bmp", (16, 16))
+    servicer = FakeEncoder(info=LIMITED)
+    arguments = {"prompts": "a cat", **call}
+    with fake_server(servicer) as target, RemoteTextEncoder(target) as encoder:
+        with pytest.raises(InputError) as error:
+            encoder.upsample(arguments.pop("prompts"), **arguments)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+    assert servicer.upsample_requests == []
+
+
+@pytest.mark.parametrize(
+    "reply,message",
+    [
+        (lambda request: [], "0 upsampled prompts for 2 sent"),
+        (lambda request: ["one", "two", "three"], "3 upsampled prompts for 2 sent"),
+        (lambda request: ["short", "x" * (64 * FEW_TOKENS + 1)], "upsampled prompt 1 has 513 characters"),
+    ],
+    ids=["none", "one-too-many", "too-long"],
+)
+def test_upsample_reply_that_does_not_answer_each_prompt_is_a_bad_reply(reply, message):
+    servicer = FakeEncoder(info=TINY_UPSAMPLING_INFO, upsample_reply=lambda request, _context: reply(request))
+    with fake_server(servicer) as target, RemoteTextEncoder(target) as encoder:
+        with pytest.raises(BadReplyError) as error:
+            encoder.upsample(["a", "b"], max_new_tokens=FEW_TOKENS)
+    assert error.value.target == target
+    assert message in str(error.value)
