@@ -41,6 +41,7 @@ demo: install tiny-model
 
 bench-tiny: install
 	$(BIN)/python -m bench.encoder --tiny
+	$(BIN)/python -m bench.encoder --tiny --quantize none,int8,nf4
 	$(BIN)/python -m bench.client --tiny
 
 clean:

@@ -1,14 +1,12 @@
 """Client benchmark: denoising-step cost, peak memory and per-image wall time of the split pipeline.
 
-Through the client library (`RemoteTextEncoder` to a real server, `ImageGenerator` over `Flux2Pipeline` without its
-text encoder): seconds per step between step ends, the bare transformer forward for the same shapes, peak memory of
-one image with VAE decode, and seconds per image for a batch, prefetching, against diffusers' monolithic pipeline.
+Through the client library (`RemoteTextEncoder` to a real server, `ImageGenerator` over `Flux2Pipeline` without
+its text encoder): seconds per step (between the DiT's call ends, one a step), the bare DiT forward on the last
+step's inputs, peak memory of one image with VAE decode, and seconds per image for a batch, prefetching, against
+diffusers' monolithic pipeline.
 
-    python -m bench.client --tiny        # tiny random snapshot on CPU, in-process server, under a minute
+    python -m bench.client --tiny        # tiny random snapshot on CPU, under a minute
     python -m bench.client --full-size   # random FLUX.2-dev NF4 DiT (80 GB GPU to build), or --model SNAPSHOT
-
-Full size starts the encoder server in a subprocess on the same GPU once the client's model is in place, so the
-client's memory numbers are its own.
 """
 
 from __future__ import annotations
@@ -17,25 +15,25 @@ import argparse
 import contextlib
 import dataclasses
 import gc
+import itertools
 import logging
 import random
 import statistics
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from bench import harness
-from bench.encoder import make_prompt
+from bench.random_models import encoder_server, random_pipeline
 from diffusion_client.errors import ClientError
 from diffusion_client.generator import FailedJob, ImageGenerator
 from diffusion_client.jobs import GenerationJob
 from diffusion_client.pipeline import PipelineConfig, Quantize, load_pipeline
 from diffusion_client.remote_encoder import RemoteTextEncoder
-from shared.quiet import quiet_library_loggers
 
 log = logging.getLogger("bench.client")
 
@@ -55,86 +53,38 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-class StepTimer:
-    """Stands in for a pipeline and records when each denoising step ends (`callback_on_step_end`)."""
-
-    def __init__(self, pipeline: Any, device: str) -> None:
-        self.pipeline = pipeline
-        self.device = device
-        self.step_ends: list[float] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.pipeline, name)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.step_ends = []
-        return self.pipeline(*args, callback_on_step_end=self.on_step_end, **kwargs)
-
-    def on_step_end(self, _pipeline: Any, _step: int, _timestep: Any, _tensors: dict[str, Any]) -> dict[str, Any]:
-        harness.synchronize(self.device)
-        self.step_ends.append(time.perf_counter())
-        return {}
-
-
-def bare_transformer_inputs(pipeline: Any, prompt_embeds: torch.Tensor, height: int, width: int) -> dict[str, Any]:
-    """The keyword arguments `Flux2Pipeline.__call__` gives the transformer for one text-to-image step."""
-    from diffusers import Flux2Pipeline
-
-    batch, device, dtype = prompt_embeds.shape[0], prompt_embeds.device, prompt_embeds.dtype
-    scale = pipeline.vae_scale_factor * 2  # VAE downscale, then 2x2 patches
-    channels = pipeline.transformer.config.in_channels
-    latents = torch.randn(batch, channels, height // scale, width // scale, device=device, dtype=dtype)
-    return {
-        "hidden_states": Flux2Pipeline._pack_latents(latents),
-        "timestep": torch.full((batch,), 0.5, device=device, dtype=dtype),
-        "guidance": torch.full((batch,), GUIDANCE, device=device, dtype=torch.float32),
-        "encoder_hidden_states": prompt_embeds,
-        "txt_ids": Flux2Pipeline._prepare_text_ids(prompt_embeds).to(device),
-        "img_ids": Flux2Pipeline._prepare_latent_ids(latents).to(device),
-        "return_dict": False,
-    }
-
-
-def prompts_for(count: int) -> list[str]:
-    return [make_prompt(random.Random(index)) for index in range(count)]
-
-
-def measure_client(
-    pipeline: Any, encoder: RemoteTextEncoder, model_name: str, args: argparse.Namespace
-) -> dict[str, Any]:
+def measure_client(pipeline: Any, encoder: RemoteTextEncoder, args: argparse.Namespace, scratch: Path) -> dict:
     """Steps, bare forward, peak memory and batch wall time through `ImageGenerator` with remote embeddings."""
-    device, timer = args.device, StepTimer(pipeline, args.device)
-    generator = ImageGenerator(timer, encoder, model_name=model_name, progress=False)
-    job = GenerationJob("", args.scratch, steps=args.steps, guidance=GUIDANCE, height=args.height, width=args.width)
-    jobs = [
-        dataclasses.replace(job, prompt=prompt, out=args.scratch / f"remote-{i:03d}.png", seed=i)
-        for i, prompt in enumerate(prompts_for(args.batch_prompts))
-    ]
+    device, step_ends, last_step = args.device, [], {}
+    generator = ImageGenerator(pipeline, encoder, model_name=args.model_name, progress=False)
+    settings = {"steps": args.steps, "guidance": GUIDANCE, "height": args.height, "width": args.width}
+    prompts = [harness.make_prompt(random.Random(i)) for i in range(args.batch_prompts)]
+    jobs = [GenerationJob(p, scratch / f"remote-{i:03d}.png", seed=i, **settings) for i, p in enumerate(prompts)]
     prepared = generator.prepare(jobs)
     prompt_embeds = generator.fetch_embeds(jobs[0])  # [1, 512, D]
+
+    def on_step(_module: Any, _args: Any, kwargs: dict[str, Any], _output: Any) -> None:  # one DiT call a step
+        harness.synchronize(device)
+        step_ends.append(time.perf_counter())
+        last_step.update(kwargs)
+
     with torch.inference_mode():
-        log.info("warm-up image (2 steps)")
+        log.info("warm-up image (2 steps), then one at %dx%d, %d steps, timed", args.width, args.height, args.steps)
         generator.generate(dataclasses.replace(prepared[0], job=dataclasses.replace(jobs[0], steps=2)), prompt_embeds)
-        log.info("one image at %dx%d, %d steps, timing each step", args.width, args.height, args.steps)
         gc.collect()
         harness.reset_peak_memory(device)
+        hook = pipeline.transformer.register_forward_hook(on_step, with_kwargs=True)
         started = time.perf_counter()
-        generator.generate(prepared[0], prompt_embeds)
-        harness.synchronize(device)
-        finished = time.perf_counter()
-        image_s, decode_s = finished - started, finished - timer.step_ends[-1]
+        _, image_s = harness.timed(lambda: generator.generate(prepared[0], prompt_embeds), device)
+        hook.remove()
         memory = harness.peak_memory(device)
         # Step 1 also holds the call's setup, so steps are timed from the first step's end.
-        steps = [later - earlier for earlier, later in zip(timer.step_ends, timer.step_ends[1:], strict=False)]
-        log.info("bare transformer forward for the same shapes")
-        inputs = bare_transformer_inputs(pipeline, prompt_embeds, args.height, args.width)
-        bare = harness.median_seconds(lambda: pipeline.transformer(**inputs), device, 1, args.bare_repeats)
+        steps = [later - earlier for earlier, later in itertools.pairwise(step_ends)]
+        log.info("bare transformer forward on the last step's inputs")
+        bare = harness.median_seconds(lambda: pipeline.transformer(**last_step), device, 1, args.bare_repeats)
         log.info("batch of %d prompts through ImageGenerator.run (prefetching embeddings)", len(jobs))
-        started = time.perf_counter()
-        failed = [outcome for outcome in generator.run(prepared) if isinstance(outcome, FailedJob)]
-        harness.synchronize(device)
-        batch_s = time.perf_counter() - started
-    if failed:
+        outcomes, batch_s = harness.timed(lambda: list(generator.run(prepared)), device)
+    if failed := [outcome for outcome in outcomes if isinstance(outcome, FailedJob)]:
         raise harness.BenchError(f"{len(failed)} of {len(jobs)} images failed, first: {failed[0]}")
     return {
         "seconds_per_step": statistics.median(steps),
@@ -142,7 +92,7 @@ def measure_client(
         "bare_transformer_step_s": bare,
         "step_over_bare": statistics.median(steps) / bare,
         "image_s": image_s,
-        "decode_to_pil_s": decode_s,
+        "decode_to_pil_s": started + image_s - step_ends[-1],
         **memory,
         "remote": {
             "seconds_per_image": batch_s / len(jobs),
@@ -153,30 +103,9 @@ def measure_client(
     }
 
 
-@contextlib.contextmanager
-def encoder_server(args: argparse.Namespace, snapshot: Path | None) -> Iterator[tuple[str, str]]:
-    """The target of an encoder server for this run, and where it runs."""
-    if args.encoder:
-        yield args.encoder, "external"
-    elif args.mode == "tiny":
-        from encoder_server.background import serve_in_thread
-        from encoder_server.config import ModelConfig, ServerConfig
-
-        config = ServerConfig(model=ModelConfig(model_path=snapshot or Path(), device="cpu"), host="127.0.0.1", port=0)
-        with serve_in_thread(config) as server:
-            yield server.target, "in-process server thread (CPU)"
-    else:
-        from bench.random_encoder import encoder_process
-
-        with encoder_process(snapshot, args.device) as target:
-            yield target, "subprocess on the same GPU (not in this process's memory numbers)"
-
-
-def measure_monolithic(args: argparse.Namespace, snapshot: Path | None) -> dict[str, Any]:
-    """diffusers' own way, one prompt at a time: `pipe(prompt=...)` with the text encoder in process.
-
-    Full size does what a 24 GB box must without the split: NF4 text encoder and DiT, `enable_model_cpu_offload`.
-    """
+def measure_monolithic(args: argparse.Namespace, snapshot: Path | None, scratch: Path) -> dict[str, Any]:
+    """diffusers' own way, one prompt at a time: `pipe(prompt=...)` with the text encoder in process; at full size
+    as a 24 GB box must without the split, with NF4 text encoder and DiT and `enable_model_cpu_offload`."""
     if snapshot is None:
         reason = "the 24B text encoder in NF4 comes only from transformers' loader reading a checkpoint; use --model"
         return {"status": "not measured", "reason": reason}
@@ -197,21 +126,19 @@ def measure_monolithic(args: argparse.Namespace, snapshot: Path | None) -> dict[
         how = "Flux2Pipeline.from_pretrained, NF4 text encoder and DiT, enable_model_cpu_offload"
     load_s = time.perf_counter() - started
     pipe.set_progress_bar_config(disable=True)
-    prompts = prompts_for(args.batch_prompts)
+    prompts = [harness.make_prompt(random.Random(index)) for index in range(args.batch_prompts)]  # as the remote's
+    settings = {"height": args.height, "width": args.width, "guidance_scale": GUIDANCE}
 
     def make(index: int, steps: int) -> Any:
         seed = torch.Generator("cpu").manual_seed(index)
-        settings = {"height": args.height, "width": args.width, "guidance_scale": GUIDANCE}
-        return pipe(prompt=prompts[index], num_inference_steps=steps, generator=seed, **settings).images[0]
+        image = pipe(prompt=prompts[index], num_inference_steps=steps, generator=seed, **settings).images[0]
+        image.save(scratch / f"monolithic-{index:03d}.png")
+        return image
 
     log.info("monolithic: warm-up image (2 steps), then %d prompts one at a time", len(prompts))
     make(0, 2)
     harness.reset_peak_memory(args.device)
-    started = time.perf_counter()
-    for index in range(len(prompts)):
-        make(index, args.steps).save(args.scratch / f"monolithic-{index:03d}.png")
-    harness.synchronize(args.device)
-    total = time.perf_counter() - started
+    _, total = harness.timed(lambda: [make(index, args.steps) for index in range(len(prompts))], args.device)
     return {
         "seconds_per_image": total / len(prompts),
         "total_s": total,
@@ -222,21 +149,13 @@ def measure_monolithic(args: argparse.Namespace, snapshot: Path | None) -> dict[
     }
 
 
-def benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
-    """The whole run; images and the tiny snapshot go to `scratch`."""
-    args.scratch = scratch
-    args.dtype = PipelineConfig(scratch, device=args.device).compute_dtype
+def benchmark(args: argparse.Namespace, scratch: Path, snapshot: Path | None) -> dict[str, Any]:
+    """The whole run; images go to `scratch`. The encoder server starts once the client's model is in place."""
     started = time.perf_counter()
-    snapshot = args.model
-    if snapshot is None and args.mode == "tiny":
-        from shared.tiny_snapshot import build_tiny_snapshot
-
-        snapshot = build_tiny_snapshot(scratch / "tiny-flux2")
+    args.dtype = PipelineConfig(scratch, device=args.device).compute_dtype
     quantize: Quantize = "nf4" if args.mode == "full-size" else "none"
-    loading = time.perf_counter()
+    args.model_name = snapshot.name if snapshot else "random-flux2-dev"
     if snapshot is None:
-        from bench.random_models import random_pipeline
-
         pipeline = random_pipeline(args.device)
     else:
         pipeline = load_pipeline(PipelineConfig(model_path=snapshot, device=args.device, quantize=quantize))
@@ -251,29 +170,24 @@ def benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
             "dtype": str(args.dtype).removeprefix("torch."),
         },
         "model": {"snapshot": str(snapshot) if snapshot else "random FLUX.2-dev (32.2B) and VAE", "quantize": quantize},
-        "client_load_s": time.perf_counter() - loading,
+        "client_load_s": time.perf_counter() - started,
     }
     if args.device.startswith("cuda"):
         report["resident_weights_gib"] = round(torch.cuda.memory_allocated(args.device) / harness.GIB, 3)
-    with encoder_server(args, snapshot) as (target, where), RemoteTextEncoder(target, timeout=600) as encoder:
+    external = contextlib.nullcontext((args.encoder, "external"))
+    server = external if args.encoder else encoder_server(snapshot, args.device)
+    with server as (target, where), RemoteTextEncoder(target, timeout=600) as encoder:
         report["encoder"] = {"target": target, "where": where, "model_name": encoder.info().model_name}
-        report.update(measure_client(pipeline, encoder, snapshot.name if snapshot else "random-flux2-dev", args))
+        report.update(measure_client(pipeline, encoder, args, scratch))
     del pipeline
     harness.release_memory(args.device)
-    report["monolithic"] = measure_monolithic(args, snapshot)
-    monolithic = report["monolithic"].get("seconds_per_image")
-    if monolithic:
+    report["monolithic"] = measure_monolithic(args, snapshot, scratch)
+    measured = {"peak_gpu_memory_gib": report["peak_memory_gib"], **report}
+    if monolithic := report["monolithic"].get("seconds_per_image"):
         report["remote_over_monolithic"] = report["remote"]["seconds_per_image"] / monolithic
-    report["targets"], report["meets_targets"] = TARGETS, None
-    if args.mode == "full-size":
-        report["meets_targets"] = {
-            "seconds_per_step": report["seconds_per_step"] <= TARGETS["seconds_per_step_max"],
-            "step_over_bare": report["step_over_bare"] <= TARGETS["step_over_bare_max"],
-            "peak_gpu_memory": report["peak_memory_gib"] <= TARGETS["peak_gpu_memory_gib_max"],
-        }
-        if monolithic:
-            speedup = monolithic / report["remote"]["seconds_per_image"]
-            report["meets_targets"]["monolithic_over_remote"] = speedup >= TARGETS["monolithic_over_remote_min"]
+        measured["monolithic_over_remote"] = 1 / report["remote_over_monolithic"]
+    report["targets"] = TARGETS
+    report["meets_targets"] = harness.meets_targets(TARGETS, measured) if args.mode == "full-size" else None
     report["wall_s"] = time.perf_counter() - started
     return report
 
@@ -294,9 +208,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    quiet_library_loggers()
-    args = parse_args(argv)
-    return harness.run_main(args, lambda scratch: benchmark(args, scratch), errors=(ClientError,))
+    return harness.run_main(parse_args(argv), benchmark, errors=(ClientError,))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,7 @@
-"""What every benchmark shares: timing and peak memory on CPU or CUDA, the device's name, and the script harness.
+"""What every benchmark shares: prompts, timing and peak memory on CPU or CUDA, and the script harness.
 
-Each benchmark takes `--tiny` or `--full-size` (each with its own defaults), logs on stderr, prints one JSON
-report alone on stdout, and stops with one `error:` line and status 2 when it needs a GPU this machine lacks.
-"""
+Each benchmark takes `--tiny` or `--full-size` (each with its own defaults), logs on stderr, prints one JSON report
+alone on stdout, and stops with one `error:` line, status 2, when it needs a GPU this machine lacks."""
 
 from __future__ import annotations
 
@@ -12,6 +11,7 @@ import gc
 import json
 import logging
 import os
+import random
 import resource
 import statistics
 import sys
@@ -19,17 +19,37 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from shared.quiet import quiet_model_libraries
+from shared.tiny_snapshot import build_tiny_snapshot
 
 GIB = 1024**3
+T = TypeVar("T")
+PHRASES = [
+    "an elderly lighthouse keeper in a yellow raincoat on a windswept cliff at dawn,",
+    "a red fox curled up on a mossy stone wall at the edge of a misty pine forest,",
+    "soft volumetric light falls across the scene and dust motes drift through the air,",
+    "the background is gently blurred with creamy bokeh and warm highlights,",
+    "weathered textures, chipped paint and worn wood are visible in fine detail,",
+    "a flock of birds wheels overhead against scattered clouds,",
+    "long shadows stretch across the ground in the late afternoon,",
+    "shot on 35mm film with natural grain, cinematic wide-angle photograph,",
+    "a detailed oil painting with visible brush strokes, shallow depth of field,",
+    "a crowded night market lit by paper lanterns on a rain-soaked street,",
+]
 
 
 class BenchError(Exception):
     """The benchmark cannot go on; the message is one line saying why."""
+
+
+def make_prompt(rng: random.Random) -> str:
+    """A distinct image prompt of 40 to 80 words, like those users send to FLUX.2."""
+    words = " ".join(rng.sample(PHRASES, len(PHRASES))).split()[: rng.randint(40, 80)]
+    return " ".join(words).rstrip(",") + "."
 
 
 def synchronize(device: str) -> None:
@@ -38,19 +58,20 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed(call: Callable[[], T], device: str) -> tuple[T, float]:
+    """`call()` and its wall time, counting the GPU work it queued."""
+    started = time.perf_counter()
+    result = call()
+    synchronize(device)
+    return result, time.perf_counter() - started
+
+
 def median_seconds(call: Callable[[], object], device: str, warmup: int, repeats: int) -> float:
-    """Median wall time of `call` without autograd, synchronising so queued GPU work is counted."""
+    """Median wall time of `call` without autograd, after `warmup` calls."""
     with torch.inference_mode():
         for _ in range(warmup):
             call()
-        synchronize(device)
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            call()
-            synchronize(device)
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        return statistics.median(timed(call, device)[1] for _ in range(repeats))
 
 
 def release_memory(device: str) -> None:
@@ -86,6 +107,16 @@ def device_name(device: str) -> str:
     return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
+def meets_targets(targets: Mapping[str, Any], measured: Mapping[str, float]) -> dict[str, bool]:
+    """Whether each measured figure meets its target: `FIGURE_min` is a floor, `FIGURE_max` a ceiling."""
+    meets = {}
+    for name, bound in targets.items():
+        figure, _, kind = name.rpartition("_")
+        if kind in ("min", "max") and figure in measured:
+            meets[figure] = measured[figure] >= bound if kind == "min" else measured[figure] <= bound
+    return meets
+
+
 def mode_parser(module: str, description: str) -> argparse.ArgumentParser:
     """A parser with the required choice of `--tiny` or `--full-size` (`args.mode`), `--model` and `--device`."""
     parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
@@ -97,9 +128,7 @@ def mode_parser(module: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_mode_args(
-    parser: argparse.ArgumentParser, argv: Sequence[str] | None, defaults: Mapping[str, Mapping[str, Any]]
-) -> argparse.Namespace:
+def parse_mode_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None, defaults: dict) -> argparse.Namespace:
     """Parse `argv`, then give every setting left unset (or without an option) the chosen mode's default."""
     args = parser.parse_args(argv)
     for name, value in defaults[args.mode].items():
@@ -115,37 +144,29 @@ def parse_mode_args(
 
 
 def setup_process() -> None:
-    """Hugging Face libraries offline (random weights or local snapshots only), INFO logs on stderr.
-
-    Call it in `main` before anything imports huggingface_hub, which reads HF_HUB_OFFLINE on import.
-    """
+    """Hugging Face offline (before huggingface_hub is imported: it reads the variable then), INFO logs on stderr."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    quiet_model_libraries()
 
 
-def run_main(
-    args: argparse.Namespace,
-    benchmark: Callable[[Path], dict[str, Any]],
-    errors: tuple[type[Exception], ...] = (),
-) -> int:
-    """Run `benchmark(scratch_dir)` and print its report as JSON on stdout; the exit status for `sys.exit`.
-
-    Without CUDA for `--full-size` (or `--device cuda`) it stops at once with status 2; `BenchError` and
-    `errors` end it with status 1. Either way stderr gets one line starting with `error:` saying why.
-    """
-    setup_process()
+def run_main(args: argparse.Namespace, benchmark: Callable[..., dict], errors: tuple[type[Exception], ...] = ()) -> int:
+    """Print `benchmark(args, scratch_dir, snapshot)` as JSON on stdout; the exit status, 2 lacking CUDA, 1 on errors.
+    `snapshot` is `--model`, else for `--tiny` the tiny snapshot built in `scratch_dir`, else None (random weights)."""
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         asked = "--full-size" if args.mode == "full-size" else f"--device {args.device}"
         print(f"error: {asked} needs a CUDA GPU, but torch.cuda.is_available() is False", file=sys.stderr)
         return 2
-    quiet_model_libraries()
+    setup_process()
     stdout = sys.stdout
     expected: tuple[type[Exception], ...] = (BenchError, *errors)
-    try:
-        # Libraries sometimes print; stdout must carry only the JSON report.
+    try:  # libraries sometimes print; stdout must carry only the JSON report
         with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory(prefix="flux2-bench-") as scratch:
-            report = benchmark(Path(scratch))
+            snapshot = args.model
+            if snapshot is None and args.mode == "tiny":
+                snapshot = build_tiny_snapshot(Path(scratch) / "tiny-flux2")
+            report = benchmark(args, Path(scratch), snapshot)
     except expected as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

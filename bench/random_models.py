@@ -1,41 +1,39 @@
 """FLUX.2-dev's components with random weights, made on the device by diffusers' and transformers' constructors.
 
 Nothing is downloaded or written, and kernels cost the same whatever the weights hold, so timings and memory match
-the real models'. The text encoder is Mistral Small 3.1 (`Mistral3Config()`'s defaults) with the real Tekken
-tokenizer; the DiT is built in bf16 and then quantised to NF4 by bitsandbytes' own `Linear4bit`, so full size
-needs an 80 GB GPU (64 GB of bf16 DiT exists until it is quantised); the VAE is `AutoencoderKLFlux2()`, FLUX.2's.
+the real models': Mistral Small 3.1 (`Mistral3Config()`'s defaults) with the real Tekken tokenizer, the DiT
+`Flux2Transformer2DModel()` in NF4, the VAE `AutoencoderKLFlux2()`. Also the encoder server client benchmarks use.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator, Mapping
+import logging
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from bench.harness import BenchError, setup_process
+from encoder_server.cli import check_health
+from encoder_server.config import ModelConfig, RequestLimits, ServerConfig
+from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS
+from shared.tiny_snapshot import build_scheduler, build_tokenizer
+
 if TYPE_CHECKING:
     from encoder_server.prompt_encoder import PromptEncoder
 
-RANDOM_ENCODER_NAME = "random-mistral-small-3.1"
+log = logging.getLogger(__name__)
 
-# black-forest-labs/FLUX.2-dev transformer/config.json: 32.2B parameters, nearly all in Linear layers.
-FLUX2_DEV_CONFIG: dict[str, Any] = {
-    "patch_size": 1,
-    "in_channels": 128,
-    "out_channels": None,
-    "num_layers": 8,
-    "num_single_layers": 48,
-    "attention_head_dim": 128,
-    "num_attention_heads": 48,
-    "joint_attention_dim": 15360,
-    "timestep_guidance_channels": 256,
-    "mlp_ratio": 3.0,
-    "axes_dims_rope": (32, 32, 32, 32),
-    "rope_theta": 2000,
-    "eps": 1e-6,
-    "guidance_embeds": True,
-}
+RANDOM_ENCODER_NAME = "random-mistral-small-3.1"
+MAX_LAYER = max(DEFAULT_HIDDEN_STATE_LAYERS)  # the server's default depth
+REPO_ROOT = Path(__file__).resolve().parents[1]  # where `python -m bench.random_models` finds `bench`
 
 
 @contextlib.contextmanager
@@ -50,39 +48,29 @@ def built_on(device: str | torch.device, dtype: torch.dtype = torch.bfloat16) ->
         torch.set_default_dtype(previous)
 
 
-def mistral_small_3_1_config() -> Any:
-    """Mistral Small 3.1 24B: `Mistral3Config`'s defaults, with its own LM head as the checkpoint has."""
-    from transformers import Mistral3Config
-
-    return Mistral3Config(tie_word_embeddings=False)
-
-
 def random_text_encoder(device: str) -> Any:
     """The whole `Mistral3ForConditionalGeneration` (48 GB in bf16), as diffusers' `Flux2Pipeline` holds it."""
-    from transformers import Mistral3ForConditionalGeneration
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
 
     torch.manual_seed(0)
-    with built_on(device):
-        model = Mistral3ForConditionalGeneration(mistral_small_3_1_config())
+    with built_on(device):  # Mistral Small 3.1 24B, with its own LM head as the checkpoint has
+        model = Mistral3ForConditionalGeneration(Mistral3Config(tie_word_embeddings=False))
     return model.eval().requires_grad_(False)
 
 
-def random_prompt_encoder(device: str, max_layer: int, tokenizer: Any = None) -> PromptEncoder:
-    """The server's `PromptEncoder` over a random `MistralModel` with layers 1..`max_layer`, as `--max-layer` loads."""
-    from transformers import MistralModel
+def random_prompt_encoder(device: str, max_layer: int, quantize: str = "none") -> PromptEncoder:
+    """The server's `PromptEncoder` over a random `MistralModel`, layers 1..`max_layer`, alike for every `quantize`."""
+    from transformers import Mistral3Config, MistralModel
 
-    from encoder_server.config import RequestLimits
     from encoder_server.prompt_encoder import ModelInfo, PromptEncoder
-    from shared.tiny_snapshot import build_tokenizer
 
-    text_config = mistral_small_3_1_config().text_config
-    num_layers = int(text_config.num_hidden_layers)
-    if not 1 <= max_layer <= num_layers:
-        raise ValueError(f"max_layer must be between 1 and {num_layers}, not {max_layer}")
-    text_config.num_hidden_layers = max_layer
+    text_config = Mistral3Config().text_config
+    num_layers, text_config.num_hidden_layers = int(text_config.num_hidden_layers), max_layer
     torch.manual_seed(0)
     with built_on(device):
         model = MistralModel(text_config).eval().requires_grad_(False)
+    if quantize != "none":
+        quantize_linears(model, device, quantize)
     info = ModelInfo(
         model_name=RANDOM_ENCODER_NAME,
         model_path="(random weights, in memory)",
@@ -91,18 +79,18 @@ def random_prompt_encoder(device: str, max_layer: int, tokenizer: Any = None) ->
         max_layer=max_layer,
         dtype="bfloat16",
         device=str(model.device),
-        fingerprint="random-seed-0",
-        weight_bytes=int(model.get_memory_footprint()),
+        fingerprint=f"random-seed-0-{quantize}",
+        quantization=quantize,
+        weight_bytes=int(model.get_memory_footprint()),  # as `PromptEncoder.load` counts it
     )
-    return PromptEncoder(model, tokenizer or build_tokenizer(), info, RequestLimits())
+    return PromptEncoder(model, build_tokenizer(), info, RequestLimits())
 
 
-def quantize_linears_nf4(model: torch.nn.Module, device: str | torch.device) -> None:
-    """Swap every `nn.Linear` for a bitsandbytes NF4 `Linear4bit`, as diffusers' quantizer does for the client.
+def quantize_linears(model: torch.nn.Module, device: str | torch.device, mode: str) -> None:
+    """Swap every `nn.Linear` for bitsandbytes' `Linear8bitLt` (`mode` "int8") or `Linear4bit` ("nf4"), quantised.
 
-    bf16 compute and no double quantisation, as `diffusion_client.pipeline`'s `BitsAndBytesConfig` asks.
-    `Params4bit.to(device)` quantises (data already there included); each bf16 weight is freed as its layer is
-    replaced, since only layer names are held across the loop.
+    With transformers' `BitsAndBytesConfig` defaults (int8: outlier threshold 6.0, no fp16 copy, quantised from host
+    memory as transformers does; NF4: 64-blocks, bf16 compute). Each bf16 weight is freed as its layer is replaced.
     """
     import bitsandbytes as bnb
 
@@ -111,46 +99,78 @@ def quantize_linears_nf4(model: torch.nn.Module, device: str | torch.device) -> 
         parent_name, _, child_name = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         linear = getattr(parent, child_name)
-        quantized = bnb.nn.Linear4bit(
-            linear.in_features,
-            linear.out_features,
-            bias=linear.bias is not None,
-            compute_dtype=torch.bfloat16,
-            compress_statistics=False,
-            quant_type="nf4",
-            device="meta",  # the real weight comes next; nothing is allocated for this placeholder
-        )
-        weight = bnb.nn.Params4bit(
-            linear.weight.data, requires_grad=False, compress_statistics=False, quant_type="nf4", module=quantized
-        )
-        quantized.weight = weight.to(device)  # type: ignore[misc]  # bnb types `to` for Modules
+        shape, bias = (linear.in_features, linear.out_features), linear.bias is not None
+        # device="meta": the real weight comes next; nothing is allocated for the placeholder.
+        if mode == "int8":
+            quantized: Any = bnb.nn.Linear8bitLt(*shape, bias, has_fp16_weights=False, threshold=6.0, device="meta")
+            weight: Any = bnb.nn.Int8Params(linear.weight.data.cpu(), requires_grad=False, has_fp16_weights=False)
+        else:
+            nf4: dict[str, Any] = {"compress_statistics": False, "quant_type": "nf4"}
+            quantized = bnb.nn.Linear4bit(*shape, bias, compute_dtype=torch.bfloat16, device="meta", **nf4)
+            weight = bnb.nn.Params4bit(linear.weight.data, requires_grad=False, module=quantized, **nf4)
+        quantized.weight = weight.to(device)
         quantized.bias = linear.bias
-        setattr(parent, child_name, quantized)
-
-
-def random_nf4_transformer(device: str, config: Mapping[str, Any] = FLUX2_DEV_CONFIG) -> Any:
-    """`Flux2Transformer2DModel` with random weights in NF4 on `device` (about 17 GiB at full size).
-
-    Built in bf16 first (64 GB at full size: it fits an 80 GB H100, not a 24 GB card), then quantised.
-    """
-    from diffusers import Flux2Transformer2DModel
-
-    torch.manual_seed(0)
-    with built_on(device):
-        transformer = Flux2Transformer2DModel.from_config(dict(config))
-    quantize_linears_nf4(transformer, device)
-    return transformer.eval().requires_grad_(False)
+        setattr(parent, child_name, quantized.train(linear.training))  # int8 computes otherwise in training mode
 
 
 def random_pipeline(device: str) -> Any:
-    """`Flux2Pipeline` with the random NF4 DiT, FLUX.2's VAE (random, bf16) and no text encoder."""
-    from diffusers import AutoencoderKLFlux2, Flux2Pipeline
+    """`Flux2Pipeline` with no text encoder, FLUX.2-dev's DiT in NF4 (built in bf16 first: 64 GB) and VAE in bf16."""
+    from diffusers import AutoencoderKLFlux2, Flux2Pipeline, Flux2Transformer2DModel
 
-    from shared.tiny_snapshot import build_scheduler
-
-    transformer = random_nf4_transformer(device)
+    torch.manual_seed(0)
     with built_on(device):
+        transformer = Flux2Transformer2DModel().eval().requires_grad_(False)  # its defaults are FLUX.2-dev's
         vae = AutoencoderKLFlux2().eval().requires_grad_(False)
-    return Flux2Pipeline(
-        scheduler=build_scheduler(), vae=vae, text_encoder=None, tokenizer=None, transformer=transformer
-    )
+    quantize_linears(transformer, device, "nf4")
+    return Flux2Pipeline(build_scheduler(), vae, text_encoder=None, tokenizer=None, transformer=transformer)
+
+
+def server_config(model: Path | None, device: str, port: int) -> tuple[ServerConfig, Callable[[], Any] | None]:
+    """What `flux2-encoder serve --model MODEL` serves on `port`; without `model`, random weights and their loader."""
+    config = ServerConfig(ModelConfig(model or Path(RANDOM_ENCODER_NAME), device=device), host="127.0.0.1", port=port)
+    return config, (None if model else lambda: random_prompt_encoder(device, MAX_LAYER))
+
+
+@contextlib.contextmanager
+def encoder_server(model: Path | None, device: str, timeout_s: float = 900) -> Iterator[tuple[str, str]]:
+    """An encoder server's target once SERVING, and where it runs: a subprocess on CUDA (its memory stays out of the
+    caller's numbers), a thread on the CPU (sharing the caller's torch threads rather than contending for cores)."""
+    if device == "cpu":
+        from encoder_server.background import serve_in_thread
+
+        with serve_in_thread(*server_config(model, device, port=0)) as server:
+            yield server.target, "in-process server thread (CPU)"
+        return
+    with socket.socket() as probe:  # a free port for the child to bind
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    snapshot = [str(model.resolve())] if model else []
+    command = [sys.executable, "-m", "bench.random_models", str(port), device, *snapshot]
+    log.info("starting the encoder server: %s", " ".join(command))
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=sys.stderr.fileno(), stderr=sys.stderr.fileno())
+    target, deadline = f"127.0.0.1:{port}", time.monotonic() + timeout_s
+    try:
+        while check_health(target, wait_s=10) != 0:  # prints one status line per poll
+            if process.poll() is not None:
+                raise BenchError(f"the encoder server exited with status {process.returncode} before serving")
+            if time.monotonic() > deadline:
+                raise BenchError(f"the encoder server at {target} was not SERVING after {timeout_s:.0f} s")
+        yield target, f"subprocess on {device} (not in this process's memory numbers)"
+    finally:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(60)
+        process.kill()  # nothing to do once it has exited
+
+
+def main() -> None:
+    """`python -m bench.random_models PORT DEVICE [SNAPSHOT]`: serve the snapshot, or random weights, until SIGTERM."""
+    from encoder_server.server import serve
+
+    port, device, *snapshot = sys.argv[1:]
+    setup_process()
+    asyncio.run(serve(*server_config(Path(snapshot[0]) if snapshot else None, device, int(port))))
+
+
+if __name__ == "__main__":
+    main()

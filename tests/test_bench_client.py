@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -33,8 +34,33 @@ def test_client_benchmark_tiny_mode_prints_json(tiny_snapshot: Path) -> None:
     assert report["remote"]["seconds_per_image"] > 0
     assert report["monolithic"]["seconds_per_image"] > 0
     assert report["remote_over_monolithic"] > 0
+    assert report["encoder"]["where"] == "in-process server thread (CPU)"
     assert report["targets"]["peak_gpu_memory_gib_max"] == 20.0
     assert report["meets_targets"] is None  # targets are stated for full size only
+
+
+def test_random_dit_has_flux2_dev_shapes() -> None:
+    # Full size builds `Flux2Transformer2DModel()`: its defaults must stay black-forest-labs/FLUX.2-dev's config.
+    from diffusers import Flux2Transformer2DModel
+
+    flux2_dev = {
+        "patch_size": 1,
+        "in_channels": 128,
+        "out_channels": None,
+        "num_layers": 8,
+        "num_single_layers": 48,
+        "attention_head_dim": 128,
+        "num_attention_heads": 48,
+        "joint_attention_dim": 15360,
+        "timestep_guidance_channels": 256,
+        "mlp_ratio": 3.0,
+        "axes_dims_rope": (32, 32, 32, 32),
+        "rope_theta": 2000,
+        "eps": 1e-6,
+        "guidance_embeds": True,
+    }
+    defaults = inspect.signature(Flux2Transformer2DModel.__init__).parameters
+    assert {name: defaults[name].default for name in flux2_dev} == flux2_dev
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA, so --full-size would run")

@@ -2,35 +2,35 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_encoder_benchmark_tiny_mode_prints_json(tiny_snapshot: Path) -> None:
+def run_encoder_benchmark(snapshot: Path, *options: str) -> dict[str, Any]:
     # Reusing the session's snapshot skips a rebuild; short windows keep the run to seconds.
-    command = [
-        sys.executable,
-        "-m",
-        "bench.encoder",
-        "--tiny",
-        "--concurrency",
-        "1",
-        "4",
-        "--model",
-        str(tiny_snapshot),
-    ]
+    command = [sys.executable, "-m", "bench.encoder", "--tiny", "--model", str(snapshot), *options]
     command += ["--warmup-s", "0.2", "--duration-s", "1"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
-
+    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=280)
     assert completed.returncode == 0, completed.stderr[-4000:]
-    report = json.loads(completed.stdout)
-    assert report["mode"] == "tiny"
+    report: dict[str, Any] = json.loads(completed.stdout)
+    return report
+
+
+def test_encoder_benchmark_tiny_mode_prints_json(tiny_snapshot: Path) -> None:
+    report = run_encoder_benchmark(tiny_snapshot, "--concurrency", "1", "4")
+
+    assert report["mode"] == "tiny" and report["dtype"] == "float32"  # the server's default on the CPU
     assert report["model"]["weights"] == "snapshot" and report["model"]["max_layer"] == 30
     results = {entry["concurrency"]: entry for entry in report["results"]}
     assert sorted(results) == [1, 4]
@@ -42,4 +42,57 @@ def test_encoder_benchmark_tiny_mode_prints_json(tiny_snapshot: Path) -> None:
     in_process = report["in_process"]
     assert in_process["diffusers_full_forward_ms"] > 0 and in_process["truncated_forward_ms"] > 0
     assert report["ratios"]["grpc_latency_vs_in_process_truncated"] > 0
+    assert report["request"]["response_bytes"] == 512 * 3 * 32 * 4
+    assert "quantized" not in report
     assert "meets_targets" not in report  # targets are stated for full size only
+
+
+def test_encoder_benchmark_quantize_reports_weights_throughput_and_drift_per_mode(tiny_snapshot: Path) -> None:
+    report = run_encoder_benchmark(tiny_snapshot, "--quantize", "none,int8,nf4", "--concurrency", "1")
+
+    assert report["dtype"] == "bfloat16"  # the reference for int8 and nf4, which compute in bf16
+    assert report["model"]["quantization"] == "none"
+    quantized = report["quantized"]
+    assert sorted(quantized) == ["int8", "nf4"]
+    weight_bytes = {mode: quantized[mode]["model"]["weight_bytes"] for mode in quantized}
+    assert 0 < weight_bytes["nf4"] < weight_bytes["int8"] < report["model"]["weight_bytes"]
+    for mode, measured in quantized.items():
+        assert measured["model"]["quantization"] == mode and measured["model"]["weight_gib"] >= 0
+        [entry] = measured["results"]
+        assert entry["concurrency"] == 1 and entry["errors"] == 0 and entry["prompts_per_s"] > 0
+        assert entry["latency_ms_p50"] <= entry["latency_ms_p95"]
+        assert measured["in_process"]["truncated_forward_ms"] > 0
+        assert measured["ratios"]["prompts_per_s_vs_bf16"]["1"] > 0
+        drift = measured["drift"]
+        assert drift["against"] == "none" and drift["prompts"] == 8
+        assert [layer["layer"] for layer in drift["layers"]] == [10, 20, 30]
+        for layer in drift["layers"]:  # close to bf16, not equal
+            assert 0 < layer["min_token_cosine"] < 1 and 0 < layer["relative_error"] < 1, (mode, layer)
+    int8, nf4 = (quantized[mode]["drift"]["layers"] for mode in ("int8", "nf4"))
+    assert all(ours["relative_error"] < theirs["relative_error"] for ours, theirs in zip(int8, nf4, strict=True))
+    assert "meets_targets" not in report
+
+
+@pytest.mark.parametrize("mode", ["int8", "nf4"])
+def test_random_encoder_quantization_matches_transformers_bitsandbytes_loading(tiny_snapshot: Path, mode: str) -> None:
+    # Full size quantises random weights with `quantize_linears`; on the same weights it must give exactly what
+    # transformers' bitsandbytes loading gives (what the server does), so its numbers stand for a snapshot's.
+    from transformers import BitsAndBytesConfig, Mistral3ForConditionalGeneration
+
+    from bench.random_models import quantize_linears
+
+    config = {
+        "int8": BitsAndBytesConfig(load_in_8bit=True),
+        "nf4": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16),
+    }[mode]
+    load = functools.partial(
+        Mistral3ForConditionalGeneration.from_pretrained, tiny_snapshot / "text_encoder", dtype=torch.bfloat16
+    )
+    ours = load().model.language_model.eval()
+    quantize_linears(ours, "cpu", mode)
+    theirs = load(quantization_config=config, device_map="cpu").model.language_model
+
+    assert ours.get_memory_footprint() == theirs.get_memory_footprint()
+    input_ids = torch.randint(0, 131072, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(ours(input_ids=input_ids).last_hidden_state, theirs(input_ids=input_ids).last_hidden_state)

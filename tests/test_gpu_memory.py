@@ -20,7 +20,7 @@ BIG_ENOUGH = torch.cuda.is_available() and torch.cuda.get_device_properties(0).t
 def test_nf4_full_size_transformer_with_vae_decode_stays_under_24_gib() -> None:
     import bitsandbytes as bnb
 
-    from bench.random_models import FLUX2_DEV_CONFIG, random_pipeline
+    from bench.random_models import random_pipeline
 
     pipeline = random_pipeline("cuda")
     gc.collect()
@@ -34,7 +34,7 @@ def test_nf4_full_size_transformer_with_vae_decode_stays_under_24_gib() -> None:
         assert isinstance(linear, bnb.nn.Linear4bit)
         assert linear.weight.quant_type == "nf4" and linear.weight.dtype == torch.uint8
     assert torch.cuda.memory_allocated() < 20 * GIB, "the bf16 weights were not freed as layers were quantised"
-    embed_dim = FLUX2_DEV_CONFIG["joint_attention_dim"]
+    embed_dim = pipeline.transformer.config.joint_attention_dim
     prompt_embeds = torch.randn(1, 512, embed_dim, generator=torch.Generator().manual_seed(0))
 
     image = pipeline(
