@@ -43,6 +43,7 @@ bench-tiny: install
 	$(BIN)/python -m bench.encoder --tiny
 	$(BIN)/python -m bench.encoder --tiny --quantize none,int8,nf4
 	$(BIN)/python -m bench.client --tiny
+	$(BIN)/python -m bench.upsample --tiny
 
 clean:
 	rm -rf $(VENV) .cache $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache
