@@ -18,22 +18,20 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from diffusion_client.errors import BadReplyError, InputError
+from shared.defaults import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_UPSAMPLE_TEMPERATURE,
+    MAX_UPSAMPLE_TEMPERATURE,
+    UPSAMPLE_IMAGE_FORMATS,
+)
 
 if TYPE_CHECKING:
     from shared.info import ServerInfo
 
-# What diffusers' `Flux2Pipeline.upsample_prompt` uses (BFL's recommendation, and its hard-coded token count).
-DEFAULT_UPSAMPLE_TEMPERATURE = 0.15
-DEFAULT_MAX_NEW_TOKENS = 512
-MAX_UPSAMPLE_TEMPERATURE = 2.0  # the server refuses more: sampling a 131k vocabulary that hot is noise
+__all__ = ["DEFAULT_MAX_NEW_TOKENS", "DEFAULT_UPSAMPLE_TEMPERATURE"]  # re-exported for the client's users
+
 MAX_CHARS_PER_TOKEN = 64  # a reply prompt longer than this many characters per generated token is not text
 MAX_SEED = 2**64 - 1  # UpsampleRequest.seed is a uint64
-IMAGE_FORMATS = (
-    "PNG",
-    "JPEG",
-    "MPO",
-    "WEBP",
-)  # MPO: how PIL names many camera JPEGs  # what the server decodes (PIL's names)
 MIB = 1024 * 1024
 
 # A reference image as the caller gives it: a file path, or the file's bytes.
@@ -177,7 +175,7 @@ def check_reference_file(reference: ReferenceFile, info: ServerInfo) -> None:
         raise InputError(_too_many_pixels(reference.name, "more", info)) from error
     except Exception as error:  # PIL raises several types for bytes that are no image
         raise InputError(f"{reference.name} is not a PNG, JPEG or WebP image") from error
-    if kind not in IMAGE_FORMATS:
+    if kind not in UPSAMPLE_IMAGE_FORMATS:
         raise InputError(f"{reference.name} is {kind}; upsampling takes PNG, JPEG or WebP files")
     if width * height > info.max_upsample_image_pixels:
         raise InputError(_too_many_pixels(reference.name, f"{width}x{height}", info))

@@ -15,7 +15,8 @@ from encoder_server.errors import EncoderError, InvalidRequestError, StalledRead
 from encoder_server.interceptors import MalformedRequest
 from encoder_server.request import EncodeRequest
 from encoder_server.status import status_for
-from encoder_server.upsampler import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, UpsampleRequest
+from encoder_server.upsampler import UpsampleRequest
+from shared.defaults import DEFAULT_MAX_NEW_TOKENS, DEFAULT_UPSAMPLE_TEMPERATURE
 from shared.protocol import encoder_pb2, encoder_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def upsample_request_from_pb(message: encoder_pb2.UpsampleRequest) -> UpsampleRe
     return UpsampleRequest(
         prompts=tuple(item.prompt for item in message.prompts),
         images=tuple(tuple(item.images) for item in message.prompts),
-        temperature=message.temperature if message.HasField("temperature") else DEFAULT_TEMPERATURE,
+        temperature=message.temperature if message.HasField("temperature") else DEFAULT_UPSAMPLE_TEMPERATURE,
         max_new_tokens=message.max_new_tokens if message.HasField("max_new_tokens") else DEFAULT_MAX_NEW_TOKENS,
         seed=message.seed if message.HasField("seed") else None,
     )

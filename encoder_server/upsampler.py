@@ -25,20 +25,22 @@ from PIL import Image
 
 from encoder_server.config import RequestLimits, UpsampleLimits
 from encoder_server.errors import InvalidRequestError
+from shared.defaults import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_UPSAMPLE_TEMPERATURE,
+    MAX_UPSAMPLE_TEMPERATURE,
+    UPSAMPLE_IMAGE_FORMATS,
+)
 
-# What `Flux2Pipeline.upsample_prompt` passes: its chat template is padded to this, and it samples this many tokens.
+# What `Flux2Pipeline.upsample_prompt` pads its chat template to (its token count is in `shared.defaults`).
 UPSAMPLING_MAX_LENGTH = 2048
-DEFAULT_MAX_NEW_TOKENS = 512
-DEFAULT_TEMPERATURE = 0.15  # diffusers' and BFL's recommendation
-MAX_TEMPERATURE = 2.0  # beyond this, sampling from a 131k vocabulary is noise
-IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "WEBP")  # MPO: how PIL names many camera JPEGs
 
 
 @dataclass(frozen=True)
 class UpsampleRequest:
     prompts: tuple[str, ...]
     images: tuple[tuple[bytes, ...], ...]  # per prompt: reference image file bytes; all empty for text-to-image
-    temperature: float = DEFAULT_TEMPERATURE
+    temperature: float = DEFAULT_UPSAMPLE_TEMPERATURE
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     seed: int | None = None
 
@@ -53,10 +55,10 @@ def validate_upsample_request(request: UpsampleRequest, limits: UpsampleLimits, 
             raise InvalidRequestError(
                 f"prompt {index} has {len(prompt)} characters; the limit is {prompt_limits.max_prompt_chars}"
             )
-    if not (math.isfinite(request.temperature) and 0 < request.temperature <= MAX_TEMPERATURE):
+    if not (math.isfinite(request.temperature) and 0 < request.temperature <= MAX_UPSAMPLE_TEMPERATURE):
         raise InvalidRequestError(
-            f"temperature {request.temperature} is out of range; use a number above 0 and at most {MAX_TEMPERATURE:g} "
-            f"({DEFAULT_TEMPERATURE} is recommended)"
+            f"temperature {request.temperature} is out of range; use a number above 0 and at most "
+            f"{MAX_UPSAMPLE_TEMPERATURE:g} ({DEFAULT_UPSAMPLE_TEMPERATURE} is recommended)"
         )
     if not 1 <= request.max_new_tokens <= limits.max_new_tokens:
         raise InvalidRequestError(
@@ -90,7 +92,7 @@ def _image_header(data: bytes, name: str, limits: UpsampleLimits) -> Image.Image
         ) from None
     except Exception:  # PIL raises several types for bytes that are no image
         raise InvalidRequestError(f"{name} is not a PNG, JPEG or WebP image") from None
-    if image.format not in IMAGE_FORMATS:
+    if image.format not in UPSAMPLE_IMAGE_FORMATS:
         raise InvalidRequestError(f"{name} is {image.format}; send PNG, JPEG or WebP")
     width, height = image.size
     if width * height > limits.max_image_pixels:
