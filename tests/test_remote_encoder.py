@@ -171,7 +171,7 @@ def serve_reply(reply) -> FakeEncoder:  # type: ignore[no-untyped-def]
 def test_corrupted_reply_raises_bad_reply_error():
     def flipped_checksum(request):  # type: ignore[no-untyped-def]
         header, *chunks = embeds_for(request)
-        header.header.crc32 ^= 1
+        header.header.row_crc32c[0] ^= 1
         return [header, *chunks]
 
     with fake_server(serve_reply(flipped_checksum)) as target, RemoteTextEncoder(target) as encoder:
@@ -183,7 +183,7 @@ def test_corrupted_reply_raises_bad_reply_error():
 def test_reply_header_announcing_8_gib_is_refused_before_allocating():
     def huge_header(request):  # type: ignore[no-untyped-def]
         shape = [1, 512, 4 * 1024 * 1024]  # float32: 8 GiB
-        header = encoder_pb2.TensorHeader(dtype="float32", shape=shape, byte_length=2**33, crc32=0)
+        header = encoder_pb2.TensorHeader(dtype="float32", shape=shape, byte_length=2**33, row_crc32c=[0])
         yield encoder_pb2.EncodeResponse(header=header)
         yield encoder_pb2.EncodeResponse(chunk=b"\0" * 1024)
 

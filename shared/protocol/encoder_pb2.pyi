@@ -43,20 +43,20 @@ class EncodeRequest(_message.Message):
     def __init__(self, prompts: _Optional[_Iterable[str]] = ..., max_sequence_length: _Optional[int] = ..., hidden_state_layers: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TensorHeader(_message.Message):
-    __slots__ = ("dtype", "shape", "byte_length", "crc32", "hidden_state_layers", "max_sequence_length")
+    __slots__ = ("dtype", "shape", "byte_length", "hidden_state_layers", "max_sequence_length", "row_crc32c")
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     BYTE_LENGTH_FIELD_NUMBER: _ClassVar[int]
-    CRC32_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_STATE_LAYERS_FIELD_NUMBER: _ClassVar[int]
     MAX_SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    ROW_CRC32C_FIELD_NUMBER: _ClassVar[int]
     dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     byte_length: int
-    crc32: int
     hidden_state_layers: _containers.RepeatedScalarFieldContainer[int]
     max_sequence_length: int
-    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., byte_length: _Optional[int] = ..., crc32: _Optional[int] = ..., hidden_state_layers: _Optional[_Iterable[int]] = ..., max_sequence_length: _Optional[int] = ...) -> None: ...
+    row_crc32c: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., byte_length: _Optional[int] = ..., hidden_state_layers: _Optional[_Iterable[int]] = ..., max_sequence_length: _Optional[int] = ..., row_crc32c: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
     __slots__ = ("header", "chunk")
