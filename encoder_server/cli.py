@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from encoder_server.config import (
+    DEFAULT_CACHE_BYTES,
     DEFAULT_MAX_PENDING_REPLY_BYTES,
     DEFAULT_SEND_TIMEOUT_S,
     DEFAULT_SHUTDOWN_GRACE_S,
@@ -24,7 +25,9 @@ from encoder_server.config import (
     ModelConfig,
     RequestLimits,
     ServerConfig,
+    TlsConfig,
     UpsampleLimits,
+    read_pem,
 )
 from encoder_server.errors import EncoderError
 from shared.defaults import DEFAULT_PORT, SERVICE_NAME
@@ -105,25 +108,57 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         serve.add_argument(flag, type=int, default=default, help=f"{meaning} (default %(default)s)")
     serve.add_argument(
+        "--tokens-file",
         "--auth-token-file",
+        dest="tokens_file",
         type=Path,
         default=None,
-        help="require `authorization: Bearer <token>` on encoder calls; the file holds the token",
+        help="require `authorization: Bearer <token>` on encoder calls; the file holds `name token` lines "
+        "(or one bare token); SIGHUP reloads it",
     )
+    serve.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate chain; serve TLS only")
+    serve.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
+    serve.add_argument(
+        "--tls-client-ca", type=Path, default=None, help="PEM CA that client certificates must chain to (mTLS)"
+    )
+    serve.add_argument(
+        "--cache-mib",
+        type=int,
+        default=DEFAULT_CACHE_BYTES // MIB,
+        help="embedding cache budget in MiB; 0 turns the cache off (default %(default)s)",
+    )
+    serve.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        help="also serve Hugging Face's /predict contract, /health and /metrics over HTTP on this port",
+    )
+    serve.add_argument("--log-prompts", action="store_true", help="write prompt text in the per-request log line")
     health = commands.add_parser("health", help="print a server's health; exit 0 once it is SERVING")
     health.add_argument("target", help="HOST:PORT of the server")
     health.add_argument("--wait", type=_number, default=0.0, help="keep polling up to this many seconds")
+    health.add_argument("--tls-ca", type=Path, default=None, help="PEM CA of a TLS server")
+    health.add_argument("--tls-cert", type=Path, default=None, help="PEM client certificate, for an mTLS server")
+    health.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
     return parser
 
 
-def check_health(target: str, wait_s: float) -> int:
-    """Poll grpc.health.v1 for the encoder service; 0 when SERVING, 1 otherwise."""
+def check_health(target: str, wait_s: float, tls: tuple[bytes | None, bytes | None, bytes | None] | None = None) -> int:
+    """Poll grpc.health.v1 for the encoder service; 0 when SERVING, 1 otherwise.
+
+    `tls` is (CA, client key, client certificate) PEM bytes for a TLS server.
+    """
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     deadline = time.monotonic() + max(wait_s, 0.0)
     status = "UNREACHABLE"
-    with grpc.insecure_channel(target) as channel:
+    channel = (
+        grpc.insecure_channel(target)
+        if tls is None
+        else grpc.secure_channel(target, grpc.ssl_channel_credentials(*tls))
+    )
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             timeout = min(5.0, max(deadline - time.monotonic(), 1.0))
@@ -178,17 +213,35 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         shutdown_grace_s=args.shutdown_grace_s,
         send_timeout_s=args.send_timeout_s,
         max_pending_reply_bytes=args.max_pending_reply_mib * MIB,
-        auth_token=_read_token(args.auth_token_file),
+        tokens_file=args.tokens_file,
+        tls=_tls_config(args.tls_cert, args.tls_key, args.tls_client_ca),
+        cache_bytes=args.cache_mib * MIB,
+        log_prompts=args.log_prompts,
+        http_port=args.http_port,
     )
 
 
-def _read_token(path: Path | None) -> str | None:
-    if path is None:
+def _tls_config(cert: Path | None, key: Path | None, client_ca: Path | None) -> TlsConfig | None:
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key: client certificates need TLS.")
         return None
-    try:
-        return path.read_text().strip()
-    except OSError as error:
-        raise ConfigError(f"cannot read --auth-token-file {path}: {error.strerror}.") from error
+    if cert is None or key is None:
+        raise ConfigError("--tls-cert and --tls-key go together; give both.")
+    return TlsConfig(cert, key, client_ca)
+
+
+def _health_tls(args: argparse.Namespace) -> tuple[bytes | None, bytes | None, bytes | None] | None:
+    if args.tls_ca is None and args.tls_cert is None and args.tls_key is None:
+        return None
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together; give both.")
+    tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
+    ca = None if args.tls_ca is None else read_pem("--tls-ca", args.tls_ca)
+    if tls is None:
+        return ca, None, None
+    cert, key, _ = tls.read()
+    return ca, key, cert
 
 
 def run_serve(args: argparse.Namespace) -> None:
@@ -196,9 +249,11 @@ def run_serve(args: argparse.Namespace) -> None:
 
     from encoder_server.loading import resolve_snapshot
     from encoder_server.server import serve
+    from shared.allocator import tune_allocator
     from shared.quiet import quiet_model_libraries
 
     config = config_from_args(args)
+    tune_allocator()  # replies are many MB each: reuse heap memory rather than fault in fresh pages per reply
     quiet_model_libraries()
     resolve_snapshot(config.model.model_path)  # fail before binding if the path is wrong
     asyncio.run(serve(config))
@@ -208,9 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet_library_loggers()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    if args.command == "health":
-        return check_health(args.target, args.wait)
     try:
+        if args.command == "health":
+            return check_health(args.target, args.wait, _health_tls(args))
         run_serve(args)
     except (ConfigError, EncoderError, OSError) as error:
         print(f"flux2-encoder: error: {error}", file=sys.stderr)

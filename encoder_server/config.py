@@ -21,6 +21,7 @@ MAX_SECONDS = 24 * 3600.0
 DEFAULT_SHUTDOWN_GRACE_S = 30.0  # queued and in-flight requests get this long to finish on SIGTERM
 DEFAULT_SEND_TIMEOUT_S = 30.0  # a reply that cannot be sent for this long is dropped (the reader stalled)
 DEFAULT_MAX_PENDING_REPLY_BYTES = 2048 * MIB  # replies queued, computing or being sent, all streams together
+DEFAULT_CACHE_BYTES = 1024 * MIB  # about 68 full-size default embeddings (15.7 MB each)
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,33 @@ class UpsampleLimits:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """PEM files for TLS; with `client_ca` set, clients must present a certificate that CA signed (mTLS)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def read(self) -> tuple[bytes, bytes, bytes | None]:
+        """(certificate chain, private key, client CA or None), read once at start-up."""
+        return (
+            read_pem("--tls-cert", self.cert),
+            read_pem("--tls-key", self.key),
+            (None if self.client_ca is None else read_pem("--tls-client-ca", self.client_ca)),
+        )
+
+
+def read_pem(flag: str, path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"cannot read {flag} {path}: {error.strerror}.") from error
+    if b"-----BEGIN " not in data:
+        raise ConfigError(f"{flag} {path} is not a PEM file (no -----BEGIN line).")
+    return data
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     model: ModelConfig
     host: str = "[::]"
@@ -141,13 +169,24 @@ class ServerConfig:
     shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
     send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S
     max_pending_reply_bytes: int = DEFAULT_MAX_PENDING_REPLY_BYTES
-    auth_token: str | None = field(default=None, repr=False)  # None: no authentication
+    auth_token: str | None = field(default=None, repr=False)  # one shared token, named "default"
+    tokens_file: Path | None = None  # `name token` per line (or one bare token), reloaded on SIGHUP
+    tls: TlsConfig | None = None  # None: plain text on every port
+    cache_bytes: int = DEFAULT_CACHE_BYTES  # embedding cache budget; 0 turns the cache off
+    log_prompts: bool = False  # prompt text in the per-request log line
+    http_port: int | None = None  # the Hugging Face-compatible /predict endpoint; None: not served
 
     def __post_init__(self) -> None:
         if self.auth_token is not None and not self.auth_token.strip():
             raise ConfigError("the auth token is empty; put the shared secret in the token file.")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port must be between 0 and 65535, not {self.port}.")
+        if self.http_port is not None and not 0 <= self.http_port <= 65535:
+            raise ConfigError(f"--http-port must be between 0 and 65535, not {self.http_port}.")
+        if self.auth_token is not None and self.tokens_file is not None:
+            raise ConfigError("give either a single token or --tokens-file, not both.")
+        if self.cache_bytes < 0:
+            raise ConfigError(f"--cache-mib must be 0 (off) or more, not {self.cache_bytes // MIB}.")
         if self.limits.max_prompts > self.batching.max_batch_size:
             raise ConfigError(
                 f"a request may carry {self.limits.max_prompts} prompts but a pass only "

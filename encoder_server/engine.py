@@ -1,11 +1,14 @@
-"""The serving engine: loads the model, batches requests, and turns each result into its reply messages.
+"""The serving engine: loads the model, answers from the cache or batches requests, and builds replies.
 
-A prompt's trip: the servicer hands a plain `EncodeRequest` to `EncoderEngine.encode`, which validates it
-against bounds built once at load, reserves its reply's bytes, and queues it on the `DynamicBatcher`. The
-batcher's forward thread runs `PromptEncoder.encode_many` and copies results to host memory; a finisher
-thread turns each result into wire messages (`shared.wire.tensor_to_responses`). The reservation is given
-back when the caller has sent the reply or given up, so replies held in memory, however slowly they are
-read, never exceed `ServerConfig.max_pending_reply_bytes`. Nothing here imports grpc.
+A prompt's trip: a handler (gRPC or HTTP) hands a plain `EncodeRequest` to `EncoderEngine.encode`, which
+validates it against bounds built once at load and reserves its reply's bytes. Each prompt is then served
+from the `EmbeddingCache`, or joins an identical computation already in flight (single flight), or is
+queued on the `DynamicBatcher` with the request's other misses. The batcher's forward thread runs
+`PromptEncoder.encode_many` and copies results to host memory; a finisher thread frames and checksums each
+prompt's row for the wire (`shared.wire.encode_row`), once, so the cache and every caller share the same
+bytes. The reservation is given back when the caller has sent the reply or given up, so replies held in
+memory, however slowly they are read, never exceed `ServerConfig.max_pending_reply_bytes`. Nothing here
+imports grpc.
 """
 
 from __future__ import annotations
@@ -17,28 +20,60 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 import torch
 
 from encoder_server import __version__
 from encoder_server.batcher import BatcherStats, DynamicBatcher
+from encoder_server.cache import CacheKey, CacheStats, EmbeddingCache
 from encoder_server.config import MIB, ServerConfig
 from encoder_server.errors import NotEnabledError, NotReadyError, OverloadedError
+from encoder_server.metrics import ServerMetrics
 from encoder_server.models import LoadedModels
 from encoder_server.prompt_encoder import PromptEncoder
 from encoder_server.request import EncodeRequest, RequestBounds, validate_request
 from encoder_server.upsampler import PromptUpsampler, UpsampleRequest, validate_upsample_request
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS, DEFAULT_MAX_SEQUENCE_LENGTH
 from shared.info import ServerInfo
-from shared.protocol import encoder_pb2
-from shared.wire import tensor_to_responses
+from shared.wire import WireRow, encode_row, reply_frames, rows_to_tensor
 
 log = logging.getLogger(__name__)
 
 EncoderLoader = Callable[[], "PromptEncoder | LoadedModels"]
-Reply = list[encoder_pb2.EncodeResponse]
+Computed = tuple[list[WireRow], int]  # one request's rows, and the prompts in the pass that computed them
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    """One request's embeddings, a `WireRow` per prompt, and how they were obtained."""
+
+    request: EncodeRequest
+    rows: Sequence[WireRow]
+    dtype: str
+    width: int  # len(hidden_state_layers) * hidden_size
+    cached: int  # prompts served by the cache or by an identical computation in flight
+    batch: int  # prompts in the largest pass this request's misses ran in; 0 when nothing was computed
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.rows), self.request.max_sequence_length, self.width)
+
+    def frames(self) -> list[bytes]:
+        """The whole `Encode` reply as serialized messages: a header, then the rows' chunks (no copies)."""
+        return reply_frames(
+            self.rows,
+            dtype=self.dtype,
+            shape=self.shape,
+            hidden_state_layers=self.request.hidden_state_layers,
+            max_sequence_length=self.request.max_sequence_length,
+        )
+
+    def tensor(self) -> torch.Tensor:
+        """`prompt_embeds` `[B, max_sequence_length, width]` on the CPU (one copy), for the HTTP endpoint."""
+        return rows_to_tensor(self.rows, self.dtype, self.shape)
 
 
 class ReplyBudget:
@@ -63,26 +98,40 @@ class ReplyBudget:
 class _Ready:
     """What serving needs once the model has loaded."""
 
-    def __init__(self, models: LoadedModels, config: ServerConfig) -> None:
+    def __init__(self, models: LoadedModels, config: ServerConfig, metrics: ServerMetrics) -> None:
         self.encoder = encoder = models.encoder
         self.upsampler = models.upsampler
+        self.metrics = metrics
         self.bounds: RequestBounds = encoder.bounds(config.limits)
-        self.batcher: DynamicBatcher[tuple[torch.Tensor, EncodeRequest], Reply] = DynamicBatcher(
-            self._forward, _to_reply, config.batching
+        self.batcher: DynamicBatcher[tuple[torch.Tensor, int], Computed] = DynamicBatcher(
+            self._forward, _to_rows, config.batching
         )
         self.info = _server_info(models, config)
 
-    def _forward(self, requests: Sequence[EncodeRequest]) -> list[tuple[torch.Tensor, EncodeRequest]]:
+    def _forward(self, requests: Sequence[EncodeRequest]) -> list[tuple[torch.Tensor, int]]:
         """Forward-thread work for one batch: the pass, then each result copied to host memory."""
+        started = time.perf_counter()
         results = self.encoder.encode_many(requests)
-        return [(embeds.to("cpu"), request) for embeds, request in zip(results, requests, strict=True)]
+        prompts = sum(len(request.prompts) for request in requests)
+        hosted = [(embeds.to("cpu"), prompts) for embeds in results]
+        self.metrics.batch_finished(prompts, time.perf_counter() - started)
+        return hosted
 
 
-def _to_reply(computed: tuple[torch.Tensor, EncodeRequest]) -> Reply:
-    embeds, request = computed
-    return tensor_to_responses(
-        embeds, hidden_state_layers=request.hidden_state_layers, max_sequence_length=request.max_sequence_length
-    )
+def _to_rows(computed: tuple[torch.Tensor, int]) -> Computed:
+    embeds, batch = computed  # [B, max_sequence_length, width]
+    return [encode_row(row) for row in embeds], batch
+
+
+@dataclass
+class _Flight:
+    """A prompt being computed; identical requests arriving meanwhile wait on `future` instead of queuing."""
+
+    key: CacheKey
+    future: asyncio.Future[tuple[WireRow, int]]
+    waiters: int = 0
+    siblings: list[_Flight] = field(default_factory=list)  # every flight of the same queued request
+    task: asyncio.Task[Computed] | None = None
 
 
 def _server_info(models: LoadedModels, config: ServerConfig) -> ServerInfo:
@@ -119,11 +168,16 @@ def _server_info(models: LoadedModels, config: ServerConfig) -> ServerInfo:
 class EncoderEngine:
     """Loading state, request admission, batching and reply building for one model."""
 
-    def __init__(self, config: ServerConfig, loader: EncoderLoader) -> None:
+    def __init__(self, config: ServerConfig, loader: EncoderLoader, metrics: ServerMetrics | None = None) -> None:
         self.config = config
         self._loader = loader
         self._ready: _Ready | None = None
         self.budget = ReplyBudget(config.max_pending_reply_bytes)
+        self.metrics = metrics or ServerMetrics()
+        # Off (0 bytes) also turns off single flight: every request is computed, as before the cache existed.
+        self.cache = EmbeddingCache(config.cache_bytes) if config.cache_bytes > 0 else None
+        self._flights: dict[CacheKey, _Flight] = {}
+        self.metrics.watch(lambda: self._ready.batcher.queued_prompts if self._ready else 0, self.cache_stats)
         # Generation runs beside encoding, one at a time: the seed is torch's global generator, as in diffusers.
         self._generator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upsample")
         self._upsamples = 0  # admitted and not finished
@@ -133,7 +187,7 @@ class EncoderEngine:
         started = time.perf_counter()
         loaded = await _run_in_daemon_thread(self._loader)
         models = loaded if isinstance(loaded, LoadedModels) else LoadedModels(loaded)
-        ready = _Ready(models, self.config)
+        ready = _Ready(models, self.config, self.metrics)
         ready.batcher.start()
         self._ready = ready
         log.info("model loaded in %.1f s", time.perf_counter() - started)
@@ -159,17 +213,102 @@ class EncoderEngine:
     def queued_prompts(self) -> int:
         return self._get().batcher.queued_prompts
 
+    def cache_stats(self) -> CacheStats | None:
+        return None if self.cache is None else self.cache.stats()
+
     @contextlib.asynccontextmanager
-    async def encode(self, request: EncodeRequest) -> AsyncIterator[Reply]:
-        """Validate, queue and compute `request`; the reply's bytes stay reserved until the block exits."""
+    async def encode(self, request: EncodeRequest) -> AsyncIterator[EncodeResult]:
+        """Validate, then serve `request` from the cache or a forward pass; its bytes stay reserved in the block."""
         ready = self._get()
         validate_request(request, ready.bounds)
         size = ready.bounds.reply_bytes(request)
         self.budget.reserve(size)
         try:
-            yield await ready.batcher.submit(request)
+            if self.cache is None:
+                rows, batch = await ready.batcher.submit(request)
+                cached = 0
+            else:
+                rows, cached, batch = await self._cached_rows(ready, request, self.cache)
+            width = len(request.hidden_state_layers) * ready.info.hidden_size
+            yield EncodeResult(request, rows, ready.info.dtype, width, cached, batch)
         finally:
             self.budget.release(size)
+
+    async def _cached_rows(
+        self, ready: _Ready, request: EncodeRequest, cache: EmbeddingCache
+    ) -> tuple[list[WireRow], int, int]:
+        """Each prompt's row from the cache, from a computation in flight, or from one pass over the misses."""
+        layers, length = request.hidden_state_layers, request.max_sequence_length
+        keys = [CacheKey(ready.info.fingerprint, prompt, length, layers) for prompt in request.prompts]
+        found: dict[CacheKey, WireRow] = {}
+        waiting: dict[CacheKey, _Flight] = {}
+        missing: list[CacheKey] = []
+        for key in dict.fromkeys(keys):  # a prompt repeated within the request is looked up once
+            if key in self._flights:
+                waiting[key] = self._flights[key]
+                cache.coalesced += 1
+            elif (row := cache.get(key)) is not None:
+                found[key] = row
+            else:
+                missing.append(key)
+        if missing:
+            waiting.update(self._compute(ready, request, missing, cache))
+        cached = len(request.prompts) - sum(1 for key in keys if key in missing)
+        batch = 0
+        for flight in waiting.values():
+            flight.waiters += 1
+        try:
+            for key, flight in waiting.items():
+                found[key], computed_in = await asyncio.shield(flight.future)
+                batch = max(batch, computed_in)
+        finally:
+            for flight in waiting.values():
+                flight.waiters -= 1
+                if flight.task is not None and not flight.task.done() and all(o.waiters == 0 for o in flight.siblings):
+                    self._abandon(flight)
+        return [found[key] for key in keys], cached, batch
+
+    def _abandon(self, flight: _Flight) -> None:
+        """Everyone waiting went away: nobody new may join, and the request leaves the queue if not yet run."""
+        for sibling in flight.siblings:
+            if self._flights.get(sibling.key) is sibling:
+                del self._flights[sibling.key]
+        assert flight.task is not None
+        flight.task.cancel()
+
+    def _compute(
+        self, ready: _Ready, request: EncodeRequest, missing: list[CacheKey], cache: EmbeddingCache
+    ) -> dict[CacheKey, _Flight]:
+        """Queue the missing prompts as one request; their rows go to the cache and to everyone waiting."""
+        loop = asyncio.get_running_loop()
+        flights = {key: _Flight(key, loop.create_future()) for key in missing}
+        siblings = list(flights.values())
+        task = loop.create_task(ready.batcher.submit(replace(request, prompts=tuple(k.prompt for k in missing))))
+        for flight in siblings:
+            flight.siblings, flight.task = siblings, task
+            flight.future.add_done_callback(_retrieve)  # a failure nobody waits for must not be logged as lost
+        self._flights.update(flights)
+
+        def settle(done: asyncio.Task[Computed]) -> None:
+            for key, flight in flights.items():
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
+            if done.cancelled():
+                for flight in siblings:
+                    flight.future.cancel()
+                return
+            error = done.exception()
+            if error is not None:
+                for flight in siblings:
+                    flight.future.set_exception(error)
+                return
+            rows, batch = done.result()
+            for (key, flight), row in zip(flights.items(), rows, strict=True):
+                cache.put(key, row)
+                flight.future.set_result((row, batch))
+
+        task.add_done_callback(settle)
+        return flights
 
     async def upsample(self, request: UpsampleRequest) -> list[str]:
         """Rewrite prompts on the generation thread; cancelling the wait stops the generation at its next token."""
@@ -194,6 +333,11 @@ class EncoderEngine:
         if self._ready is not None:
             await self._ready.batcher.close()
         self._generator.shutdown(wait=False, cancel_futures=True)
+
+
+def _retrieve(future: asyncio.Future[tuple[WireRow, int]]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def _run_in_daemon_thread(work: Callable[[], T]) -> T:

@@ -5,6 +5,7 @@ EncoderError
 ├── NotReadyError         the model is still loading or the server is stopping (UNAVAILABLE)
 ├── OverloadedError       the queue or the reply memory is full; retry later (RESOURCE_EXHAUSTED)
 ├── StalledReaderError    the caller stopped reading its reply, which was dropped (DEADLINE_EXCEEDED)
+├── UnauthenticatedError  no token, or one the tokens file does not hold (UNAUTHENTICATED)
 ├── NotEnabledError       the server was not started with what this call needs (FAILED_PRECONDITION)
 └── ModelLoadError        the snapshot cannot be loaded (raised at start-up, never to a client)
 """
@@ -29,6 +30,10 @@ class OverloadedError(EncoderError):
 
 
 class StalledReaderError(EncoderError):
+    pass
+
+
+class UnauthenticatedError(EncoderError):
     pass
 
 

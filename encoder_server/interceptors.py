@@ -7,17 +7,16 @@ what an unauthenticated caller can make the server hold.
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
+from encoder_server.tokens import TokenRegistry, current_caller
 from shared.defaults import SERVICE_NAME
 
-DENIED_MESSAGE = "missing or wrong bearer token; pass the team's token (FLUX2_ENCODER_TOKEN, --token-file or --token)"
 PROTECTED_PREFIX = f"/{SERVICE_NAME}/"
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]]
@@ -75,38 +74,46 @@ class ParseRequestsInterceptor(grpc.aio.ServerInterceptor):
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    """Encoder calls must carry `authorization: Bearer <token>` (the scheme in any case)."""
+    """Encoder calls must carry `authorization: Bearer <token>` (the scheme in any case) naming a known caller.
 
-    def __init__(self, token: str) -> None:
-        self._expected = token.encode()
+    The handler runs with `current_caller` set to the caller's name, or to None for a refused call, which
+    the servicer answers with UNAUTHENTICATED (so refusals are logged and counted like any other call).
+    """
+
+    def __init__(self, tokens: TokenRegistry) -> None:
+        self._tokens = tokens
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if not _ours(handler, handler_call_details) or self._authorized(handler_call_details.invocation_metadata):
+        if not _ours(handler, handler_call_details):
             return handler
-        if handler.response_streaming:
-            return _rebuilt(handler, behavior=_deny_stream, request_deserializer=_discard)
-        return _rebuilt(handler, behavior=_deny, request_deserializer=_discard)
+        name = self._tokens.identify(_authorization(handler_call_details.invocation_metadata))
+        behavior = handler.unary_stream if handler.response_streaming else handler.unary_unary
+        assert behavior is not None
+        if name is None:
+            return _rebuilt(handler, behavior=_as_caller(behavior, None), request_deserializer=_discard)
+        return _rebuilt(handler, behavior=_as_caller(behavior, name))
 
-    def _authorized(self, metadata: Any) -> bool:
-        for key, value in metadata or ():
-            if key == "authorization":
-                presented = value.encode() if isinstance(value, str) else bytes(value)
-                scheme, _, token = presented.partition(b" ")
-                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._expected)
-        return False
+
+def _authorization(metadata: Any) -> str | bytes | None:
+    for key, value in metadata or ():
+        if key == "authorization":
+            return value
+    return None
+
+
+def _as_caller(behavior: Callable[..., Any], name: str | None) -> Callable[..., Any]:
+    async def run_as_caller(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        token = current_caller.set(name)
+        try:
+            return await behavior(request, context)
+        finally:
+            current_caller.reset(token)
+
+    return run_as_caller
 
 
 def _discard(_data: bytes) -> None:
     """A refused caller's request is never parsed."""
-
-
-async def _deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
-    await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED_MESSAGE)
-
-
-async def _deny_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-    await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED_MESSAGE)
-    yield  # pragma: no cover - makes this an async generator, as streaming handlers must be

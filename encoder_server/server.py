@@ -17,19 +17,23 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from encoder_server.config import ServerConfig
+from encoder_server.calls import CallLog
+from encoder_server.config import ConfigError, ServerConfig
 from encoder_server.engine import EncoderEngine, EncoderLoader
+from encoder_server.http_api import HttpServer, start_http_server
 from encoder_server.interceptors import BearerTokenInterceptor, ParseRequestsInterceptor
 from encoder_server.models import load_models
 from encoder_server.prompt_encoder import PromptEncoder
-from encoder_server.servicer import TextEncoderServicer
+from encoder_server.servicer import TextEncoderServicer, add_servicer_to_server
+from encoder_server.tokens import TokenRegistry
 from shared.defaults import SERVICE_NAME
-from shared.protocol import encoder_pb2, encoder_pb2_grpc
+from shared.protocol import encoder_pb2
 
 log = logging.getLogger("flux2-encoder")
 
 # Room for the protobuf framing around the largest request the limits allow.
 RECEIVE_SLACK_BYTES = 16 * 1024
+MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
 
 
 @dataclass
@@ -42,6 +46,22 @@ class EncoderServer:
     engine: EncoderEngine
     health: health_aio.HealthServicer
     loading: asyncio.Task[PromptEncoder] = field(repr=False)
+    tokens: TokenRegistry | None = field(default=None, repr=False)
+    calls: CallLog | None = field(default=None, repr=False)
+    http: HttpServer | None = field(default=None, repr=False)  # the Hugging Face-compatible /predict endpoint
+    http_port: int | None = None  # its bound port; None when `config.http_port` is None
+
+    def reload_tokens(self) -> None:
+        """Re-read the tokens file (SIGHUP); a file that does not parse leaves the old tokens in force."""
+        if self.tokens is None or self.tokens.path is None:
+            log.warning("SIGHUP: no --tokens-file to reload")
+            return
+        try:
+            names = self.tokens.reload()
+        except ConfigError as error:
+            log.error("SIGHUP: kept the previous tokens: %s", error)
+            return
+        log.info("SIGHUP: tokens reloaded: %d names (%s)", len(names), ", ".join(names))
 
     async def wait_ready(self) -> PromptEncoder:
         """Wait for the model; re-raises the load error if loading failed."""
@@ -50,7 +70,8 @@ class EncoderServer:
     async def stop(self, grace_s: float | None = None) -> None:
         """Report NOT_SERVING, let queued and in-flight calls finish within the grace period, then stop."""
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.config.shutdown_grace_s if grace_s is None else grace_s)
+        grace_s = self.config.shutdown_grace_s if grace_s is None else grace_s
+        await asyncio.gather(self.server.stop(grace_s), *([self.http.stop(grace_s)] if self.http else []))
         if not self.loading.done():
             self.loading.cancel()
         await self.engine.close()
@@ -66,25 +87,32 @@ async def create_server(config: ServerConfig, load_encoder: EncoderLoader | None
     engine = EncoderEngine(
         config, load_encoder or (lambda: load_models(config.model, config.limits, config.upsampling))
     )
+    tokens = _tokens(config)
+    calls = CallLog(engine.metrics, config.log_prompts)
     interceptors: list[grpc.aio.ServerInterceptor] = [ParseRequestsInterceptor()]
-    if config.auth_token:
-        interceptors.insert(0, BearerTokenInterceptor(config.auth_token))
+    if tokens is not None:
+        interceptors.insert(0, BearerTokenInterceptor(tokens))
     options = [
         ("grpc.max_receive_message_length", config.max_request_bytes + RECEIVE_SLACK_BYTES),
         # gRPC enables SO_REUSEPORT by default: a second server on a busy port would start and silently
         # take half the traffic. One port, one server.
         ("grpc.so_reuseport", 0),
+        # Clients of replicas behind one DNS name re-resolve it only when a connection closes: closing each
+        # connection after a while (calls in flight get the send timeout to finish) lets them find new replicas.
+        ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+        ("grpc.max_connection_age_grace_ms", int(config.send_timeout_s * 1000)),
     ]
     server = grpc.aio.server(interceptors=interceptors, options=options)
-    encoder_pb2_grpc.add_TextEncoderServicer_to_server(TextEncoderServicer(engine, config.send_timeout_s), server)
+    add_servicer_to_server(TextEncoderServicer(engine, calls, config.send_timeout_s), server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_names = (encoder_pb2.DESCRIPTOR.services_by_name["TextEncoder"].full_name, health.SERVICE_NAME)
     reflection.enable_server_reflection((*service_names, reflection.SERVICE_NAME), server)
     try:
-        port = server.add_insecure_port(config.address)
+        port = _bind(server, config)
     except RuntimeError as error:  # grpc reports a failed bind this way
         raise OSError(f"could not bind {config.address}; is another process using the port?") from error
+    http = None if config.http_port is None else await start_http_server(config, engine, tokens, calls)
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
 
@@ -94,7 +122,27 @@ async def create_server(config: ServerConfig, load_encoder: EncoderLoader | None
         return encoder
 
     loading = asyncio.get_running_loop().create_task(load(), name="load-encoder")
-    return EncoderServer(server, port, config, engine, health_servicer, loading)
+    http_port = None if http is None else http.port
+    return EncoderServer(server, port, config, engine, health_servicer, loading, tokens, calls, http, http_port)
+
+
+def _tokens(config: ServerConfig) -> TokenRegistry | None:
+    if config.tokens_file is not None:
+        return TokenRegistry.from_file(config.tokens_file)
+    if config.auth_token is not None:
+        return TokenRegistry.single(config.auth_token)
+    return None
+
+
+def _bind(server: grpc.aio.Server, config: ServerConfig) -> int:
+    """Listen on the configured address, only over TLS when TLS is configured."""
+    if config.tls is None:
+        return server.add_insecure_port(config.address)
+    cert, key, client_ca = config.tls.read()
+    credentials = grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+    return server.add_secure_port(config.address, credentials)
 
 
 def ready_line(server: EncoderServer, seconds: float) -> str:
@@ -121,6 +169,7 @@ async def serve(config: ServerConfig, load_encoder: EncoderLoader | None = None)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_tokens)
     log.info("listening on %s:%d, loading %s", config.host, server.port, config.model.model_path)
     waiter = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait({server.loading, waiter}, return_when=asyncio.FIRST_COMPLETED)

@@ -10,41 +10,54 @@ from typing import Any, TypeVar
 
 import grpc
 
+from encoder_server.calls import Call, CallLog
 from encoder_server.engine import EncoderEngine
-from encoder_server.errors import EncoderError, InvalidRequestError, StalledReaderError
+from encoder_server.errors import EncoderError, InvalidRequestError, StalledReaderError, UnauthenticatedError
 from encoder_server.interceptors import MalformedRequest
 from encoder_server.request import EncodeRequest
 from encoder_server.status import status_for
+from encoder_server.tokens import DENIED_MESSAGE, current_caller
 from encoder_server.upsampler import UpsampleRequest
-from shared.defaults import DEFAULT_MAX_NEW_TOKENS, DEFAULT_UPSAMPLE_TEMPERATURE
+from shared.defaults import DEFAULT_MAX_NEW_TOKENS, DEFAULT_UPSAMPLE_TEMPERATURE, SERVICE_NAME
 from shared.protocol import encoder_pb2, encoder_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 Reply = TypeVar("Reply")
 Method = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Reply]]
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext, Call], Awaitable[Reply]]
 
 
-def maps_errors(method: Method[Reply]) -> Method[Reply]:
-    """Turn our exceptions into their gRPC status, and anything else into INTERNAL with one log entry."""
+def maps_errors(method: Handler[Reply]) -> Method[Reply]:
+    """Account for the call, refuse unknown callers, and turn our exceptions into their gRPC status.
+
+    Anything else becomes INTERNAL with one log entry. `self._calls` records every call once it ends.
+    """
 
     @functools.wraps(method)
     async def handle(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Reply:
-        try:
-            if isinstance(request, MalformedRequest):
-                log.warning("malformed %s from %s: %s", request.message_type, context.peer(), request.reason)
-                raise InvalidRequestError(
-                    f"the request is not a valid {request.message_type} message: {request.reason}"
-                )
-            return await method(self, request, context)
-        except EncoderError as error:
-            await context.abort(status_for(error), str(error))
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise
-        except Exception:
-            log.exception("%s failed", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "the encoder failed on this request; see the server log")
-        raise AssertionError("unreachable: abort raises")
+        caller = current_caller.get()
+        with self._calls.track(method.__name__, caller or "unknown") as call:
+            try:
+                if caller is None:
+                    raise UnauthenticatedError(DENIED_MESSAGE)
+                if isinstance(request, MalformedRequest):
+                    log.warning("malformed %s from %s: %s", request.message_type, context.peer(), request.reason)
+                    raise InvalidRequestError(
+                        f"the request is not a valid {request.message_type} message: {request.reason}"
+                    )
+                return await method(self, request, context, call)
+            except EncoderError as error:
+                code = status_for(error)
+                call.status = code.name
+                await context.abort(code, str(error))
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception:
+                call.status = grpc.StatusCode.INTERNAL.name
+                log.exception("%s failed", method.__name__)
+                await context.abort(grpc.StatusCode.INTERNAL, "the encoder failed on this request; see the server log")
+            raise AssertionError("unreachable: abort raises")
 
     return handle
 
@@ -68,35 +81,66 @@ def upsample_request_from_pb(message: encoder_pb2.UpsampleRequest) -> UpsampleRe
 
 
 class TextEncoderServicer(encoder_pb2_grpc.TextEncoderServicer):
-    def __init__(self, engine: EncoderEngine, send_timeout_s: float) -> None:
+    """Encode replies are written as the engine's ready-made frames: register Encode with no serializer."""
+
+    def __init__(self, engine: EncoderEngine, calls: CallLog, send_timeout_s: float) -> None:
         self._engine = engine
+        self._calls = calls
         self._send_timeout_s = send_timeout_s
 
     @maps_errors
     async def Encode(  # noqa: N802 - gRPC method name
-        self, request: encoder_pb2.EncodeRequest, context: grpc.aio.ServicerContext
+        self, request: encoder_pb2.EncodeRequest, context: grpc.aio.ServicerContext, call: Call
     ) -> None:
-        async with self._engine.encode(request_from_pb(request)) as replies:
-            for reply in replies:
+        encode_request = request_from_pb(request)
+        call.prompts = encode_request.prompts
+        async with self._engine.encode(encode_request) as result:
+            call.cached, call.batch = result.cached, result.batch
+            for frame in result.frames():
                 try:
                     # gRPC's flow control parks a write while the reader is not reading; past the timeout the
                     # reply is dropped so a stalled reader cannot pin it.
-                    await asyncio.wait_for(context.write(reply), self._send_timeout_s)
+                    await asyncio.wait_for(context.write(frame), self._send_timeout_s)
                 except TimeoutError:
                     raise StalledReaderError(
                         f"the reply could not be sent for {self._send_timeout_s:g} s (the client stopped reading); "
                         "it was dropped"
                     ) from None
+                call.sent_bytes += len(frame)
 
     @maps_errors
     async def Upsample(  # noqa: N802 - gRPC method name
-        self, request: encoder_pb2.UpsampleRequest, context: grpc.aio.ServicerContext
+        self, request: encoder_pb2.UpsampleRequest, context: grpc.aio.ServicerContext, call: Call
     ) -> encoder_pb2.UpsampleResponse:
-        prompts = await self._engine.upsample(upsample_request_from_pb(request))
+        upsample_request = upsample_request_from_pb(request)
+        call.prompts = upsample_request.prompts
+        prompts = await self._engine.upsample(upsample_request)
         return encoder_pb2.UpsampleResponse(prompts=prompts)
 
     @maps_errors
     async def GetInfo(  # noqa: N802 - gRPC method name
-        self, request: encoder_pb2.GetInfoRequest, context: grpc.aio.ServicerContext
+        self, request: encoder_pb2.GetInfoRequest, context: grpc.aio.ServicerContext, call: Call
     ) -> encoder_pb2.GetInfoResponse:
         return self._engine.info().to_pb()
+
+
+def add_servicer_to_server(servicer: TextEncoderServicer, server: grpc.aio.Server) -> None:
+    """As the generated `add_TextEncoderServicer_to_server`, but Encode sends bytes as they are."""
+    messages = encoder_pb2
+    handlers = {
+        "Encode": grpc.unary_stream_rpc_method_handler(
+            servicer.Encode, request_deserializer=messages.EncodeRequest.FromString, response_serializer=None
+        ),
+        "GetInfo": grpc.unary_unary_rpc_method_handler(
+            servicer.GetInfo,
+            request_deserializer=messages.GetInfoRequest.FromString,
+            response_serializer=messages.GetInfoResponse.SerializeToString,
+        ),
+        "Upsample": grpc.unary_unary_rpc_method_handler(
+            servicer.Upsample,
+            request_deserializer=messages.UpsampleRequest.FromString,
+            response_serializer=messages.UpsampleResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""The one place where encoder exceptions become gRPC status codes."""
+"""The one place where encoder exceptions become gRPC status codes, and HTTP ones for `/predict`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from encoder_server.errors import (
     NotReadyError,
     OverloadedError,
     StalledReaderError,
+    UnauthenticatedError,
 )
 
 STATUS_FOR_ERROR: dict[type[EncoderError], grpc.StatusCode] = {
@@ -19,6 +20,7 @@ STATUS_FOR_ERROR: dict[type[EncoderError], grpc.StatusCode] = {
     NotReadyError: grpc.StatusCode.UNAVAILABLE,
     OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     StalledReaderError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     NotEnabledError: grpc.StatusCode.FAILED_PRECONDITION,
     ModelLoadError: grpc.StatusCode.FAILED_PRECONDITION,
 }
@@ -29,3 +31,20 @@ def status_for(error: EncoderError) -> grpc.StatusCode:
         if error_type in STATUS_FOR_ERROR:
             return STATUS_FOR_ERROR[error_type]
     return grpc.StatusCode.INTERNAL
+
+
+# What the same failure is over HTTP; a 503 carries Retry-After (RETRY_AFTER_S), as overload and start-up are brief.
+HTTP_STATUS_FOR_CODE: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.INTERNAL: 500,
+}
+RETRY_AFTER_S = 1
+
+
+def http_status_for(error: EncoderError) -> int:
+    return HTTP_STATUS_FOR_CODE.get(status_for(error), 500)

@@ -1,0 +1,78 @@
+"""Prometheus metrics for one server, in its own registry so several servers can live in one process (tests).
+
+Counters and histograms are updated where things happen (a call ends, a pass ends); gauges that describe
+state (queue depth, cache size) are read at scrape time from the objects that own them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from encoder_server.cache import CacheStats
+
+PREFIX = "flux2_encoder"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class _CacheCollector(Collector):
+    """The embedding cache's counters and size, read from the cache when scraped."""
+
+    def __init__(self, stats: Callable[[], CacheStats | None]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self._stats()
+        if stats is None:
+            return
+        for name, meaning, value in (
+            ("hits", "prompts answered from the cache", stats.hits),
+            ("misses", "prompts the cache did not hold", stats.misses),
+            ("coalesced", "prompts that joined an identical computation already in flight", stats.coalesced),
+            ("evictions", "entries dropped to stay within the byte budget", stats.evictions),
+        ):
+            yield CounterMetricFamily(f"{PREFIX}_cache_{name}", meaning, value=value)
+        yield GaugeMetricFamily(f"{PREFIX}_cache_bytes", "bytes held by the cache", value=stats.bytes)
+        yield GaugeMetricFamily(f"{PREFIX}_cache_capacity_bytes", "the cache's byte budget", value=stats.capacity)
+        yield GaugeMetricFamily(f"{PREFIX}_cache_entries", "prompt embeddings held", value=stats.entries)
+
+
+class ServerMetrics:
+    """Everything the server reports; `exposition()` is the body of a scrape."""
+
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.requests = Counter(
+            f"{PREFIX}_requests", "calls by RPC, status and token name", ["rpc", "status", "token"], registry=registry
+        )
+        self.prompts = Counter(f"{PREFIX}_prompts", "prompts received, by token name", ["token"], registry=registry)
+        self.latency = Histogram(
+            f"{PREFIX}_request_seconds", "end-to-end call time", ["rpc"], buckets=LATENCY_BUCKETS, registry=registry
+        )
+        self.sent_bytes = Counter(f"{PREFIX}_sent_bytes", "reply bytes sent, by RPC", ["rpc"], registry=registry)
+        self.batch_prompts = Histogram(
+            f"{PREFIX}_batch_prompts", "prompts per forward pass", buckets=BATCH_BUCKETS, registry=registry
+        )
+        self.forward_seconds = Histogram(
+            f"{PREFIX}_forward_seconds", "time of one forward pass", buckets=LATENCY_BUCKETS, registry=registry
+        )
+        self.queued_prompts = Gauge(f"{PREFIX}_queued_prompts", "prompts waiting for a pass", registry=registry)
+        self.in_flight = Gauge(f"{PREFIX}_in_flight_requests", "calls being served", ["rpc"], registry=registry)
+
+    def watch(self, queued_prompts: Callable[[], int], cache_stats: Callable[[], CacheStats | None]) -> None:
+        """Read queue depth and cache state from their owners at scrape time."""
+        self.queued_prompts.set_function(queued_prompts)
+        self.registry.register(_CacheCollector(cache_stats))
+
+    def batch_finished(self, prompts: int, seconds: float) -> None:
+        self.batch_prompts.observe(prompts)
+        self.forward_seconds.observe(seconds)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of every metric."""
+        return generate_latest(self.registry)
