@@ -1,0 +1,399 @@
+"""The Hugging Face–compatible HTTP endpoint, served beside gRPC from the same process and event loop.
+
+POST /predict  {"prompt": str | [str]}  + `Authorization: Bearer <token>` where tokens are configured
+               → `torch.save(prompt_embeds)` bytes (application/octet-stream), as the hosted FLUX.2 text
+               encoder replied, for `torch.load(io.BytesIO(body), weights_only=True)`; with
+               `Accept: application/vnd.safetensors` or `?format=safetensors`, safetensors bytes holding
+               "prompt_embeds" instead. Optional "max_sequence_length" and "hidden_state_layers" as in gRPC.
+GET  /health   → 200 {"status": "SERVING"} once the model is loaded; 503 while loading or stopping.
+GET  /metrics  → the Prometheus text of the whole server, gRPC and HTTP calls together.
+
+Errors are JSON `{"error": "<what to fix>"}` with the status `encoder_server.status.http_status_for` gives
+(a 503 carries Retry-After). /predict shares the engine (limits, batching, cache, reply budget), the tokens
+and the call log with gRPC: its reply stays reserved until it is sent, and a reader that stops reading for
+`send_timeout_s` loses it. uvicorn installs no signal handlers and configures no logging here: the gRPC
+serve loop owns SIGINT, SIGTERM and SIGHUP. With TLS configured the port speaks HTTPS only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import math
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import safetensors.torch
+import torch
+import uvicorn
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from encoder_server.calls import Call, CallLog
+from encoder_server.config import ServerConfig
+from encoder_server.engine import EncoderEngine, EncodeResult
+from encoder_server.errors import EncoderError, InvalidRequestError, NotReadyError, StalledReaderError
+from encoder_server.metrics import CONTENT_TYPE
+from encoder_server.request import EncodeRequest
+from encoder_server.status import RETRY_AFTER_S, http_status_for
+from encoder_server.tokens import ANONYMOUS, DENIED_MESSAGE, TokenRegistry
+
+log = logging.getLogger("flux2-encoder.http")
+
+TORCH_TYPE = "application/octet-stream"
+SAFETENSORS_TYPE = "application/vnd.safetensors"
+FORMATS = {"torch": TORCH_TYPE, "safetensors": SAFETENSORS_TYPE}
+FIELDS = ("prompt", "max_sequence_length", "hidden_state_layers")
+# A character the limits count as 4 UTF-8 bytes can take 12 in JSON (an escaped surrogate pair, \ud83d\ude00).
+JSON_ESCAPE_FACTOR = 3
+BODY_SLACK_BYTES = 4096  # braces, field names, the optional numbers, whitespace
+MAX_NUMBER_DIGITS = 20
+REPLY_CHUNK_BYTES = 1024 * 1024  # each chunk waits for the previous ones to drain: a stalled reader is noticed
+CLIENT_GONE = "499"  # nginx's status for a client that closed the connection before the reply
+
+
+class _Refused(Exception):
+    """A request refused before it is parsed (body too large or too slow); the connection is closed after."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _error(status: int, message: str, close: bool = False, headers: dict[str, str] | None = None) -> Response:
+    headers = dict(headers or {})
+    if status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_S)
+    if close:  # the body was not read: do not drain it for the next request on this connection
+        headers["Connection"] = "close"
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {str: "a string", list: "an array", dict: "an object", bool: "true or false", type(None): "null"}
+    return kinds.get(type(value), "a number")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        raise InvalidRequestError("the JSON body repeats a field; send each field once")
+    return document
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise InvalidRequestError(f"the JSON body holds a number of {len(text)} digits; send numbers that fit 64 bits")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidRequestError(
+            f"the JSON body holds the number {text[:40]}, too large for a float; send finite numbers"
+        )
+    return value
+
+
+def _no_constant(name: str) -> None:
+    raise InvalidRequestError(f"the JSON body holds {name}, which JSON does not allow; send finite numbers")
+
+
+def _integer(document: dict[str, Any], name: str) -> int | None:
+    value = document.get(name)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        raise InvalidRequestError(f'"{name}" must be an integer, not {_json_kind(value)}')
+    return value
+
+
+def parse_predict_body(body: bytes) -> EncodeRequest:
+    """The `EncodeRequest` a /predict body asks for; raises InvalidRequestError saying what to fix.
+
+    Limits (prompt count and length, layers, length) are checked by the engine, as for gRPC.
+    """
+    try:
+        document = json.loads(
+            body,
+            object_pairs_hook=_unique_keys,
+            parse_int=_bounded_int,
+            parse_float=_finite_float,
+            parse_constant=_no_constant,
+        )
+    except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)[:120]
+        raise InvalidRequestError(f'the body is not valid JSON ({reason}); send {{"prompt": "a cat"}}') from None
+    if not isinstance(document, dict):
+        raise InvalidRequestError(
+            f'the body must be a JSON object such as {{"prompt": "a cat"}}, not {_json_kind(document)}'
+        )
+    unknown = [name for name in document if name not in FIELDS]
+    if unknown:
+        shown = ", ".join(json.dumps(name[:40]) for name in unknown[:3])
+        raise InvalidRequestError(f"unknown field {shown}; /predict accepts {', '.join(map(json.dumps, FIELDS))}")
+    if "prompt" not in document:
+        raise InvalidRequestError(
+            'the body has no "prompt"; send {"prompt": "a cat"} or {"prompt": ["a cat", "a dog"]}'
+        )
+    prompt = document["prompt"]
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, list):
+        raise InvalidRequestError(f'"prompt" must be a string or an array of strings, not {_json_kind(prompt)}')
+    for index, item in enumerate(prompts):
+        if not isinstance(item, str):
+            raise InvalidRequestError(f'"prompt"[{index}] must be a string, not {_json_kind(item)}')
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequestError(
+                f"prompt {index} holds a lone surrogate escape (such as \\ud800); send valid Unicode text"
+            ) from None
+    layers = document.get("hidden_state_layers")
+    if layers is not None and not (
+        isinstance(layers, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in layers)
+    ):
+        raise InvalidRequestError('"hidden_state_layers" must be an array of integers, such as [10, 20, 30]')
+    return EncodeRequest.with_defaults(prompts, _integer(document, "max_sequence_length"), layers or ())
+
+
+def _reply_format(request: Request) -> str:
+    """ "torch" (the hosted endpoint's `torch.save`) unless the caller asks for safetensors."""
+    asked = request.query_params.get("format")
+    if asked is not None:
+        if asked not in FORMATS:
+            raise InvalidRequestError(f'format {json.dumps(asked[:40])} is not served; use "torch" or "safetensors"')
+        return asked
+    accepted = {part.split(";")[0].strip().lower() for part in request.headers.get("accept", "").split(",")}
+    return "safetensors" if SAFETENSORS_TYPE in accepted else "torch"
+
+
+def _serialize(result: EncodeResult, reply_format: str) -> bytes:
+    """The reply body; off the event loop, as a full-size embedding takes ~16 ms to copy and save."""
+    prompt_embeds = result.tensor()  # [B, max_sequence_length, width]
+    if reply_format == "safetensors":
+        return safetensors.torch.save({"prompt_embeds": prompt_embeds})
+    buffer = io.BytesIO()
+    torch.save(prompt_embeds, buffer)
+    return buffer.getvalue()
+
+
+class PredictEndpoint:
+    """POST /predict as a plain ASGI app, so the reply is sent, chunk by chunk, while its bytes are reserved."""
+
+    def __init__(self, config: ServerConfig, engine: EncoderEngine, tokens: TokenRegistry | None, calls: CallLog):
+        self._engine = engine
+        self._tokens = tokens
+        self._calls = calls
+        self._timeout_s = config.send_timeout_s
+        self.max_body_bytes = JSON_ESCAPE_FACTOR * config.limits.max_request_bytes + BODY_SLACK_BYTES
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        caller = ANONYMOUS if self._tokens is None else self._tokens.identify(request.headers.get("authorization"))
+        started = False  # once the 200 is on its way, an error can only cut the connection
+        with self._calls.track("predict", caller or "unknown") as call:
+            try:
+                if caller is None:
+                    call.status = "401"
+                    response = _error(401, DENIED_MESSAGE, close=True, headers={"WWW-Authenticate": "Bearer"})
+                    await response(scope, receive, send)
+                    return
+                body = await self._read_body(request)
+                reply_format = _reply_format(request)
+                encode_request = await asyncio.to_thread(parse_predict_body, body)  # up to a few MB of JSON
+                call.prompts = encode_request.prompts
+                async with self._engine.encode(encode_request) as result:
+                    call.cached, call.batch = result.cached, result.batch
+                    reply = await asyncio.to_thread(_serialize, result, reply_format)
+                    call.status, started = "200", True
+                    await self._send_reply(send, reply, FORMATS[reply_format], call)
+            except _Refused as refused:
+                call.status = str(refused.status)
+                await _error(refused.status, str(refused), close=True)(scope, receive, send)
+            except ClientDisconnect:
+                call.status = CLIENT_GONE
+            except EncoderError as error:
+                status = http_status_for(error)
+                call.status = str(status)
+                if started:
+                    log.warning("predict %s: %s", call.id, error)  # uvicorn closes the connection
+                else:
+                    await _error(status, str(error))(scope, receive, send)
+            except Exception:
+                call.status = "500"
+                log.exception("predict failed")
+                if not started:
+                    await _error(500, "the encoder failed on this request; see the server log")(scope, receive, send)
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The whole body, refused with 413 as soon as it is known to be too large, and 408 if it trickles in."""
+        too_large = _Refused(
+            413,
+            f"the body is over {self.max_body_bytes} bytes, more than the request limits allow; send fewer or "
+            "shorter prompts",
+        )
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and (len(declared) > 18 or int(declared) > self.max_body_bytes):
+            raise too_large
+
+        async def read() -> bytes:
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > self.max_body_bytes:
+                    raise too_large
+            return bytes(body)
+
+        try:
+            return await asyncio.wait_for(read(), self._timeout_s)
+        except TimeoutError:
+            raise _Refused(408, f"the body did not arrive within {self._timeout_s:g} s; send it at once") from None
+
+    async def _send_reply(self, send: Send, body: bytes, media_type: str, call: Call) -> None:
+        headers = [(b"content-type", media_type.encode()), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for start in range(0, len(body), REPLY_CHUNK_BYTES):
+            chunk = body[start : start + REPLY_CHUNK_BYTES]
+            message = {"type": "http.response.body", "body": chunk, "more_body": start + len(chunk) < len(body)}
+            try:
+                # uvicorn parks a send while the transport's buffer is full, that is while the reader is not reading.
+                await asyncio.wait_for(send(message), self._timeout_s)
+            except TimeoutError:
+                raise StalledReaderError(
+                    f"the reply could not be sent for {self._timeout_s:g} s (the client stopped reading); "
+                    "it was dropped"
+                ) from None
+            call.sent_bytes += len(chunk)
+
+
+@dataclass
+class _Health:
+    engine: EncoderEngine
+    stopping: bool = False
+
+    def serving(self) -> bool:
+        """Loaded (the engine answers NotReadyError until then) and not stopping."""
+        try:
+            self.engine.info()
+        except NotReadyError:
+            return False
+        return not self.stopping
+
+
+def create_app(
+    config: ServerConfig,
+    engine: EncoderEngine,
+    tokens: TokenRegistry | None,
+    calls: CallLog,
+    serving: Callable[[], bool],
+) -> FastAPI:
+    """The ASGI app; `serving()` says whether /health reports SERVING."""
+    app = FastAPI(title="flux2-encoder", docs_url=None, redoc_url=None, openapi_url=None)
+    app.router.routes.append(Route("/predict", PredictEndpoint(config, engine, tokens, calls), methods=["POST"]))
+
+    @app.get("/health")
+    async def health() -> Response:
+        if serving():
+            return JSONResponse({"status": "SERVING"})
+        return JSONResponse({"status": "NOT_SERVING"}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    # Open like /health, for scrapers: it names callers (token names, not tokens); operators should firewall it.
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(engine.metrics.exposition(), media_type=CONTENT_TYPE)
+
+    @app.exception_handler(HTTPException)
+    async def not_served(request: Request, error: HTTPException) -> Response:
+        message = f"{request.method} {request.url.path} is not served; use POST /predict, GET /health or GET /metrics"
+        return _error(error.status_code, message)
+
+    return app
+
+
+@dataclass
+class HttpServer:
+    """The HTTP endpoint's uvicorn server, running as a task on the gRPC server's loop."""
+
+    port: int
+    server: uvicorn.Server = field(repr=False)
+    task: asyncio.Task[None] = field(repr=False)
+    health: _Health = field(repr=False)
+
+    async def stop(self, grace_s: float) -> None:
+        """Report NOT_SERVING, stop accepting, let replies in flight finish within `grace_s`, then close."""
+        self.health.stopping = True
+        self.server.config.timeout_graceful_shutdown = math.ceil(grace_s)
+        self.server.should_exit = True
+        await self.task
+
+
+async def start_http_server(
+    config: ServerConfig, engine: EncoderEngine, tokens: TokenRegistry | None, calls: CallLog
+) -> HttpServer:
+    """Bind `config.http_port` (0: any free port) on `config.host` and serve the app on the running loop."""
+    assert config.http_port is not None
+    health = _Health(engine)
+    app = create_app(config, engine, tokens, calls, health.serving)
+    tls: dict[str, Any] = {}
+    if config.tls is not None:
+        tls = dict(ssl_certfile=config.tls.cert, ssl_keyfile=config.tls.key)
+        if config.tls.client_ca is not None:
+            tls.update(ssl_ca_certs=config.tls.client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    uvicorn_config = uvicorn.Config(
+        app,
+        http="h11",
+        lifespan="off",
+        log_config=None,
+        access_log=False,  # the call log writes one line per /predict
+        proxy_headers=False,
+        server_header=False,
+        timeout_graceful_shutdown=math.ceil(config.shutdown_grace_s),
+        **tls,
+    )
+    sock = _bind(config.host, config.http_port)
+    server = uvicorn.Server(uvicorn_config)
+    try:
+        # What `uvicorn.Server.serve` does, less `capture_signals`: the gRPC serve loop owns the signals.
+        uvicorn_config.load()
+        server.lifespan = uvicorn_config.lifespan_class(uvicorn_config)
+        await server.startup(sockets=[sock])
+    except BaseException:
+        sock.close()
+        raise
+
+    async def run() -> None:
+        await server.main_loop()
+        await server.shutdown(sockets=[sock])
+
+    task = asyncio.get_running_loop().create_task(run(), name="http-server")
+    port = sock.getsockname()[1]
+    log.info("HTTP /predict on %s:%d (%s)", config.host, port, "HTTPS" if config.tls else "clear text")
+    return HttpServer(port, server, task, health)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket on `host` ("[::]" is dual-stack, as for gRPC), bound now so port 0 is known."""
+    sock: socket.socket | None = None
+    try:
+        name = host.strip("[]") or None
+        found = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = found[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+        return sock
+    except OSError as error:
+        if sock is not None:
+            sock.close()
+        raise OSError(f"could not listen for HTTP on {host}:{port}: {error.strerror or error}") from error
