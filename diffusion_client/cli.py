@@ -28,15 +28,18 @@ from diffusion_client.errors import (
 )
 from diffusion_client.jobs import GenerationJob, jobs_from_file
 from diffusion_client.upsampling import DEFAULT_UPSAMPLE_TEMPERATURE, check_temperature
+from shared.allocator import tune_allocator
 from shared.defaults import DEFAULT_PORT
 from shared.one_line import OneLineParser
 from shared.quiet import quiet_library_loggers
 
 if TYPE_CHECKING:
     from diffusion_client.pipeline import PipelineConfig
+    from diffusion_client.remote_encoder import RemoteTextEncoder
 
 PROG = "flux2-generate"
 TOKEN_VARIABLE = "FLUX2_ENCODER_TOKEN"
+DEFAULT_CACHE_MIB = 256  # about 16 FLUX.2-dev prompts in bf16: a prompts file that repeats one fetches it once
 
 # The one place failures become exit codes: the first matching class wins; anything else exits 1.
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
@@ -79,6 +82,17 @@ def upsample_temperature(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number above 0 and at most 2, not {text!r}") from None
 
 
+def cache_mib(text: str) -> int:
+    """`--cache-mib`: a whole number of MiB, 0 or more."""
+    try:
+        mib = int(text)
+    except ValueError:
+        mib = -1
+    if mib < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number of MiB, 0 (off) or more, not {text!r}")
+    return mib
+
+
 def one_line(text: str) -> str:
     """Text a server sent, made one printable line, but not shortened."""
     return printable_line(text, max(len(text), 1))
@@ -90,7 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate FLUX.2 images with prompt embeddings from a remote flux2-encoder server.",
     )
     parser.add_argument("prompt", nargs="?", help="what to draw (or use --prompts FILE)")
-    parser.add_argument("--encoder", default=f"localhost:{DEFAULT_PORT}", help="HOST:PORT of flux2-encoder")
+    parser.add_argument(
+        "--encoder",
+        default=f"localhost:{DEFAULT_PORT}",
+        help="HOST:PORT of flux2-encoder; replicas as HOST:PORT,HOST:PORT or dns:///NAME:PORT (round robin)",
+    )
     parser.add_argument("--model", required=True, type=Path, help="local FLUX.2 snapshot (transformer/, vae/)")
     parser.add_argument(
         "--image",
@@ -143,6 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"file holding the bearer token for an authenticating proxy (or set ${TOKEN_VARIABLE})",
     )
     parser.add_argument("--token", help="bearer token; visible to other users in `ps`, prefer the two above")
+    parser.add_argument("--tls", action="store_true", help="TLS, verifying the server with the system's CAs")
+    parser.add_argument("--tls-ca", type=Path, help="TLS, verifying the server with this CA certificate (PEM)")
+    parser.add_argument("--tls-cert", type=Path, help="client certificate (PEM) for an mTLS server; needs --tls-key")
+    parser.add_argument("--tls-key", type=Path, help="private key (PEM) of --tls-cert")
+    parser.add_argument(
+        "--cache-mib",
+        type=cache_mib,
+        default=DEFAULT_CACHE_MIB,
+        help="memory for embeddings already fetched, so a repeated prompt is fetched once; 0 turns it off "
+        "(default %(default)s)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -184,9 +213,34 @@ def _token(args: argparse.Namespace) -> str | None:
     return token
 
 
+def _check_tls(args: argparse.Namespace) -> None:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise InputError("give --tls-cert and --tls-key together: a client certificate is sent with its key")
+
+
+def _encoder(args: argparse.Namespace, token: str | None) -> RemoteTextEncoder:
+    """The client for --encoder with its TLS files read; a malformed replica list is bad input (exit 2)."""
+    from diffusion_client.remote_encoder import RemoteTextEncoder
+
+    try:
+        return RemoteTextEncoder(
+            args.encoder,
+            timeout=args.timeout,
+            token=token,
+            tls=args.tls,
+            tls_ca=args.tls_ca,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            cache_bytes=args.cache_mib * 2**20,
+        )
+    except ValueError as error:
+        raise InputError(f"--encoder {args.encoder}: {error}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     jobs = _jobs(args)
     token = _token(args)
+    _check_tls(args)
     from shared.quiet import quiet_model_libraries
 
     quiet_model_libraries()  # before diffusers and transformers are first imported below
@@ -194,11 +248,10 @@ def run(args: argparse.Namespace) -> int:
     from diffusion_client.generator import FailedJob, ImageGenerator
     from diffusion_client.pipeline import load_pipeline, read_component_config
     from diffusion_client.preflight import preflight
-    from diffusion_client.remote_encoder import RemoteTextEncoder
 
     config = _pipeline_config(args)
     started = time.perf_counter()
-    with RemoteTextEncoder(args.encoder, timeout=args.timeout, token=token) as encoder:
+    with _encoder(args, token) as encoder:
         # Everything a job can fail is checked before loading gigabytes of weights.
         prepared = preflight(
             jobs,
@@ -241,6 +294,7 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_allocator()  # before any channel or thread: 15.7 MB replies then reuse heap memory, not fresh pages
     quiet_library_loggers()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

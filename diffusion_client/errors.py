@@ -1,16 +1,16 @@
 """Client exceptions: one tree, each class carrying what it concerns; `str(error)` is one printable line.
 
 ClientError                         base; str() is one printable line
-├── EncoderError                    concerns one server: .target
+├── EncoderError                    concerns one server (or its replicas): .target
 │   ├── EncoderCallError            the call ended with a gRPC status: .code (grpc.StatusCode)
 │   │   ├── TransportError          nothing was computed for us; may be retried
-│   │   │   ├── EncoderUnavailableError   UNAVAILABLE or RESOURCE_EXHAUSTED, still so at the deadline
+│   │   │   ├── EncoderUnavailableError   UNAVAILABLE (also a failed TLS handshake) or RESOURCE_EXHAUSTED
 │   │   │   └── EncoderTimeoutError       DEADLINE_EXCEEDED
 │   │   ├── EncoderRejectedError    INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION, ...
 │   │   └── EncoderFailedError      INTERNAL, UNKNOWN, ... (server failed on a valid request)
 │   ├── BadReplyError               reply failed its checks (header dtype/shape, bytes, checksum; upsampled prompts)
 │   └── ModelMismatchError          server's model does not fit this transformer, or not the pinned fingerprint
-└── InputError                      bad job settings, reference image, prompts file, output path, device
+└── InputError                      bad job settings, reference image, prompts file, output path, device, TLS file
 
 Exit codes are the CLI's business (`diffusion_client.cli.EXIT_CODES`), not these classes'. This module
 imports nothing heavy (not even grpc), so `flux2-generate --help` stays fast.
@@ -36,7 +36,7 @@ class ClientError(Exception):
 
 
 class EncoderError(ClientError):
-    """Something about one encoder server, named by `target` (`host:port`)."""
+    """Something about one encoder server, named by `target` (`host:port`, or the replicas as given)."""
 
     def __init__(self, message: str, *, target: str) -> None:
         super().__init__(message)
@@ -56,7 +56,7 @@ class TransportError(EncoderCallError):
 
 
 class EncoderUnavailableError(TransportError):
-    """Unreachable (UNAVAILABLE) or overloaded (RESOURCE_EXHAUSTED), and still so at the deadline."""
+    """Unreachable (UNAVAILABLE) or overloaded (RESOURCE_EXHAUSTED) until the deadline, or TLS that cannot work."""
 
 
 class EncoderTimeoutError(TransportError):
@@ -80,7 +80,7 @@ class ModelMismatchError(EncoderError):
 
 
 class InputError(ClientError):
-    """Bad job settings, reference image, prompts file, output path or device."""
+    """Bad job settings, reference image, prompts file, output path, device, or an unreadable TLS file."""
 
 
 GenerationInputError = InputError  # the name before the tree had InputError; kept for existing imports

@@ -3,6 +3,7 @@
 encoder = RemoteTextEncoder("encoder-box:50051")
 image = pipe(prompt_embeds=encoder.encode("a cat"), ...).images[0]
 detailed = encoder.upsample("a cat", seed=7)[0]  # on a server started with --enable-upsampling
+RemoteTextEncoder("dns:///flux2-encoder:50051", tls_ca="ca.pem", cache_bytes=256 << 20)  # replicas, TLS, cache
 
 Replies are held to the tensor asked for: the server's `GetInfo` (fetched once) gives the dtype and width,
 the request gives the rest, and a header announcing anything else is refused before a byte is allocated.
@@ -11,8 +12,10 @@ Upsample requests are checked against the limits `GetInfo` states before they ar
 
 from __future__ import annotations
 
+import logging
 import math
 import random
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -20,6 +23,8 @@ from typing import Any, TypeVar
 import grpc
 import torch
 
+from diffusion_client.channel import PemSource, channel_target_text, open_channel, tls_credentials
+from diffusion_client.embedding_cache import EmbeddingCache
 from diffusion_client.errors import (
     BadReplyError,
     EncoderCallError,
@@ -41,9 +46,11 @@ from diffusion_client.upsampling import (
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS, DEFAULT_MAX_SEQUENCE_LENGTH
 from shared.info import ServerInfo
 from shared.protocol import encoder_pb2, encoder_pb2_grpc
-from shared.wire import TensorSpec, WireFormatError, responses_to_tensor
+from shared.wire import WIRE_ENCODE_METHOD, TensorSpec, WireFormatError, parse_frame, responses_to_tensor
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 LAST_ATTEMPT_S = 0.1  # the least time left worth one more attempt
 
@@ -51,6 +58,20 @@ RemoteEncoderInfo = ServerInfo  # the name this module used before `shared.info`
 
 # Both mean the server did no work for the request, so trying again is safe.
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+# A stream cut mid-reply (its replica killed, the connection reset) ends UNAVAILABLE with gRPC 1.85 (measured:
+# "Stream removed (Socket closed)", "Stream removed (recvmsg:Connection reset by peer (104))"), but other versions
+# and proxies report it as INTERNAL or UNKNOWN in the transport's own words. Those are retried too, on whichever
+# replica is up: Encode, GetInfo and a seeded Upsample are idempotent. An INTERNAL the server sent about our
+# request never holds these words, and is not retried: repeating a request does not fix a server's bug.
+BROKEN_STREAM = re.compile(r"stream removed|rst_stream|socket closed|connection reset|goaway", re.IGNORECASE)
+BROKEN_STREAM_CODES = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
+# Our TLS settings cannot work with this server (its certificate is not from our CA, does not name the host, or
+# the server speaks plain text): trying again cannot help, so it fails at once. A server that refuses *us* (no
+# client certificate for an mTLS server, plain text to a TLS server) only closes the connection, which looks like
+# a server going away, so that is retried until the deadline and the message points at TLS.
+TLS_REFUSED = re.compile(
+    r"handshake failed.*SSL_ERROR_SSL|verification check failed|not in peer certificate", re.IGNORECASE
+)
 REJECTED = frozenset(
     {
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -69,7 +90,9 @@ class RemoteTextEncoder:
     """A client for `flux2.encoder.v1.TextEncoder` with one deadline per call, retries and verified replies.
 
     Args:
-        target: `host:port` of the server.
+        target: `host:port` of the server; or replicas, as `"a:50051,b:50051"`, a list of such entries, or a
+            `dns:///name:port` target naming all of them, balanced round robin over those reporting SERVING
+            (see `diffusion_client.channel`).
         timeout: seconds each `encode()` or `info()` may take, retries included; positive and finite.
         token: sent as `authorization: Bearer <token>` for servers behind an authenticating proxy.
         retries: most extra attempts when the server is UNAVAILABLE or RESOURCE_EXHAUSTED (nothing else is
@@ -77,11 +100,17 @@ class RemoteTextEncoder:
         backoff_s, max_backoff_s: the first retry delay, doubled each attempt up to the cap, with jitter.
         expected_fingerprint: refuse (`ModelMismatchError`) a server whose weights fingerprint does not
             start with this, to pin a deployment to one model.
+        tls: use TLS, verifying the server with the system's root certificates; implied by any `tls_*` file.
+        tls_ca: the CA certificate (PEM path or bytes) that signed the server's certificate.
+        tls_cert, tls_key: this client's certificate and key (PEM paths or bytes), both or neither, for servers
+            that require client certificates (mTLS).
+        cache_bytes: keep up to this many bytes of embeddings and fetch each (prompt, length, layers) once;
+            0 (the default) keeps none.
     """
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         *,
         timeout: float = 60.0,
         token: str | None = None,
@@ -90,6 +119,11 @@ class RemoteTextEncoder:
         max_backoff_s: float = 2.0,
         channel_options: Sequence[tuple[str, Any]] = (),
         expected_fingerprint: str | None = None,
+        tls: bool = False,
+        tls_ca: PemSource | None = None,
+        tls_cert: PemSource | None = None,
+        tls_key: PemSource | None = None,
+        cache_bytes: int = 0,
     ) -> None:
         if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
             raise ValueError(f"timeout must be a positive finite number of seconds, not {timeout!r}")
@@ -97,7 +131,10 @@ class RemoteTextEncoder:
             raise ValueError(f"retries must be None (until the deadline) or at least 0, not {retries}")
         if not 0 < backoff_s <= max_backoff_s:
             raise ValueError(f"need 0 < backoff_s <= max_backoff_s, not {backoff_s} and {max_backoff_s}")
-        self.target = target
+        self.cache = EmbeddingCache(cache_bytes) if cache_bytes else None  # refuses a negative budget
+        credentials = tls_credentials(tls, tls_ca, tls_cert, tls_key)
+        self.target = channel_target_text(target)  # the user's words, for messages
+        self.tls = credentials is not None
         self.timeout = float(timeout)
         self.retries = retries
         self.backoff_s = backoff_s
@@ -106,8 +143,14 @@ class RemoteTextEncoder:
         # gRPC's own reconnect backoff grows to 2 minutes; cap it at ours so a server that comes back is
         # reached within one retry step, not long after the deadline.
         options = {"grpc.max_reconnect_backoff_ms": int(max_backoff_s * 1000), **dict(channel_options)}
-        self._channel = grpc.insecure_channel(target, options=list(options.items()))
+        self._channel = open_channel(target, credentials, options)
         self._stub = encoder_pb2_grpc.TextEncoderStub(self._channel)
+        # Encode's chunks arrive as views into gRPC's buffers (`parse_frame`), copied once into the tensor.
+        self._encode_frames = self._channel.unary_stream(
+            WIRE_ENCODE_METHOD,
+            request_serializer=encoder_pb2.EncodeRequest.SerializeToString,
+            response_deserializer=parse_frame,
+        )
         self._info: ServerInfo | None = None
         self._expected_fingerprint = expected_fingerprint
 
@@ -157,14 +200,48 @@ class RemoteTextEncoder:
         deadline = time.monotonic() + self.timeout  # one deadline for GetInfo (first time) and Encode
         info = self._info_by(deadline)
         layers = tuple(layers) or info.default_hidden_state_layers
+        if self.cache is None or not prompts:
+            embeds = self._fetch(prompts, max_sequence_length, layers, info, deadline)
+        else:
+            embeds = self._fetch_cached(self.cache, prompts, max_sequence_length, layers, info, deadline)
+        if device is not None or dtype is not None:
+            embeds = embeds.to(device=device, dtype=dtype)
+        return embeds  # [B, max_sequence_length, len(layers) * hidden_size]
+
+    def _fetch(
+        self, prompts: list[str], max_sequence_length: int, layers: tuple[int, ...], info: ServerInfo, deadline: float
+    ) -> torch.Tensor:
         expected = info.embedding_spec(len(prompts), max_sequence_length, layers)
         request = encoder_pb2.EncodeRequest(
             prompts=prompts, max_sequence_length=max_sequence_length, hidden_state_layers=list(layers)
         )
-        embeds = self._call(lambda options: self._receive(request, expected, options), deadline)
-        if device is not None or dtype is not None:
-            embeds = embeds.to(device=device, dtype=dtype)
-        return embeds  # [B, max_sequence_length, len(layers) * hidden_size]
+        return self._call(lambda options: self._receive(request, expected, options), deadline)  # [B, L, D]
+
+    def _fetch_cached(
+        self,
+        cache: EmbeddingCache,
+        prompts: list[str],
+        max_sequence_length: int,
+        layers: tuple[int, ...],
+        info: ServerInfo,
+        deadline: float,
+    ) -> torch.Tensor:
+        """Fetch only the prompts not cached (each once) in one request, then assemble a fresh `[B, L, D]`."""
+        keys = {prompt: (info.fingerprint, prompt, max_sequence_length, layers) for prompt in prompts}
+        rows: dict[str, torch.Tensor] = {}  # each [L, D]
+        for prompt, key in keys.items():
+            row = cache.get(key)
+            if row is not None:
+                rows[prompt] = row
+        missing = [prompt for prompt in keys if prompt not in rows]
+        if missing:
+            fetched = self._fetch(missing, max_sequence_length, layers, info, deadline)  # [M, L, D]
+            for prompt, row in zip(missing, fetched, strict=True):
+                cache.put(keys[prompt], row)  # the cache keeps its own copy
+                rows[prompt] = row
+            if missing == prompts:
+                return fetched  # all new and distinct: the reply itself, which nothing else holds
+        return torch.stack([rows[prompt] for prompt in prompts])  # new storage, never the cache's
 
     def upsample(
         self,
@@ -219,7 +296,7 @@ class RemoteTextEncoder:
     def _receive(
         self, request: encoder_pb2.EncodeRequest, expected: TensorSpec, options: dict[str, Any]
     ) -> torch.Tensor:
-        replies = self._stub.Encode(request, **options)
+        replies = self._encode_frames(request, **options)
         try:
             return responses_to_tensor(replies, expected)
         except WireFormatError as error:
@@ -231,8 +308,9 @@ class RemoteTextEncoder:
     def _call(self, call: Callable[[dict[str, Any]], T], deadline: float) -> T:
         """Run `call` by `deadline`, retrying UNAVAILABLE and RESOURCE_EXHAUSTED with capped, jittered backoff.
 
-        Retries go on until the deadline (or `retries` runs out); every other status is mapped at once to
-        one `EncoderCallError`.
+        A stream broken mid-reply counts as UNAVAILABLE (`BROKEN_STREAM`); a TLS handshake our settings cannot
+        pass is not retried. Retries go on until the deadline (or `retries` runs out); every other status is
+        mapped at once to one `EncoderCallError`. With replicas, each attempt goes to one that is up.
         """
         attempt = 0
         unavailable: tuple[grpc.StatusCode, str | None] | None = None  # the last retryable failure
@@ -245,8 +323,11 @@ class RemoteTextEncoder:
                 details: str | None = error.details() if isinstance(error, grpc.Call) else str(error)
                 if code == grpc.StatusCode.DEADLINE_EXCEEDED and unavailable is not None:
                     code, details = unavailable  # the deadline came while the server was still out of reach
-                if code not in RETRYABLE:
+                if code in BROKEN_STREAM_CODES and BROKEN_STREAM.search(details or ""):
+                    code = grpc.StatusCode.UNAVAILABLE  # the transport broke, the server did not fail
+                if code not in RETRYABLE or TLS_REFUSED.search(details or ""):
                     raise self._call_error(code, details) from None
+                log.debug("encoder call to %s failed (%s: %s); retrying", self.target, code.name, details)
                 unavailable = (code, details)
                 remaining = deadline - time.monotonic()
                 out_of_attempts = self.retries is not None and attempt >= self.retries
@@ -259,10 +340,22 @@ class RemoteTextEncoder:
     def _call_error(self, code: grpc.StatusCode, details: str | None) -> EncoderCallError:
         said = printable_line(details or "no details")
         target = self.target
+        if code == grpc.StatusCode.UNAVAILABLE and TLS_REFUSED.search(details or ""):
+            return EncoderUnavailableError(
+                f"TLS with the encoder at {target} failed ({said}); check --tls-ca (the CA that signed the "
+                "server's certificate, which must name the host dialled) and that the server uses TLS",
+                target=target,
+                code=code,
+            )
         if code == grpc.StatusCode.UNAVAILABLE:
+            tls_hint = (
+                "if the server requires client certificates, give --tls-cert and --tls-key"
+                if self.tls
+                else "if the server uses TLS, give --tls-ca (or --tls for a publicly signed certificate)"
+            )
             return EncoderUnavailableError(
                 f"cannot reach the encoder at {target} ({said}); "
-                "check the address and that `flux2-encoder serve` is running and reports SERVING",
+                f"check the address and that `flux2-encoder serve` is running and reports SERVING; {tls_hint}",
                 target=target,
                 code=code,
             )
