@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 test-gpu: install
 	$(BIN)/pytest -m gpu
@@ -44,6 +44,8 @@ bench-tiny: install
 	$(BIN)/python -m bench.encoder --tiny --quantize none,int8,nf4
 	$(BIN)/python -m bench.client --tiny
 	$(BIN)/python -m bench.upsample --tiny
+	$(BIN)/python -m bench.team --tiny
+	$(BIN)/python -m bench.wire --tiny
 
 clean:
 	rm -rf $(VENV) .cache $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache
