@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Iterator, Sequence
@@ -18,6 +19,14 @@ from dataclasses import dataclass, field
 from encoder_server.metrics import ServerMetrics
 
 log = logging.getLogger("flux2-encoder.calls")
+
+# With --log-prompts, a line holds at most this much text, whatever a refused request carried.
+MAX_LOGGED_PROMPTS = 16
+MAX_LOGGED_CHARS = 2000
+
+# What JSON leaves raw but could break a log line or a terminal: DEL and C1 controls (NEL, 8-bit CSI), the Unicode
+# line and paragraph separators, and bidi controls (which reorder the text shown around them).
+_UNSAFE_IN_LOG = re.compile(r"[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 @dataclass
@@ -65,7 +74,7 @@ class CallLog:
             metrics.prompts.labels(call.caller).inc(len(call.prompts))
         if call.sent_bytes:
             metrics.sent_bytes.labels(call.rpc).inc(call.sent_bytes)
-        text = f" text={json.dumps(list(call.prompts), ensure_ascii=False)}" if self.log_prompts else ""
+        text = f" text={_log_json(call.prompts)}" if self.log_prompts else ""
         log.info(
             "call %s %s token=%s prompts=%d cached=%d batch=%d sent=%.1fMB %.0fms %s%s",
             call.id,
@@ -79,3 +88,12 @@ class CallLog:
             call.status,
             text,
         )
+
+
+def _log_json(prompts: Sequence[str]) -> str:
+    """The prompts as JSON on one safe line: readable non-ASCII text, but every control character escaped."""
+    shown = [prompt[:MAX_LOGGED_CHARS] for prompt in prompts[:MAX_LOGGED_PROMPTS]]
+    if len(prompts) > MAX_LOGGED_PROMPTS:  # a request refused for its prompt count can carry a million
+        shown.append(f"... {len(prompts) - MAX_LOGGED_PROMPTS} more")
+    text = json.dumps(shown, ensure_ascii=False)
+    return _UNSAFE_IN_LOG.sub(lambda match: f"\\u{ord(match.group()):04x}", text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,11 +142,19 @@ class TlsConfig:
 
     def read(self) -> tuple[bytes, bytes, bytes | None]:
         """(certificate chain, private key, client CA or None), read once at start-up."""
-        return (
+        pems = (
             read_pem("--tls-cert", self.cert),
             read_pem("--tls-key", self.key),
             (None if self.client_ca is None else read_pem("--tls-client-ca", self.client_ca)),
         )
+        try:  # gRPC would only fail to bind, as if the port were taken
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.cert, self.key, password=b"")
+        except ssl.SSLError as error:
+            raise ConfigError(
+                f"--tls-key {self.key} is not the private key of --tls-cert {self.cert} ({error.reason}); "
+                "give the unencrypted key the certificate was issued for."
+            ) from None
+        return pems
 
 
 def read_pem(flag: str, path: Path) -> bytes:

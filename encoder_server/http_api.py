@@ -18,6 +18,7 @@ serve loop owns SIGINT, SIGTERM and SIGHUP. With TLS configured the port speaks 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -57,7 +58,9 @@ FIELDS = ("prompt", "max_sequence_length", "hidden_state_layers")
 JSON_ESCAPE_FACTOR = 3
 BODY_SLACK_BYTES = 4096  # braces, field names, the optional numbers, whitespace
 MAX_NUMBER_DIGITS = 20
-REPLY_CHUNK_BYTES = 1024 * 1024  # each chunk waits for the previous ones to drain: a stalled reader is noticed
+# Each piece waits for the previous ones to drain, so a stalled reader is noticed; what uvicorn still holds for
+# a reader that never reads again is at most about one piece.
+REPLY_CHUNK_BYTES = 256 * 1024
 CLIENT_GONE = "499"  # nginx's status for a client that closed the connection before the reply
 
 
@@ -172,8 +175,25 @@ def _reply_format(request: Request) -> str:
         if asked not in FORMATS:
             raise InvalidRequestError(f'format {json.dumps(asked[:40])} is not served; use "torch" or "safetensors"')
         return asked
-    accepted = {part.split(";")[0].strip().lower() for part in request.headers.get("accept", "").split(",")}
-    return "safetensors" if SAFETENSORS_TYPE in accepted else "torch"
+    ranks = _accept_ranks(request.headers.get("accept", ""))
+    safetensors = ranks.get(SAFETENSORS_TYPE, 0.0)
+    torch_save = max(ranks.get(TORCH_TYPE, 0.0), ranks.get("application/*", 0.0), ranks.get("*/*", 0.0))
+    return "safetensors" if safetensors > 0 and safetensors >= torch_save else "torch"
+
+
+def _accept_ranks(accept: str) -> dict[str, float]:
+    """`{media type: q}` of an Accept header; q=0 means "not this one", and a malformed q counts as 1."""
+    ranks: dict[str, float] = {}
+    for part in accept.split(","):
+        media_type, *params = (item.strip().lower() for item in part.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                with contextlib.suppress(ValueError):
+                    quality = float(value)
+        ranks[media_type] = max(ranks.get(media_type, 0.0), quality)
+    return ranks
 
 
 def _serialize(result: EncodeResult, reply_format: str) -> bytes:
@@ -314,7 +334,7 @@ def create_app(
     @app.exception_handler(HTTPException)
     async def not_served(request: Request, error: HTTPException) -> Response:
         message = f"{request.method} {request.url.path} is not served; use POST /predict, GET /health or GET /metrics"
-        return _error(error.status_code, message)
+        return _error(error.status_code, message, headers=dict(error.headers or {}))  # keeps a 405's Allow
 
     return app
 

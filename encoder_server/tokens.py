@@ -42,7 +42,8 @@ def parse_tokens(text: str, source: str) -> dict[str, bytes]:
     lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1)]
     entries = [(number, line.split()) for number, line in lines if line and not line.startswith("#")]
     if len(entries) == 1 and len(entries[0][1]) == 1:  # the single-token file of earlier versions, as it was
-        return {DEFAULT_NAME: entries[0][1][0].encode()}
+        number, (token,) = entries[0]
+        return {DEFAULT_NAME: _header_safe(token, source, number)}
     tokens: dict[str, bytes] = {}
     for number, fields in entries:
         if len(fields) != 2:
@@ -69,6 +70,15 @@ def _checked_token(token: str, source: str, number: int) -> bytes:
         raise ConfigError(
             f"{source} line {number}: tokens must be at least {MIN_TOKEN_CHARS} characters "
             "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)."
+        )
+    return _header_safe(token, source, number)
+
+
+def _header_safe(token: str, source: str, number: int) -> bytes:
+    """gRPC metadata and HTTP headers carry printable ASCII only: any other token could never be presented."""
+    if not (token.isascii() and token.isprintable()):
+        raise ConfigError(
+            f"{source} line {number}: tokens must be printable ASCII (a header cannot carry other characters)."
         )
     return token.encode()
 
@@ -116,7 +126,7 @@ class TokenRegistry:
 
 def _read(path: Path) -> dict[str, bytes]:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # Windows editors start UTF-8 files with a byte order mark
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
         raise ConfigError(f"cannot read --tokens-file {path}: {reason}.") from error

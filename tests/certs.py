@@ -73,9 +73,7 @@ def _leaf(
     name: str, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, usage: x509.ObjectIdentifier, server: bool
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = _key()
-    builder = _builder(name, ca.subject, key.public_key()).add_extension(
-        x509.ExtendedKeyUsage([usage]), critical=False
-    )
+    builder = _builder(name, ca.subject, key.public_key()).add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     if server:
         names: list[x509.GeneralName] = [
             x509.DNSName("localhost"),
