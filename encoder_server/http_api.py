@@ -60,7 +60,7 @@ BODY_SLACK_BYTES = 4096  # braces, field names, the optional numbers, whitespace
 MAX_NUMBER_DIGITS = 20
 # Each piece waits for the previous ones to drain, so a stalled reader is noticed; what uvicorn still holds for
 # a reader that never reads again is at most about one piece.
-REPLY_CHUNK_BYTES = 256 * 1024
+REPLY_CHUNK_BYTES = 1024 * 1024
 CLIENT_GONE = "499"  # nginx's status for a client that closed the connection before the reply
 
 
