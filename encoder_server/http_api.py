@@ -46,7 +46,7 @@ from encoder_server.errors import EncoderError, InvalidRequestError, NotReadyErr
 from encoder_server.metrics import CONTENT_TYPE
 from encoder_server.request import EncodeRequest
 from encoder_server.status import RETRY_AFTER_S, http_status_for
-from encoder_server.tokens import ANONYMOUS, DENIED_MESSAGE, TokenRegistry
+from encoder_server.tokens import ANONYMOUS, HTTP_DENIED_MESSAGE, TokenRegistry
 
 log = logging.getLogger("flux2-encoder.http")
 
@@ -224,7 +224,7 @@ class PredictEndpoint:
             try:
                 if caller is None:
                     call.status = "401"
-                    response = _error(401, DENIED_MESSAGE, close=True, headers={"WWW-Authenticate": "Bearer"})
+                    response = _error(401, HTTP_DENIED_MESSAGE, close=True, headers={"WWW-Authenticate": "Bearer"})
                     await response(scope, receive, send)
                     return
                 body = await self._read_body(request)

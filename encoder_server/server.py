@@ -151,10 +151,18 @@ def ready_line(server: EncoderServer, seconds: float) -> str:
     batch = f"max batch {server.config.batching.max_batch_size}"
     upsampling = ", upsampling on" if info.upsampling_available else ""
     resident_gib = info.weight_bytes / 2**30
+    config = server.config
+    team = [
+        "TLS" + (" with client certificates" if config.tls and config.tls.client_ca else "") if config.tls else "",
+        f"{len(server.tokens.names)} token name{'' if len(server.tokens.names) == 1 else 's'}" if server.tokens else "",
+        f"cache {config.cache_bytes / 2**20:.0f} MiB" if config.cache_bytes else "cache off",
+        f"HTTP /predict on port {server.http_port}" if server.http_port is not None else "",
+    ]
     return (
-        f"ready on {server.config.host}:{server.port} in {seconds:.1f} s: {info.model_name}, "
+        f"ready on {config.host}:{server.port} in {seconds:.1f} s: {info.model_name}, "
         f"{info.max_layer}/{info.num_layers} layers, hidden {info.hidden_size}, {weights}{info.dtype} "
-        f"on {info.device}, {resident_gib:.2f} GiB resident, {batch}{upsampling}"
+        f"on {info.device}, {resident_gib:.2f} GiB resident, {batch}{upsampling}; "
+        + ", ".join(part for part in team if part)
     )
 
 

@@ -22,6 +22,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")  # safe in a log 
 MIN_TOKEN_CHARS = 16
 
 DENIED_MESSAGE = "missing or wrong bearer token; pass your token (FLUX2_ENCODER_TOKEN, --token-file or --token)"
+HTTP_DENIED_MESSAGE = "missing or wrong bearer token; send `Authorization: Bearer <token>` with your team token"
 
 # The name of the caller of the call being served, set by the auth check around the handler; None: refused.
 current_caller: contextvars.ContextVar[str | None] = contextvars.ContextVar("current_caller", default=ANONYMOUS)
