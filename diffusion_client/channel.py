@@ -17,6 +17,8 @@ import json
 import os
 import re
 import socket
+import ssl
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,11 +104,31 @@ def tls_credentials(
         raise ValueError(f"{given} needs {missing} too: a client certificate is sent with its private key")
     if not (tls or ca is not None or cert is not None):
         return None
+    private_key = None if key is None else read_pem("TLS key", key)
+    certificate_chain = None if cert is None else read_pem("TLS certificate", cert)
+    if private_key is not None and certificate_chain is not None:
+        _check_key_pair(certificate_chain, private_key)
     return grpc.ssl_channel_credentials(
         root_certificates=None if ca is None else read_pem("TLS CA", ca),
-        private_key=None if key is None else read_pem("TLS key", key),
-        certificate_chain=None if cert is None else read_pem("TLS certificate", cert),
+        private_key=private_key,
+        certificate_chain=certificate_chain,
     )
+
+
+def _check_key_pair(certificate_chain: bytes, private_key: bytes) -> None:
+    """Refuse a key that is not the certificate's: gRPC would only fail each handshake until the deadline."""
+    with tempfile.TemporaryDirectory(prefix="flux2-tls-") as private:  # ssl loads pairs from files only
+        cert_file, key_file = Path(private, "cert.pem"), Path(private, "key.pem")
+        cert_file.write_bytes(certificate_chain)
+        key_file.touch(mode=0o600)
+        key_file.write_bytes(private_key)
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert_file, key_file, password=b"")
+        except ssl.SSLError as error:
+            raise InputError(
+                f"the TLS key is not the private key of the TLS certificate ({error.reason}); give the "
+                "unencrypted key the client certificate was issued for"
+            ) from None
 
 
 def read_pem(what: str, source: PemSource) -> bytes:

@@ -120,6 +120,11 @@ def test_client_certificate_and_key_come_together(certificates, given):
         RemoteTextEncoder("localhost:1", **{given: certificates.client_cert})
 
 
+def test_client_key_that_is_not_the_certificates_is_refused_before_dialling(certificates):
+    with pytest.raises(InputError, match="the TLS key is not the private key of the TLS certificate"):
+        RemoteTextEncoder("localhost:1", tls_cert=certificates.client_cert, tls_key=certificates.server_key)
+
+
 def test_unreadable_ca_file_is_a_one_line_input_error(tmp_path):
     with pytest.raises(InputError) as error:
         RemoteTextEncoder("localhost:1", tls_ca=tmp_path / "missing.pem")
