@@ -236,11 +236,10 @@ def _health_tls(args: argparse.Namespace) -> tuple[bytes | None, bytes | None, b
         return None
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together; give both.")
-    tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
     ca = None if args.tls_ca is None else read_pem("--tls-ca", args.tls_ca)
-    if tls is None:
+    if args.tls_cert is None:
         return ca, None, None
-    cert, key, _ = tls.read()
+    cert, key, _ = TlsConfig(args.tls_cert, args.tls_key).read()  # the pair checked as the server checks its own
     return ca, key, cert
 
 

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
@@ -29,7 +29,7 @@ from encoder_server import __version__
 from encoder_server.batcher import BatcherStats, DynamicBatcher
 from encoder_server.cache import CacheKey, CacheStats, EmbeddingCache
 from encoder_server.config import MIB, ServerConfig
-from encoder_server.errors import NotEnabledError, NotReadyError, OverloadedError
+from encoder_server.errors import NotEnabledError, NotReadyError, OverloadedError, StalledReaderError
 from encoder_server.metrics import ServerMetrics
 from encoder_server.models import LoadedModels
 from encoder_server.prompt_encoder import PromptEncoder
@@ -333,6 +333,17 @@ class EncoderEngine:
         if self._ready is not None:
             await self._ready.batcher.close()
         self._generator.shutdown(wait=False, cancel_futures=True)
+
+
+async def send_within(sending: Awaitable[object], timeout_s: float) -> None:
+    """Wait for one piece of a reply to be taken by the transport, which parks it while the reader is not reading;
+    past `timeout_s` the reply is dropped (`StalledReaderError`), so a stalled reader cannot pin it."""
+    try:
+        await asyncio.wait_for(sending, timeout_s)
+    except TimeoutError:
+        raise StalledReaderError(
+            f"the reply could not be sent for {timeout_s:g} s (the client stopped reading); it was dropped"
+        ) from None
 
 
 def _retrieve(future: asyncio.Future[tuple[WireRow, int]]) -> None:

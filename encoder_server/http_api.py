@@ -41,8 +41,8 @@ from starlette.types import Receive, Scope, Send
 
 from encoder_server.calls import Call, CallLog
 from encoder_server.config import ServerConfig
-from encoder_server.engine import EncoderEngine, EncodeResult
-from encoder_server.errors import EncoderError, InvalidRequestError, NotReadyError, StalledReaderError
+from encoder_server.engine import EncoderEngine, EncodeResult, send_within
+from encoder_server.errors import EncoderError, InvalidRequestError, NotReadyError
 from encoder_server.metrics import CONTENT_TYPE
 from encoder_server.request import EncodeRequest
 from encoder_server.status import RETRY_AFTER_S, http_status_for
@@ -284,14 +284,7 @@ class PredictEndpoint:
         for start in range(0, len(body), REPLY_CHUNK_BYTES):
             chunk = body[start : start + REPLY_CHUNK_BYTES]
             message = {"type": "http.response.body", "body": chunk, "more_body": start + len(chunk) < len(body)}
-            try:
-                # uvicorn parks a send while the transport's buffer is full, that is while the reader is not reading.
-                await asyncio.wait_for(send(message), self._timeout_s)
-            except TimeoutError:
-                raise StalledReaderError(
-                    f"the reply could not be sent for {self._timeout_s:g} s (the client stopped reading); "
-                    "it was dropped"
-                ) from None
+            await send_within(send(message), self._timeout_s)  # uvicorn parks it while its buffer is full
             call.sent_bytes += len(chunk)
 
 

@@ -49,7 +49,11 @@ class EncoderServer:
     tokens: TokenRegistry | None = field(default=None, repr=False)
     calls: CallLog | None = field(default=None, repr=False)
     http: HttpServer | None = field(default=None, repr=False)  # the Hugging Face-compatible /predict endpoint
-    http_port: int | None = None  # its bound port; None when `config.http_port` is None
+
+    @property
+    def http_port(self) -> int | None:
+        """The HTTP endpoint's bound port; None when it is not served."""
+        return None if self.http is None else self.http.port
 
     def reload_tokens(self) -> None:
         """Re-read the tokens file (SIGHUP); a file that does not parse leaves the old tokens in force."""
@@ -122,8 +126,7 @@ async def create_server(config: ServerConfig, load_encoder: EncoderLoader | None
         return encoder
 
     loading = asyncio.get_running_loop().create_task(load(), name="load-encoder")
-    http_port = None if http is None else http.port
-    return EncoderServer(server, port, config, engine, health_servicer, loading, tokens, calls, http, http_port)
+    return EncoderServer(server, port, config, engine, health_servicer, loading, tokens, calls, http)
 
 
 def _tokens(config: ServerConfig) -> TokenRegistry | None:

@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 import grpc
 
 from encoder_server.calls import Call, CallLog
-from encoder_server.engine import EncoderEngine
-from encoder_server.errors import EncoderError, InvalidRequestError, StalledReaderError, UnauthenticatedError
+from encoder_server.engine import EncoderEngine, send_within
+from encoder_server.errors import EncoderError, InvalidRequestError, UnauthenticatedError
 from encoder_server.interceptors import MalformedRequest
 from encoder_server.request import EncodeRequest
 from encoder_server.status import status_for
@@ -97,15 +97,7 @@ class TextEncoderServicer(encoder_pb2_grpc.TextEncoderServicer):
         async with self._engine.encode(encode_request) as result:
             call.cached, call.batch = result.cached, result.batch
             for frame in result.frames():
-                try:
-                    # gRPC's flow control parks a write while the reader is not reading; past the timeout the
-                    # reply is dropped so a stalled reader cannot pin it.
-                    await asyncio.wait_for(context.write(frame), self._send_timeout_s)
-                except TimeoutError:
-                    raise StalledReaderError(
-                        f"the reply could not be sent for {self._send_timeout_s:g} s (the client stopped reading); "
-                        "it was dropped"
-                    ) from None
+                await send_within(context.write(frame), self._send_timeout_s)  # gRPC's flow control parks it
                 call.sent_bytes += len(frame)
 
     @maps_errors
