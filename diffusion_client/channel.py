@@ -58,11 +58,7 @@ def dial(targets: str | Sequence[str]) -> Dial:
         scheme = _SCHEME.match(entries[0])
         return Dial(entries[0], balanced=scheme is not None and scheme.group(1).lower() in BALANCED_SCHEMES)
     parsed = [_host_port(entry) for entry in entries]
-    addresses: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]] = []
-    for host, port in parsed:
-        for address in _resolve(host, port):
-            if (address, port) not in addresses:
-                addresses.append((address, port))
+    addresses = list(dict.fromkeys((address, port) for host, port in parsed for address in _resolve(host, port)))
     first_host, first_port = parsed[0]
     authority = f"[{first_host}]:{first_port}" if ":" in first_host else f"{first_host}:{first_port}"
     return Dial(_address_list(addresses), balanced=True, server_name=first_host, authority=authority)

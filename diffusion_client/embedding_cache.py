@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from shared.lru import ByteBoundedLRU
-
-# (weights fingerprint, prompt, max_sequence_length, hidden_state_layers): what decides one row's values.
-CacheKey = tuple[str, str, int, tuple[int, ...]]
+from shared.lru import ByteBoundedLRU, CacheKey
 
 
 class EmbeddingCache(ByteBoundedLRU[CacheKey, torch.Tensor]):
@@ -23,5 +20,5 @@ class EmbeddingCache(ByteBoundedLRU[CacheKey, torch.Tensor]):
 
     def put(self, key: CacheKey, row: torch.Tensor) -> None:
         """Keep a compact copy of `row`: not a view keeping a whole batch alive, and not the caller's tensor."""
-        if row.numel() * row.element_size() <= self.capacity_bytes:
+        if self._size_of(row) <= self.capacity_bytes:  # no copy of a row that would not be kept
             super().put(key, row.detach().clone())

@@ -45,6 +45,7 @@ from diffusion_client.upsampling import (
 )
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS, DEFAULT_MAX_SEQUENCE_LENGTH
 from shared.info import ServerInfo
+from shared.lru import CacheKey
 from shared.protocol import encoder_pb2, encoder_pb2_grpc
 from shared.wire import WIRE_ENCODE_METHOD, TensorSpec, WireFormatError, parse_frame, responses_to_tensor
 
@@ -227,7 +228,7 @@ class RemoteTextEncoder:
         deadline: float,
     ) -> torch.Tensor:
         """Fetch only the prompts not cached (each once) in one request, then assemble a fresh `[B, L, D]`."""
-        keys = {prompt: (info.fingerprint, prompt, max_sequence_length, layers) for prompt in prompts}
+        keys = {prompt: CacheKey(info.fingerprint, prompt, max_sequence_length, layers) for prompt in prompts}
         rows: dict[str, torch.Tensor] = {}  # each [L, D]
         for prompt, key in keys.items():
             row = cache.get(key)

@@ -9,17 +9,9 @@ layers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
-from shared.lru import ByteBoundedLRU
+from shared.lru import ByteBoundedLRU, CacheKey
 from shared.wire import WireRow
-
-
-class CacheKey(NamedTuple):
-    fingerprint: str
-    prompt: str
-    max_sequence_length: int
-    hidden_state_layers: tuple[int, ...]
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import torch
 
 from encoder_server import __version__
 from encoder_server.batcher import BatcherStats, DynamicBatcher
-from encoder_server.cache import CacheKey, CacheStats, EmbeddingCache
+from encoder_server.cache import CacheStats, EmbeddingCache
 from encoder_server.config import MIB, ServerConfig
 from encoder_server.errors import NotEnabledError, NotReadyError, OverloadedError, StalledReaderError
 from encoder_server.metrics import ServerMetrics
@@ -37,6 +37,7 @@ from encoder_server.request import EncodeRequest, RequestBounds, validate_reques
 from encoder_server.upsampler import PromptUpsampler, UpsampleRequest, validate_upsample_request
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS, DEFAULT_MAX_SEQUENCE_LENGTH
 from shared.info import ServerInfo
+from shared.lru import CacheKey
 from shared.wire import WireRow, encode_row, reply_frames, rows_to_tensor
 
 log = logging.getLogger(__name__)

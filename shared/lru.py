@@ -5,10 +5,19 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 Key = TypeVar("Key", bound=Hashable)
 Value = TypeVar("Value")
+
+
+class CacheKey(NamedTuple):
+    """What decides one prompt's embedding: the weights, the prompt, the padded length and the layers."""
+
+    fingerprint: str
+    prompt: str
+    max_sequence_length: int
+    hidden_state_layers: tuple[int, ...]
 
 
 class ByteBoundedLRU(Generic[Key, Value]):

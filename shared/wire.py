@@ -23,13 +23,14 @@ import numpy as np
 import torch
 from google.protobuf.message import DecodeError
 
+from shared.defaults import SERVICE_NAME
 from shared.protocol import encoder_pb2
 
 # 4 MiB is gRPC's default receive limit for a whole message; leave room for the protobuf framing.
 MAX_CHUNK_BYTES = 4 * 1024 * 1024 - 4096
 
 # What clients pass to `channel.unary_stream` with `response_deserializer=parse_frame`.
-WIRE_ENCODE_METHOD = "/flux2.encoder.v1.TextEncoder/Encode"
+WIRE_ENCODE_METHOD = f"/{SERVICE_NAME}/Encode"
 
 DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
@@ -133,9 +134,7 @@ def reply_frames(
     """The whole `Encode` reply as serialized messages: the header, then every row's frames. Copies nothing."""
     if len(shape) == 0 or shape[0] != len(rows):
         raise ValueError(f"{len(rows)} rows cannot make a tensor of shape {list(shape)}")
-    byte_length = TensorSpec(dtype, tuple(shape)).byte_length
-    if sum(row.payload_bytes for row in rows) != byte_length:
-        raise ValueError(f"the rows hold {sum(row.payload_bytes for row in rows)} bytes, not {byte_length}")
+    _check_row_bytes(rows, TensorSpec(dtype, tuple(shape)).byte_length)
     header = header_frame(
         dtype=dtype,
         shape=shape,
@@ -185,14 +184,19 @@ def rows_to_tensor(rows: Sequence[WireRow], dtype: str, shape: Sequence[int]) ->
     """The tensor the rows hold, copied once (for replies that are not streamed frames)."""
     tensor = torch.empty(tuple(shape), dtype=DTYPES[dtype])
     target = _byte_array(tensor)
-    if sum(row.payload_bytes for row in rows) != target.nbytes:
-        raise ValueError(f"the rows hold {sum(row.payload_bytes for row in rows)} bytes, not {target.nbytes}")
+    _check_row_bytes(rows, target.nbytes)
     start = 0
     for row in rows:
         for data in row.payload():
             target[start : start + data.nbytes] = np.frombuffer(data, dtype=np.uint8)
             start += data.nbytes
     return tensor
+
+
+def _check_row_bytes(rows: Sequence[WireRow], byte_length: int) -> None:
+    held = sum(row.payload_bytes for row in rows)
+    if held != byte_length:
+        raise ValueError(f"the rows hold {held} bytes, not {byte_length}")
 
 
 def parse_frame(data: bytes) -> encoder_pb2.EncodeResponse | memoryview:
