@@ -54,7 +54,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "full-size": {"device": "cuda", "warmup_s": 3, "duration_s": 10, "batch_wait_ms": 2.0, "warmup": 3, "repeats": 10},
 }
 REQUEST_TIMEOUT_S = 300.0  # generous: a CPU run on a busy machine can queue for seconds
-OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # a subchannel pool per client: its own connection
 PROMPT = harness.make_prompt(random.Random(-1))  # timed in process at batch 1
 DRIFT_PROMPTS = [harness.make_prompt(random.Random(-2 - index)) for index in range(8)]
 
@@ -64,8 +63,9 @@ def client_calls(encoder: RemoteTextEncoder, seed: int, start: float, end: float
     rng, calls = random.Random(seed), list[tuple[float, float]]()
     try:
         while time.perf_counter() < end or not calls or calls[-1][1] < start:
+            prompt = harness.make_prompt(rng)  # made before the clock starts
             sent = time.perf_counter()
-            encoder.encode(harness.make_prompt(rng))  # received, checked and rebuilt: the wire cost is measured
+            encoder.encode(prompt)  # received, checked and rebuilt: the wire cost is measured
             calls.append((sent, time.perf_counter()))
     except ClientError as error:
         return calls, str(error)
@@ -77,7 +77,11 @@ def measure_level(server: BackgroundServer, concurrency: int, warmup_s: float, d
     after all have connected and stretches until each has finished one request in it. Batching is counted over the
     whole level (a pass counts when it starts)."""
     with contextlib.ExitStack() as stack, ThreadPoolExecutor(concurrency) as pool:
-        options: dict[str, Any] = {"timeout": REQUEST_TIMEOUT_S, "retries": 0, "channel_options": OWN_CONNECTION}
+        options: dict[str, Any] = {
+            "timeout": REQUEST_TIMEOUT_S,
+            "retries": 0,
+            "channel_options": harness.OWN_CONNECTION,
+        }
         encoders = [stack.enter_context(RemoteTextEncoder(server.target, **options)) for _ in range(concurrency)]
         for encoder in encoders:
             encoder.info()  # connects and caches GetInfo, so each measured call is one Encode

@@ -27,6 +27,7 @@ from shared.quiet import quiet_model_libraries
 from shared.tiny_snapshot import build_tiny_snapshot
 
 GIB = 1024**3
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # gRPC channel option: each client its own connection
 T = TypeVar("T")
 PHRASES = [
     "an elderly lighthouse keeper in a yellow raincoat on a windswept cliff at dawn,",

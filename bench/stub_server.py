@@ -41,11 +41,9 @@ class StubEncoder(PromptEncoder):
             fingerprint="stub",
         )
         self.limits = RequestLimits(max_prompts=MAX_BATCH_SIZE)
-        self.forward_passes = 0
         self._embeds = embeds
 
     def encode_many(self, requests: Sequence[EncodeRequest]) -> list[torch.Tensor]:
-        self.forward_passes += 1
         hidden = self.info.hidden_size
         return [
             self._embeds[
@@ -62,7 +60,7 @@ def stub_embeddings(embedding: Embedding, rows: int) -> torch.Tensor:
     return torch.randn(shape, generator=generator, dtype=DTYPES[embedding.dtype])
 
 
-def serve_stub(conn: Connection, embedding: Embedding, batch_wait_ms: float, tune: bool, http_port: int | None) -> None:
+def serve_stub(conn: Connection, embedding: Embedding, batch_wait_ms: float, tune: bool) -> None:
     """Serve until told to stop: send the endpoints on `conn`, then answer each "usage" with `process_usage()`."""
     harness.setup_process()
     tuned = tune_allocator() if tune else False
@@ -74,10 +72,11 @@ def serve_stub(conn: Connection, embedding: Embedding, batch_wait_ms: float, tun
         batching=BatchingConfig(max_batch_size=MAX_BATCH_SIZE, batch_wait_ms=batch_wait_ms),
         limits=RequestLimits(max_prompts=MAX_BATCH_SIZE),
         cache_bytes=0,  # every request computed and sent afresh
-        http_port=http_port,
+        http_port=0,  # Hugging Face's /predict on the same server, for the HTTP baseline
     )
     with serve_in_thread(config, lambda: StubEncoder(embedding, embeds)) as server, raw_sender(embeds) as raw_port:
-        conn.send({"grpc": server.target, "raw_port": raw_port, "allocator_tuned": tuned})
+        endpoints = {"grpc": server.target, "http_port": server.handle.http_port, "raw_port": raw_port}
+        conn.send({**endpoints, "allocator_tuned": tuned})
         while conn.recv() == "usage":
             conn.send(process_usage())
 

@@ -34,7 +34,7 @@ from bench.random_models import random_prompt_encoder
 from diffusion_client.errors import ClientError
 from diffusion_client.remote_encoder import RemoteTextEncoder
 from encoder_server.background import BackgroundServer, serve_in_thread
-from encoder_server.config import BatchingConfig, ModelConfig, RequestLimits, ServerConfig, TlsConfig
+from encoder_server.config import BatchingConfig, ModelConfig, ServerConfig, TlsConfig
 from encoder_server.errors import EncoderError
 
 log = logging.getLogger("bench.team")
@@ -44,7 +44,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "full-size": {"device": "cuda", "clients": 16, "requests": 32, "batch_wait_ms": 2.0},
 }
 REQUEST_TIMEOUT_S = 300.0
-OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,6 @@ def servers(args: argparse.Namespace, run: Run, tls: TlsConfig | None, load: Cal
         host="127.0.0.1",
         port=0,
         batching=batching,
-        limits=RequestLimits(max_prompts=batching.max_batch_size),
         cache_bytes=ServerConfig.cache_bytes if run.cache else 0,
         tls=tls if run.tls else None,
         http_port=0 if run.protocol == "http" else None,
@@ -99,7 +97,7 @@ def servers(args: argparse.Namespace, run: Run, tls: TlsConfig | None, load: Cal
 def grpc_client(run: Run, started: list[BackgroundServer], ca: Path) -> Callable[[], Callable[[str], Any]]:
     host = "localhost" if run.tls else "127.0.0.1"  # the bench's certificate names localhost
     targets = [f"{host}:{server.handle.port}" for server in started]
-    options: dict[str, Any] = {"timeout": REQUEST_TIMEOUT_S, "channel_options": OWN_CONNECTION}
+    options: dict[str, Any] = {"timeout": REQUEST_TIMEOUT_S, "channel_options": harness.OWN_CONNECTION}
     if run.tls:
         options["tls_ca"] = ca
 

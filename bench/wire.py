@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
-import importlib.util
 import io
+import itertools
 import json
 import logging
 import math
@@ -81,7 +81,7 @@ MODES: dict[str, dict[str, Any]] = {
 }
 MAX_BATCH_SIZE = 16
 REQUEST_TIMEOUT_S = 120.0
-OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # a subchannel pool per client: its own connection
+PROMPTS_PER_CLIENT = 64  # cycled: the stub ignores the text and the cache is off
 
 
 # The clients, one connection each; each call sends one prompt and returns its `[1, L, width]` tensor.
@@ -97,7 +97,7 @@ class GrpcClient:
     """Encode as any client can call it: the generated request, `parse_frame` as deserializer, `responses_to_tensor`."""
 
     def __init__(self, target: str, embedding: Embedding) -> None:
-        self._channel = grpc.insecure_channel(target, options=OWN_CONNECTION)
+        self._channel = grpc.insecure_channel(target, options=harness.OWN_CONNECTION)
         self._encode = self._channel.unary_stream(
             WIRE_ENCODE_METHOD,
             request_serializer=encoder_pb2.EncodeRequest.SerializeToString,
@@ -162,10 +162,10 @@ class RawClient:
 class ServerProcess:
     """The stub server (`bench.stub_server`) in a child process, and its CPU time on request."""
 
-    def __init__(self, embedding: Embedding, batch_wait_ms: float, tune: bool, http_port: int | None) -> None:
+    def __init__(self, embedding: Embedding, batch_wait_ms: float, tune: bool) -> None:
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: no threads or heap shared with us
         self._conn, child = context.Pipe()
-        args = (child, embedding, batch_wait_ms, tune, http_port)
+        args = (child, embedding, batch_wait_ms, tune)
         self.process = context.Process(target=_serve, args=args, name="wire-server", daemon=True)
         self.process.start()
         if not self._conn.poll(300):
@@ -200,27 +200,23 @@ def process_usage() -> tuple[float, int]:
     return usage.ru_utime + usage.ru_stime, usage.ru_minflt
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def run_clients(pool: ThreadPoolExecutor, clients: Sequence[Client], seconds: float, seed: int) -> list[float]:
     """Each client sends prompts back to back for `seconds`; the latency of every request, in ms."""
     end = time.perf_counter() + seconds
 
-    def loop(client: Client, rng: random.Random) -> list[float]:
-        latencies = []
-        while time.perf_counter() < end:
-            prompt = harness.make_prompt(rng)
+    def loop(client: Client, prompts: list[str]) -> list[float]:
+        latencies: list[float] = []
+        for prompt in itertools.cycle(prompts):  # made before the window: its CPU counts only the wire
+            if time.perf_counter() >= end:
+                return latencies
             started = time.perf_counter()
             client(prompt)
             latencies.append((time.perf_counter() - started) * 1000)
-        return latencies
+        raise AssertionError("unreachable: cycle never ends")
 
     rngs = [random.Random(seed + index) for index in range(len(clients))]
-    return [latency for latencies in pool.map(loop, clients, rngs) for latency in latencies]
+    prompts = [[harness.make_prompt(rng) for _ in range(PROMPTS_PER_CLIENT)] for rng in rngs]
+    return [latency for latencies in pool.map(loop, clients, prompts) for latency in latencies]
 
 
 def measure_level(
@@ -256,28 +252,10 @@ def measure_level(
     return result
 
 
-def http_available() -> str | None:
-    """None if the server can serve `POST /predict`, else why not."""
-    if importlib.util.find_spec("encoder_server.http_api") is None:
-        return "this server has no HTTP endpoint (encoder_server.http_api is missing)"
-    return None
-
-
-def _wait_listening(port: int, timeout_s: float = 60) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     embedding: Embedding = args.embedding
     client_tuned = tune_allocator() if args.tune_allocator else False
-    http_skipped = http_available()
-    http_port = _free_port() if http_skipped is None else None
-    server = ServerProcess(embedding, args.batch_wait_ms, args.tune_allocator, http_port)
+    server = ServerProcess(embedding, args.batch_wait_ms, args.tune_allocator)
     try:
         endpoints = server.endpoints
         window = (args.warmup_s, args.duration_s)
@@ -286,21 +264,16 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             for level in args.concurrency
         ]
         raw = measure_level(server, lambda: RawClient(endpoints["raw_port"], embedding), 1, *window)
-        http_levels = None
-        if http_port is not None and not _wait_listening(http_port):
-            http_skipped = f"the server did not listen for HTTP on port {http_port}"
-        if http_port is not None and http_skipped is None:
-            http_levels = [
-                measure_level(server, lambda: HttpClient(http_port), level, *window) for level in args.concurrency
-            ]
+        http_levels = [
+            measure_level(server, lambda: HttpClient(endpoints["http_port"]), level, *window)
+            for level in args.concurrency
+        ]
     finally:
         server.close()
-    ratios = {}
-    if http_levels:
-        for ours, theirs in zip(grpc_levels, http_levels, strict=True):
-            ratios[f"grpc_vs_http_at_concurrency_{ours['concurrency']}"] = (
-                ours["prompts_per_s"] / theirs["prompts_per_s"]
-            )
+    ratios = {
+        f"grpc_vs_http_at_concurrency_{ours['concurrency']}": ours["prompts_per_s"] / theirs["prompts_per_s"]
+        for ours, theirs in zip(grpc_levels, http_levels, strict=True)
+    }
     report: dict[str, Any] = {
         "mode": args.mode,
         "device": f"cpu ({os.cpu_count()} cores), server and client on loopback",
@@ -322,8 +295,6 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "raw_socket": raw,
         "ratios": ratios,
     }
-    if http_skipped is not None:
-        report["http_skipped"] = http_skipped
     if args.mode == "full-size":
         at_1 = next((level for level in grpc_levels if level["concurrency"] == 1), grpc_levels[0])
         measured = {**ratios, **{key: at_1[key] for key in ("server_cpu_ms_per_prompt", "client_cpu_ms_per_prompt")}}

@@ -28,13 +28,9 @@ def test_wire_benchmark_tiny_mode_reports_cpu_throughput_and_latency_per_side() 
     assert report["mode"] == "tiny" and "meets_targets" not in report  # targets are stated for full size only
     assert report["embedding"]["bytes_per_prompt"] == 512 * 3 * 32 * 4
     assert report["embedding"]["grpc_messages_per_prompt"] == 2  # a header and one chunk
-    levels = {"grpc": report["grpc"], "raw_socket": [report["raw_socket"]]}
-    if report["http"] is None:
-        assert report["http_skipped"]
-    else:
-        levels["http"] = report["http"]
-        assert set(report["ratios"]) == {"grpc_vs_http_at_concurrency_1", "grpc_vs_http_at_concurrency_16"}
-        assert all(_is_positive(ratio) for ratio in report["ratios"].values())
+    levels = {"grpc": report["grpc"], "http": report["http"], "raw_socket": [report["raw_socket"]]}
+    assert set(report["ratios"]) == {"grpc_vs_http_at_concurrency_1", "grpc_vs_http_at_concurrency_16"}
+    assert all(_is_positive(ratio) for ratio in report["ratios"].values())
     assert [level["concurrency"] for level in report["grpc"]] == [1, 16]
     for path, measured in levels.items():
         for level in measured:
