@@ -1,12 +1,16 @@
-"""Running `flux2-generate` from tests, and reading what it printed."""
+"""Running `flux2-generate` and `flux2-encoder serve` from tests, and reading what they printed."""
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 PREFIX = "flux2-generate:"
@@ -48,3 +52,60 @@ def assert_one_line_error(stderr: str, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
     return errors[0]
+
+
+READY = re.compile(r"ready on .*:(\d+) ")
+
+
+@dataclass
+class EncoderProcess:
+    """A `flux2-encoder serve` child process; its stderr is read on a thread into `log`, line by line."""
+
+    process: subprocess.Popen[str]
+    log: list[str] = field(default_factory=list)
+    reader: threading.Thread = field(init=False)
+
+    def __post_init__(self) -> None:
+        assert self.process.stderr is not None
+        stderr = self.process.stderr
+        self.reader = threading.Thread(target=lambda: self.log.extend(stderr), daemon=True)
+        self.reader.start()
+
+    def ready_port(self, timeout_s: float = 120) -> int:
+        """The port its ready line names, once it has logged it."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for line in list(self.log):
+                if match := READY.search(line):
+                    return int(match.group(1))
+            assert self.process.poll() is None, f"the server exited before it was ready: {self.output()}"
+            assert time.monotonic() < deadline, "no ready line within the timeout"
+            time.sleep(0.05)
+
+    def wait_for_log(self, text: str, timeout_s: float = 30) -> None:
+        wait_until(lambda: any(text in line for line in list(self.log)), timeout_s)
+
+    def output(self) -> str:
+        """Everything it logged; waits for the rest once the process has exited."""
+        if self.process.poll() is not None:
+            self.reader.join(10)
+        return "".join(self.log)
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+
+def serve_encoder(*flags: str) -> EncoderProcess:
+    """`python -m encoder_server.cli serve FLAGS` in a fresh process, offline."""
+    command = [sys.executable, "-m", "encoder_server.cli", "serve", *flags]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return EncoderProcess(process)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    """Poll `condition` until it holds; fail the test if it does not within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)

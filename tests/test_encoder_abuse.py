@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import grpc
 import pytest
 
 from shared.defaults import SERVICE_NAME
 from shared.protocol import encoder_pb2
+from tests.cli_runs import wait_until
 from tests.helpers import start_server
 
 ALL_LAYERS = list(range(1, 35))
 BIG_REQUEST = encoder_pb2.EncodeRequest(prompts=[f"prompt {i}" for i in range(16)], hidden_state_layers=ALL_LAYERS)
 BIG_REPLY_BYTES = 16 * 512 * 34 * 32 * 4  # 35.7 MB: far past what gRPC buffers for a reader that stopped
-
-
-def _wait_until(condition, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
 
 
 def test_duplicated_hidden_state_layers_past_the_limit_are_refused(encoder_server):
@@ -50,7 +43,7 @@ def test_reader_that_stops_reading_loses_its_reply_and_frees_the_memory(tiny_sna
         engine = server.handle.engine
         stalled = server.stub.Encode(BIG_REQUEST, timeout=60)
         assert next(stalled).WhichOneof("part") == "header"  # then never read again
-        _wait_until(lambda: engine.budget.reserved_bytes == 0)
+        wait_until(lambda: engine.budget.reserved_bytes == 0)
         with pytest.raises(grpc.RpcError) as error:
             list(stalled)
         assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED

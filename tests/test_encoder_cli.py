@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,62 +12,43 @@ import pytest
 
 from encoder_server.cli import main as encoder_main
 from shared.protocol import encoder_pb2, encoder_pb2_grpc
+from tests.cli_runs import free_port, serve_encoder
 from tests.helpers import encode_via
-
-READY = re.compile(r"ready on .*:(\d+) ")
-
-
-def _serve(*args: str) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "encoder_server.cli", "serve", *args]
-    return subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-
-
-def _ready_port(process: subprocess.Popen[str]) -> int:
-    """Read the server's log until its ready line; the port it names."""
-    assert process.stderr is not None
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        assert line, "server exited before it was ready"
-        match = READY.search(line)
-        if match:
-            return int(match.group(1))
-    raise AssertionError("no ready line within 120 s")
 
 
 def test_serve_logs_ready_line_answers_and_stops_cleanly_on_sigterm(tiny_snapshot):
-    process = _serve("--model", str(tiny_snapshot), "--host", "127.0.0.1", "--port", "0", "--device", "cpu")
+    server = serve_encoder("--model", str(tiny_snapshot), "--host", "127.0.0.1", "--port", "0", "--device", "cpu")
     try:
-        port = _ready_port(process)
+        port = server.ready_port()
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             assert encode_via(encoder_pb2_grpc.TextEncoderStub(channel), ["hello"]).shape == (1, 512, 96)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(30) == 0
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(30) == 0
     finally:
-        process.kill()
+        server.stop()
 
 
 def test_serve_with_missing_model_exits_with_one_line(tmp_path):
-    process = _serve("--model", str(tmp_path / "nowhere"), "--port", "0", "--device", "cpu")
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 2
+    server = serve_encoder("--model", str(tmp_path / "nowhere"), "--port", "0", "--device", "cpu")
+    assert server.process.wait(60) == 2
+    stderr = server.output()
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert "is not a directory" in lines[-1]
     assert "Traceback" not in stderr
 
 
 def test_conflicting_options_are_rejected_at_start_up(tiny_snapshot):
-    process = _serve("--model", str(tiny_snapshot), "--max-batch-size", "64", "--max-queued-prompts", "8")
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 2
+    server = serve_encoder("--model", str(tiny_snapshot), "--max-batch-size", "64", "--max-queued-prompts", "8")
+    assert server.process.wait(60) == 2
+    stderr = server.output()
     assert "--max-queued-prompts (8) must be at least --max-batch-size (64)" in stderr
 
 
 def test_second_server_on_a_busy_port_exits_with_one_line(encoder_server, tiny_snapshot):
     port = encoder_server.handle.port
-    process = _serve("--model", str(tiny_snapshot), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu")
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 2
+    server = serve_encoder("--model", str(tiny_snapshot), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu")
+    assert server.process.wait(60) == 2
+    stderr = server.output()
     assert f"could not bind 127.0.0.1:{port}" in stderr
     assert "Traceback" not in stderr
 
@@ -107,25 +85,24 @@ def test_bad_numbers_in_flags_are_refused_with_one_line(tiny_snapshot, capsys, f
 
 def test_sigterm_lets_queued_requests_finish_within_the_grace_period(tiny_snapshot):
     """48 one-prompt passes take several seconds here; a fixed 5 s drain used to cancel most of them."""
-    process = _serve(
+    server = serve_encoder(
         *("--model", str(tiny_snapshot), "--host", "127.0.0.1", "--port", "0", "--device", "cpu"),
         *("--max-batch-size", "1", "--shutdown-grace-s", "120"),
     )
     try:
-        port = _ready_port(process)
+        port = server.ready_port()
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = encoder_pb2_grpc.TextEncoderStub(channel)
             calls = [stub.Encode(encoder_pb2.EncodeRequest(prompts=[f"p{i}"]), timeout=300) for i in range(48)]
             first = next(calls[0])  # the server is busy: everything else is queued behind it
             assert first.WhichOneof("part") == "header"
-            process.send_signal(signal.SIGTERM)
+            server.process.send_signal(signal.SIGTERM)
             delivered = [sum(len(reply.chunk) for reply in call) for call in calls[1:]]
         assert delivered == [512 * 96 * 4] * 47
-        assert process.wait(120) == 0
+        assert server.process.wait(120) == 0
     finally:
-        process.kill()
-    assert process.stderr is not None
-    assert "shutting down (grace 120 s)" in process.stderr.read()
+        server.stop()
+    assert "shutting down (grace 120 s)" in server.output()
 
 
 def test_health_and_help_import_no_model_library():
@@ -136,9 +113,7 @@ def test_health_and_help_import_no_model_library():
 
 
 def test_health_of_an_unreachable_server_answers_in_well_under_a_second_of_startup():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     started = time.perf_counter()
     finished = subprocess.run(
         [sys.executable, "-m", "encoder_server.cli", "health", f"127.0.0.1:{port}"],

@@ -9,6 +9,7 @@ import pytest
 
 from encoder_server.prompt_encoder import PromptEncoder
 from shared.protocol import encoder_pb2
+from tests.cli_runs import wait_until
 from tests.helpers import start_server
 
 BAD_REQUESTS = {
@@ -51,7 +52,7 @@ def test_encode_while_model_loads_returns_unavailable(tiny_snapshot):
 def test_full_queue_returns_resource_exhausted(tiny_snapshot):
     with start_server(tiny_snapshot, max_batch_size=2, max_queued_prompts=2, batch_wait_ms=3000) as server:
         waiting = server.stub.Encode(encoder_pb2.EncodeRequest(prompts=["a"]), timeout=30)
-        _wait_until(lambda: server.handle.engine.queued_prompts == 1)
+        wait_until(lambda: server.handle.engine.queued_prompts == 1, timeout_s=10)
         with pytest.raises(grpc.RpcError) as error:
             server.encode(["b", "c"])
         assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -63,13 +64,3 @@ def _model_config(snapshot):  # type: ignore[no-untyped-def]
     from encoder_server.config import ModelConfig
 
     return ModelConfig(model_path=snapshot, device="cpu")
-
-
-def _wait_until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.01)

@@ -7,8 +7,7 @@ import http.client
 import io
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from diffusion_client import RemoteTextEncoder
 from encoder_server.config import TlsConfig
 from encoder_server.status import RETRY_AFTER_S
 from tests.certs import Certificates, make_certificates
+from tests.cli_runs import wait_until
 from tests.helpers import RunningServer, start_server
 
 TOKEN = "alice-http-token-0123456789"
@@ -193,19 +193,12 @@ def test_full_queue_is_503_with_retry_after(tiny_snapshot, http_server):
         url = _url(server, "/predict")
         waiting = threading.Thread(target=requests.post, args=(url,), kwargs={"json": {"prompt": "a"}, "timeout": 30})
         waiting.start()
-        _wait_until(lambda: server.handle.engine.queued_prompts == 1)
+        wait_until(lambda: server.handle.engine.queued_prompts == 1, timeout_s=10)
         response = requests.post(url, json={"prompt": ["b", "c"]}, timeout=30)
         waiting.join()
     assert response.status_code == 503
     assert response.headers["retry-after"] == str(RETRY_AFTER_S)
     assert "limit 2" in response.json()["error"]
-
-
-def _wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
 
 
 @dataclass

@@ -7,10 +7,6 @@ prompt's own embedding whichever replica computed it, and results can be compare
 from __future__ import annotations
 
 import logging
-import os
-import re
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,12 +21,11 @@ from diffusion_client import RemoteTextEncoder
 from diffusion_client.cli import main as generate_main
 from diffusion_client.remote_encoder import log as client_log
 from shared.defaults import SERVICE_NAME
-from tests.cli_runs import assert_one_line_error
+from tests.cli_runs import EncoderProcess, assert_one_line_error, serve_encoder
 from tests.fake_encoder import FakeEncoder, fake_server
 from tests.helpers import RunningServer, start_server
 
 ONE_PROMPT_A_PASS = {"max_batch_size": 1, "batch_wait_ms": 0, "cache_bytes": 0}
-READY = re.compile(r"ready on .*:(\d+) ")
 
 
 @pytest.fixture(scope="module")
@@ -125,30 +120,9 @@ def test_generate_spreads_a_prompts_file_over_listed_replicas(tiny_snapshot, tmp
     assert sum(calls) == 4 and min(calls) >= 1, calls
 
 
-def _serve_replica(snapshot: Path) -> subprocess.Popen[str]:
+def _serve_replica(snapshot: Path) -> EncoderProcess:
     flags = ["--model", str(snapshot), "--host", "127.0.0.1", "--port", "0", "--device", "cpu"]
-    flags += ["--max-batch-size", "1", "--batch-wait-ms", "0"]
-    command = [sys.executable, "-m", "encoder_server.cli", "serve", *flags]
-    return subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-
-
-def _ready_port(process: subprocess.Popen[str], timeout_s: float = 120) -> int:
-    """Read the replica's log on a thread until its ready line; keep draining it after."""
-    found: list[int] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            match = READY.search(line)
-            if match and not found:
-                found.append(int(match.group(1)))
-                ready.set()
-        ready.set()  # exited
-
-    threading.Thread(target=read, daemon=True).start()
-    assert ready.wait(timeout_s) and found, "the replica did not get ready"
-    return found[0]
+    return serve_encoder(*flags, "--max-batch-size", "1", "--batch-wait-ms", "0")
 
 
 class RetryCounter(logging.Handler):
@@ -167,14 +141,14 @@ class RetryCounter(logging.Handler):
 
 def test_replica_killed_mid_load_costs_no_request(tiny_snapshot, replica):
     prompts = [f"load {thread} {index}" for thread in range(4) for index in range(3)]  # 4 threads, 3 calls each
-    process = _serve_replica(tiny_snapshot)  # boots while the references are computed
+    replica_process = _serve_replica(tiny_snapshot)  # boots while the references are computed
     retries = RetryCounter()
     client_log.addHandler(retries)
     client_log.setLevel(logging.DEBUG)
     try:
         with RemoteTextEncoder(replica.target, timeout=60) as encoder:
             expected = {prompt: encoder.encode(prompt) for prompt in prompts}
-        port = _ready_port(process)
+        port = replica_process.ready_port()
         results: dict[str, torch.Tensor] = {}
         failures: list[BaseException] = []
         with RemoteTextEncoder(f"127.0.0.1:{port},{replica.target}", timeout=60) as encoder:
@@ -192,7 +166,7 @@ def test_replica_killed_mid_load_costs_no_request(tiny_snapshot, replica):
             deadline = time.monotonic() + 60
             while len(results) < 4 and not failures and time.monotonic() < deadline:
                 time.sleep(0.01)
-            process.kill()  # SIGKILL, with calls queued on it and one being computed or sent
+            replica_process.process.kill()  # SIGKILL, with calls queued on it and one being computed or sent
             for thread in threads:
                 thread.join(120)
         assert not failures, failures
@@ -203,5 +177,4 @@ def test_replica_killed_mid_load_costs_no_request(tiny_snapshot, replica):
     finally:
         client_log.removeHandler(retries)
         client_log.setLevel(logging.NOTSET)
-        process.kill()
-        process.wait(30)
+        replica_process.stop()

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -19,7 +15,7 @@ from encoder_server.cli import main as encoder_main
 from shared.protocol import encoder_pb2, encoder_pb2_grpc
 from shared.wire import TensorSpec, responses_to_tensor
 from tests.certs import Certificates, make_certificates
-from tests.test_encoder_cli import READY
+from tests.cli_runs import EncoderProcess, serve_encoder
 
 ALICE = "alice-0123456789abcdef"
 BOB = "bob-0123456789abcdef0"
@@ -28,21 +24,25 @@ CAROL = "carol-0123456789abcdef"
 
 @dataclass
 class TeamServer:
-    process: subprocess.Popen[str]
+    encoder: EncoderProcess
     port: int
     certs: Certificates
     tokens_file: Path
-    log: list[str] = field(default_factory=list)
+
+    @property
+    def process(self) -> subprocess.Popen[str]:
+        return self.encoder.process
+
+    @property
+    def log(self) -> list[str]:
+        return self.encoder.log
 
     def channel(self) -> grpc.Channel:
         credentials = grpc.ssl_channel_credentials(self.certs.ca.read_bytes())
         return grpc.secure_channel(f"localhost:{self.port}", credentials)
 
-    def wait_for_log(self, text: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(text in line for line in self.log):
-            assert time.monotonic() < deadline, f"no log line with {text!r}"
-            time.sleep(0.05)
+    def wait_for_log(self, text: str) -> None:
+        self.encoder.wait_for_log(text)
 
 
 @pytest.fixture(scope="module")
@@ -51,26 +51,14 @@ def team_server(tiny_snapshot: Path, tmp_path_factory: pytest.TempPathFactory) -
     certs = make_certificates(directory)
     tokens_file = directory / "tokens"
     tokens_file.write_text(f"alice {ALICE}\nbob {BOB}\n")
-    command = [sys.executable, "-m", "encoder_server.cli", "serve", "--model", str(tiny_snapshot), "--device", "cpu"]
-    command += ["--host", "127.0.0.1", "--port", "0", "--tokens-file", str(tokens_file)]
-    command += ["--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert process.stderr is not None
+    encoder = serve_encoder(
+        *("--model", str(tiny_snapshot), "--device", "cpu", "--host", "127.0.0.1", "--port", "0"),
+        *("--tokens-file", str(tokens_file), "--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)),
+    )
     try:
-        log: list[str] = []
-        port = None
-        while port is None:
-            line = process.stderr.readline()
-            assert line, f"server exited before it was ready: {log}"
-            log.append(line)
-            if match := READY.search(line):
-                port = int(match.group(1))
-        server = TeamServer(process, port, certs, tokens_file, log)
-        threading.Thread(target=lambda: log.extend(process.stderr), daemon=True).start()  # type: ignore[arg-type]
-        yield server
+        yield TeamServer(encoder, encoder.ready_port(), certs, tokens_file)
     finally:
-        process.kill()
-        process.wait(10)
+        encoder.stop()
 
 
 def _encode(channel: grpc.Channel, token: str) -> Iterator[encoder_pb2.EncodeResponse]:
