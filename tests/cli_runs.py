@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -11,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 PREFIX = "flux2-generate:"
@@ -109,3 +111,21 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.02)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCH_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run_bench(module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`python -m bench.MODULE ARGS` from the repository root, offline."""
+    command = [sys.executable, "-m", f"bench.{module}", *args]
+    return subprocess.run(command, cwd=REPO_ROOT, env=BENCH_ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def bench_report(module: str, *args: str, timeout: float = 300) -> dict[str, Any]:
+    """The JSON report a benchmark prints alone on stdout, after it exits 0."""
+    completed = run_bench(module, *args, timeout=timeout)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    report: dict[str, Any] = json.loads(completed.stdout)
+    return report

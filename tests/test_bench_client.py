@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import inspect
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+from tests.cli_runs import bench_report, run_bench
 
 
 def test_client_benchmark_tiny_mode_prints_json(tiny_snapshot: Path) -> None:
     # Reusing the session's snapshot skips a rebuild; the benchmark builds its own when --model is left out.
-    command = [sys.executable, "-m", "bench.client", "--tiny", "--model", str(tiny_snapshot)]
-    completed = subprocess.run(command, cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=240)
-
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    report = json.loads(completed.stdout)
+    report = bench_report("client", "--tiny", "--model", str(tiny_snapshot), timeout=240)
     assert report["mode"] == "tiny"
     assert report["seconds_per_step"] > 0
     assert len(report["step_seconds"]) == report["settings"]["steps"] - 1
@@ -64,10 +55,9 @@ def test_random_dit_has_flux2_dev_shapes() -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA, so --full-size would run")
-@pytest.mark.parametrize("benchmark", ["bench.client", "bench.encoder"])
+@pytest.mark.parametrize("benchmark", ["client", "encoder"])
 def test_full_size_without_cuda_exits_2_with_one_error_line(benchmark: str) -> None:
-    command = [sys.executable, "-m", benchmark, "--full-size"]
-    completed = subprocess.run(command, cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    completed = run_bench(benchmark, "--full-size", timeout=120)
 
     assert completed.returncode == 2
     assert completed.stdout == ""

@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import functools
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.cli_runs import bench_report
 
 
 def run_encoder_benchmark(snapshot: Path, *options: str) -> dict[str, Any]:
     # Reusing the session's snapshot skips a rebuild; short windows keep the run to seconds.
-    command = [sys.executable, "-m", "bench.encoder", "--tiny", "--model", str(snapshot), *options]
-    command += ["--warmup-s", "0.2", "--duration-s", "1"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=280)
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    report: dict[str, Any] = json.loads(completed.stdout)
-    return report
+    window = ("--warmup-s", "0.2", "--duration-s", "1")
+    return bench_report("encoder", "--tiny", "--model", str(snapshot), *options, *window, timeout=280)
 
 
 def test_encoder_benchmark_tiny_mode_prints_json(tiny_snapshot: Path) -> None:

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.cli_runs import bench_report
 
 
 def test_team_benchmark_tiny_mode_reports_every_run(tiny_snapshot: Path) -> None:
-    command = [sys.executable, "-m", "bench.team", "--tiny", "--model", str(tiny_snapshot)]
-    command += ["--clients", "2", "--requests", "4"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=280)
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    report = json.loads(completed.stdout)
+    workload = ("--clients", "2", "--requests", "4")
+    report = bench_report("team", "--tiny", "--model", str(tiny_snapshot), *workload, timeout=280)
 
     runs = report["runs"]
     assert set(runs) == {"grpc_cache_on", "grpc_cache_off", "grpc_two_replicas", "http_predict", "grpc_tls"}

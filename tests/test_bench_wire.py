@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.cli_runs import bench_report
 
 
 def _is_positive(value: Any) -> bool:
@@ -19,11 +14,7 @@ def _is_positive(value: Any) -> bool:
 
 def test_wire_benchmark_tiny_mode_reports_cpu_throughput_and_latency_per_side() -> None:
     # Short windows keep the run to seconds beyond the server process's imports.
-    command = [sys.executable, "-m", "bench.wire", "--tiny", "--warmup-s", "0.1", "--duration-s", "0.3"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=280)
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    report = json.loads(completed.stdout)
+    report = bench_report("wire", "--tiny", "--warmup-s", "0.1", "--duration-s", "0.3", timeout=280)
 
     assert report["mode"] == "tiny" and "meets_targets" not in report  # targets are stated for full size only
     assert report["embedding"]["bytes_per_prompt"] == 512 * 3 * 32 * 4
