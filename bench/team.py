@@ -154,13 +154,9 @@ def served(started: list[BackgroundServer]) -> dict[str, Any]:
     passes = prompts = hits = 0
     for server in started:
         batch_passes, batch_prompts = server.batch_counts()
+        stats = server.cache_stats()
         passes, prompts = passes + batch_passes, prompts + batch_prompts
-
-        async def cache_hits(server: BackgroundServer = server) -> int:
-            stats = server.handle.engine.cache_stats()
-            return 0 if stats is None else stats.hits + stats.coalesced
-
-        hits += server.run(cache_hits())
+        hits += 0 if stats is None else stats.hits + stats.coalesced
     return {"forward_passes": passes, "prompts_computed": prompts, "cache_hits": hits}
 
 

@@ -13,6 +13,7 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from encoder_server.cache import CacheStats
 from encoder_server.config import ServerConfig
 from encoder_server.engine import EncoderLoader
 from encoder_server.prompt_encoder import PromptEncoder
@@ -45,6 +46,14 @@ class BackgroundServer:
         async def read() -> tuple[int, int]:
             stats = self.handle.engine.stats
             return stats.batches, stats.prompts
+
+        return self.run(read())
+
+    def cache_stats(self) -> CacheStats | None:
+        """The embedding cache's counters, read on the loop that updates them; None with the cache off."""
+
+        async def read() -> CacheStats | None:
+            return self.handle.engine.cache_stats()
 
         return self.run(read())
 

@@ -51,6 +51,22 @@ class RunningServer:
         return encode_via(self.stub, prompts, **fields)
 
 
+def sample_value(exposition: str, name: str, labels: dict[str, str] | None = None) -> float | None:
+    """A sample's value in Prometheus text (parsed with prometheus_client's own parser), or None if absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and (labels is None or sample.labels == labels):
+                return float(sample.value)
+    return None
+
+
+def prompts_encoded(server: RunningServer) -> int:
+    """Prompts the server has run through forward passes so far."""
+    return server.background.batch_counts()[1]
+
+
 def encode_via(stub: encoder_pb2_grpc.TextEncoderStub, prompts: Sequence[str], **fields: Any) -> torch.Tensor:
     """Call Encode and rebuild the tensor with the shared wire helper, as any client would."""
     info = ServerInfo.from_pb(stub.GetInfo(encoder_pb2.GetInfoRequest(), timeout=60))

@@ -7,12 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from prometheus_client.parser import text_string_to_metric_families
 
 from encoder_server.cache import CacheStats
 from shared.protocol import encoder_pb2
 from shared.wire import WIRE_ENCODE_METHOD
-from tests.helpers import RunningServer, start_server
+from tests.helpers import RunningServer, sample_value, start_server
 
 ROW_BYTES = 512 * 3 * 32 * 4  # one tiny float32 embedding: 512 tokens x 3 layers x hidden 32
 
@@ -35,20 +34,15 @@ def metric(server: RunningServer, name: str) -> float:
     async def scrape() -> bytes:
         return server.handle.engine.metrics.exposition()
 
-    for family in text_string_to_metric_families(server.run(scrape()).decode()):
-        for sample in family.samples:
-            if sample.name == name:
-                return sample.value
-    raise AssertionError(f"{name} is not exported")
+    value = sample_value(server.run(scrape()).decode(), name)
+    assert value is not None, f"{name} is not exported"
+    return value
 
 
 def cache_stats(server: RunningServer) -> CacheStats:
-    async def read() -> CacheStats:
-        stats = server.handle.engine.cache_stats()
-        assert stats is not None
-        return stats
-
-    return server.run(read())
+    stats = server.background.cache_stats()
+    assert stats is not None
+    return stats
 
 
 def test_cache_hit_sends_the_computed_bytes_without_a_forward_pass(cached_server):

@@ -9,7 +9,7 @@ from diffusion_client import RemoteTextEncoder
 from diffusion_client.cli import main as generate_main
 from diffusion_client.embedding_cache import EmbeddingCache
 from tests.fake_encoder import FakeEncoder, fake_server
-from tests.helpers import start_server
+from tests.helpers import prompts_encoded, start_server
 
 ROW_BYTES = 512 * 96 * 4  # one tiny-model prompt: [512, 96] float32
 MIB = 2**20
@@ -20,10 +20,6 @@ def uncached_server(tiny_snapshot):  # type: ignore[no-untyped-def]
     """A server without its own cache, so every prompt the client sends is one the server encodes."""
     with start_server(tiny_snapshot, cache_bytes=0) as server:
         yield server
-
-
-def prompts_encoded(server) -> int:  # type: ignore[no-untyped-def]
-    return server.background.batch_counts()[1]
 
 
 def test_repeated_prompt_is_fetched_once(uncached_server):

@@ -15,14 +15,13 @@ import pytest
 import requests
 import safetensors.torch
 import torch
-from prometheus_client.parser import text_string_to_metric_families
 
 from diffusion_client import RemoteTextEncoder
 from encoder_server.config import TlsConfig
 from encoder_server.status import RETRY_AFTER_S
 from tests.certs import Certificates, make_certificates
 from tests.cli_runs import wait_until
-from tests.helpers import RunningServer, start_server
+from tests.helpers import RunningServer, sample_value, start_server
 
 TOKEN = "alice-http-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -171,12 +170,8 @@ def test_health_reports_serving_without_a_token(http_server):
 
 def _predict_count(server: RunningServer, status: str) -> float:
     text = requests.get(_url(server, "/metrics"), timeout=30).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = {"rpc": "predict", "status": status, "token": "alice"}
-            if sample.name == "flux2_encoder_requests_total" and sample.labels == labels:
-                return sample.value
-    return 0.0
+    labels = {"rpc": "predict", "status": status, "token": "alice"}
+    return sample_value(text, "flux2_encoder_requests_total", labels) or 0.0
 
 
 def test_metrics_count_predict_calls_by_status_and_caller(http_server):

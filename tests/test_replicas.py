@@ -23,7 +23,7 @@ from diffusion_client.remote_encoder import log as client_log
 from shared.defaults import SERVICE_NAME
 from tests.cli_runs import EncoderProcess, assert_one_line_error, serve_encoder
 from tests.fake_encoder import FakeEncoder, fake_server
-from tests.helpers import RunningServer, start_server
+from tests.helpers import RunningServer, prompts_encoded, start_server
 
 ONE_PROMPT_A_PASS = {"max_batch_size": 1, "batch_wait_ms": 0, "cache_bytes": 0}
 
@@ -38,10 +38,6 @@ def replica(tiny_snapshot: Path) -> Iterator[RunningServer]:
 def other_replica(encoder_server: RunningServer) -> RunningServer:
     """The session's server, as a second replica where results are only counted, not compared."""
     return encoder_server
-
-
-def prompts_encoded(server: RunningServer) -> int:
-    return server.background.batch_counts()[1]
 
 
 def set_health(server: RunningServer, status: int) -> None:
