@@ -17,7 +17,6 @@ import json
 import os
 import re
 import socket
-import ssl
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import grpc
 
 from diffusion_client.errors import EncoderUnavailableError, InputError
 from shared.defaults import SERVICE_NAME
+from shared.tls import key_pair_mismatch
 
 PemSource = str | os.PathLike[str] | bytes  # a PEM file's path, or its contents
 
@@ -118,13 +118,11 @@ def _check_key_pair(certificate_chain: bytes, private_key: bytes) -> None:
         cert_file.write_bytes(certificate_chain)
         key_file.touch(mode=0o600)
         key_file.write_bytes(private_key)
-        try:
-            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert_file, key_file, password=b"")
-        except ssl.SSLError as error:
+        if reason := key_pair_mismatch(cert_file, key_file):
             raise InputError(
-                f"the TLS key is not the private key of the TLS certificate ({error.reason}); give the "
+                f"the TLS key is not the private key of the TLS certificate ({reason}); give the "
                 "unencrypted key the client certificate was issued for"
-            ) from None
+            )
 
 
 def read_pem(what: str, source: PemSource) -> bytes:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.defaults import DEFAULT_MAX_SEQUENCE_LENGTH, DEFAULT_PORT
+from shared.tls import key_pair_mismatch
 
 
 class ConfigError(ValueError):
@@ -147,13 +147,11 @@ class TlsConfig:
             read_pem("--tls-key", self.key),
             (None if self.client_ca is None else read_pem("--tls-client-ca", self.client_ca)),
         )
-        try:  # gRPC would only fail to bind, as if the port were taken
-            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.cert, self.key, password=b"")
-        except ssl.SSLError as error:
+        if reason := key_pair_mismatch(self.cert, self.key):  # gRPC would only fail to bind, as if the port were taken
             raise ConfigError(
-                f"--tls-key {self.key} is not the private key of --tls-cert {self.cert} ({error.reason}); "
+                f"--tls-key {self.key} is not the private key of --tls-cert {self.cert} ({reason}); "
                 "give the unencrypted key the certificate was issued for."
-            ) from None
+            )
         return pems
 
 
