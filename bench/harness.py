@@ -129,12 +129,17 @@ def mode_parser(module: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_mode_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None, defaults: dict) -> argparse.Namespace:
-    """Parse `argv`, then give every setting left unset (or without an option) the chosen mode's default."""
-    args = parser.parse_args(argv)
+def apply_mode_defaults(args: argparse.Namespace, defaults: dict) -> argparse.Namespace:
+    """Give every setting left unset (or without an option) the chosen mode's default."""
     for name, value in defaults[args.mode].items():
         if getattr(args, name, None) is None:
             setattr(args, name, value)
+    return args
+
+
+def parse_mode_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None, defaults: dict) -> argparse.Namespace:
+    """Parse `argv`, then give every setting left unset (or without an option) the chosen mode's default."""
+    args = apply_mode_defaults(parser.parse_args(argv), defaults)
     if not (args.device == "cpu" or args.device.startswith("cuda")):
         parser.error(f"--device must be cpu, cuda or cuda:N, not {args.device!r}")
     if args.mode == "full-size" and not args.device.startswith("cuda"):

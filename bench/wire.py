@@ -316,10 +316,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-tune-allocator", dest="tune_allocator", action="store_false", help="leave glibc's malloc as it is"
     )
-    args = parser.parse_args(argv)
-    for name, value in MODES[args.mode].items():
-        if getattr(args, name, None) is None:
-            setattr(args, name, value)
+    args = harness.apply_mode_defaults(parser.parse_args(argv), MODES)
     if args.duration_s <= 0 or args.warmup_s < 0 or min(args.concurrency) < 1:
         parser.error("--duration-s and --concurrency must be positive and --warmup-s not negative")
     return args
