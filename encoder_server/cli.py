@@ -21,7 +21,9 @@ from encoder_server.config import (
     QUANTIZE_CHOICES,
     SUPPORTED_DTYPES,
     BatchingConfig,
+    CallerLimits,
     ConfigError,
+    ConnectionLimits,
     ModelConfig,
     RequestLimits,
     ServerConfig,
@@ -133,6 +135,53 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="also serve Hugging Face's /predict contract, /health and /metrics over HTTP on this port",
     )
+    serve.add_argument(
+        "--shared-cache",
+        action="store_true",
+        help="one embedding cache for every caller: callers reuse each other's work, but a fast reply tells one "
+        "caller that another sent the same prompt (default: a cache per token name)",
+    )
+    serve.add_argument(
+        "--metrics-token-file",
+        type=Path,
+        default=None,
+        help="require this bearer token on /metrics, which then shows per-caller and cache detail "
+        "(default: /metrics is open and shows neither)",
+    )
+    serve.add_argument(
+        "--caller-max-in-flight",
+        type=int,
+        default=None,
+        help="calls one token name may have in flight; a tokens-file line may set its own max_in_flight=N "
+        "(default: no limit; with no tokens, every caller is one)",
+    )
+    serve.add_argument(
+        "--caller-prompts-per-s",
+        type=_number,
+        default=None,
+        help="prompts per second one token name may send; a tokens-file line may set its own prompts_per_s=R "
+        "(default: no limit)",
+    )
+    connections = ConnectionLimits
+    for flag, kind, default, meaning in (
+        ("--max-http-connections", int, connections.max_http_connections, "open HTTP connections; past it 503"),
+        ("--max-grpc-connections", int, connections.max_grpc_connections, "open gRPC connections"),
+        ("--http-header-timeout-s", _number, connections.http_header_timeout_s, "seconds for a request's headers"),
+        (
+            "--grpc-handshake-timeout-s",
+            _number,
+            connections.grpc_handshake_timeout_s,
+            "seconds for a gRPC connection's TLS and HTTP/2 set-up",
+        ),
+    ):
+        serve.add_argument(flag, type=kind, default=default, help=f"{meaning} (default %(default)s)")
+    serve.add_argument(
+        "--no-warm-up",
+        dest="warm_up",
+        action="store_false",
+        help="report SERVING without first running one pass at --max-batch-size (a model that cannot run then "
+        "fails on every request instead of at start-up)",
+    )
     serve.add_argument("--log-prompts", action="store_true", help="write prompt text in the per-request log line")
     health = commands.add_parser("health", help="print a server's health; exit 0 once it is SERVING")
     health.add_argument("target", help="HOST:PORT of the server")
@@ -218,6 +267,16 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         cache_bytes=args.cache_mib * MIB,
         log_prompts=args.log_prompts,
         http_port=args.http_port,
+        shared_cache=args.shared_cache,
+        metrics_token_file=args.metrics_token_file,
+        caller_limits=CallerLimits(args.caller_max_in_flight, args.caller_prompts_per_s),
+        connections=ConnectionLimits(
+            max_http_connections=args.max_http_connections,
+            max_grpc_connections=args.max_grpc_connections,
+            http_header_timeout_s=args.http_header_timeout_s,
+            grpc_handshake_timeout_s=args.grpc_handshake_timeout_s,
+        ),
+        warm_up=args.warm_up,
     )
 
 

@@ -23,6 +23,7 @@ DEFAULT_SHUTDOWN_GRACE_S = 30.0  # queued and in-flight requests get this long t
 DEFAULT_SEND_TIMEOUT_S = 30.0  # a reply that cannot be sent for this long is dropped (the reader stalled)
 DEFAULT_MAX_PENDING_REPLY_BYTES = 2048 * MIB  # replies queued, computing or being sent, all streams together
 DEFAULT_CACHE_BYTES = 1024 * MIB  # about 68 full-size default embeddings (15.7 MB each)
+MAX_RATE = 1e9
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,57 @@ class UpsampleLimits:
 
 
 @dataclass(frozen=True)
+class CallerLimits:
+    """What one caller (one token name) may use at once; None: no limit. Past either, RESOURCE_EXHAUSTED."""
+
+    max_in_flight: int | None = None  # calls being served, every RPC and /predict together
+    prompts_per_s: float | None = None  # a token bucket holding a second's worth, and at least one full request
+
+    def __post_init__(self) -> None:
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            raise ConfigError(f"--caller-max-in-flight must be at least 1, not {self.max_in_flight}.")
+        rate = self.prompts_per_s
+        if rate is not None and not (math.isfinite(rate) and 0 < rate <= MAX_RATE):  # also refuses nan
+            raise ConfigError(f"--caller-prompts-per-s must be a number above 0 and at most {MAX_RATE:g}, not {rate}.")
+
+    def over(self, defaults: CallerLimits) -> CallerLimits:
+        """These limits, with `defaults` where these set none."""
+        return CallerLimits(
+            self.max_in_flight if self.max_in_flight is not None else defaults.max_in_flight,
+            self.prompts_per_s if self.prompts_per_s is not None else defaults.prompts_per_s,
+        )
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """Bounds on connections, so no number of idle or slow ones can use up the process's file descriptors.
+
+    The caps are lowered at start-up when the descriptor limit cannot hold them beside a reserve for the rest
+    of the process (`encoder_server.descriptors`).
+    """
+
+    max_http_connections: int = 256  # past it a new connection gets 503 and is closed
+    max_grpc_connections: int = 1024  # past it gRPC closes new connections at once
+    http_header_timeout_s: float = 5.0  # a request's line and headers must arrive within this (from connect or
+    # from the previous reply), or the connection gets 408 and is closed
+    grpc_handshake_timeout_s: float = 10.0  # a gRPC connection must finish TLS and HTTP/2 set-up within this
+
+    def __post_init__(self) -> None:
+        for flag, count in (
+            ("--max-http-connections", self.max_http_connections),
+            ("--max-grpc-connections", self.max_grpc_connections),
+        ):
+            if count < 1:
+                raise ConfigError(f"{flag} must be at least 1, not {count}.")
+        for flag, seconds in (
+            ("--http-header-timeout-s", self.http_header_timeout_s),
+            ("--grpc-handshake-timeout-s", self.grpc_handshake_timeout_s),
+        ):
+            if not (math.isfinite(seconds) and 0.01 <= seconds <= 600):
+                raise ConfigError(f"{flag} must be a number of seconds between 0.01 and 600, not {seconds}.")
+
+
+@dataclass(frozen=True)
 class TlsConfig:
     """PEM files for TLS; with `client_ca` set, clients must present a certificate that CA signed (mTLS)."""
 
@@ -179,9 +231,15 @@ class ServerConfig:
     auth_token: str | None = field(default=None, repr=False)  # one shared token, named "default"
     tokens_file: Path | None = None  # `name token` per line (or one bare token), reloaded on SIGHUP
     tls: TlsConfig | None = None  # None: plain text on every port
-    cache_bytes: int = DEFAULT_CACHE_BYTES  # embedding cache budget; 0 turns the cache off
+    cache_bytes: int = DEFAULT_CACHE_BYTES  # embedding cache budget, shared out between callers; 0 turns it off
+    shared_cache: bool = False  # one cache for every caller: hits across callers, and timing shows their prompts
     log_prompts: bool = False  # prompt text in the per-request log line
     http_port: int | None = None  # the Hugging Face-compatible /predict endpoint; None: not served
+    metrics_token_file: Path | None = None  # /metrics in full only with this token; None: open, without
+    # per-caller or cache detail
+    caller_limits: CallerLimits = field(default_factory=CallerLimits)  # each caller's, unless its tokens line says
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    warm_up: bool = True  # one pass at the largest batch before SERVING, so a model that cannot run fails at start
 
     def __post_init__(self) -> None:
         if self.auth_token is not None and not self.auth_token.strip():

@@ -27,14 +27,16 @@ import torch
 
 from encoder_server import __version__
 from encoder_server.batcher import BatcherStats, DynamicBatcher
-from encoder_server.cache import CacheStats, EmbeddingCache
+from encoder_server.cache import CacheStats, EmbeddingCache, ScopedKey
 from encoder_server.config import MIB, ServerConfig
 from encoder_server.errors import NotEnabledError, NotReadyError, OverloadedError, StalledReaderError
 from encoder_server.metrics import ServerMetrics
 from encoder_server.models import LoadedModels
 from encoder_server.prompt_encoder import PromptEncoder
 from encoder_server.request import EncodeRequest, RequestBounds, validate_request
+from encoder_server.tokens import ANONYMOUS
 from encoder_server.upsampler import PromptUpsampler, UpsampleRequest, validate_upsample_request
+from encoder_server.warm_up import warm_up
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS, DEFAULT_MAX_SEQUENCE_LENGTH
 from shared.info import ServerInfo
 from shared.lru import CacheKey
@@ -128,7 +130,7 @@ def _to_rows(computed: tuple[torch.Tensor, int]) -> Computed:
 class _Flight:
     """A prompt being computed; identical requests arriving meanwhile wait on `future` instead of queuing."""
 
-    key: CacheKey
+    key: ScopedKey
     future: asyncio.Future[tuple[WireRow, int]]
     waiters: int = 0
     siblings: list[_Flight] = field(default_factory=list)  # every flight of the same queued request
@@ -176,18 +178,21 @@ class EncoderEngine:
         self.budget = ReplyBudget(config.max_pending_reply_bytes)
         self.metrics = metrics or ServerMetrics()
         # Off (0 bytes) also turns off single flight: every request is computed, as before the cache existed.
-        self.cache = EmbeddingCache(config.cache_bytes) if config.cache_bytes > 0 else None
-        self._flights: dict[CacheKey, _Flight] = {}
+        self.cache = EmbeddingCache(config.cache_bytes, config.shared_cache) if config.cache_bytes > 0 else None
+        self._flights: dict[ScopedKey, _Flight] = {}
         self.metrics.watch(lambda: self._ready.batcher.queued_prompts if self._ready else 0, self.cache_stats)
         # Generation runs beside encoding, one at a time: the seed is torch's global generator, as in diffusers.
         self._generator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upsample")
         self._upsamples = 0  # admitted and not finished
+        self.warm_up_s: float | None = None  # how long the warm-up pass took; None until run, or when turned off
 
     async def load(self) -> PromptEncoder:
         """Load the model off the event loop, then start batching; raises the load error if it fails."""
         started = time.perf_counter()
         loaded = await _run_in_daemon_thread(self._loader)
         models = loaded if isinstance(loaded, LoadedModels) else LoadedModels(loaded)
+        if self.config.warm_up:
+            self.warm_up_s = await _run_in_daemon_thread(lambda: warm_up(models, self.config))
         ready = _Ready(models, self.config, self.metrics)
         ready.batcher.start()
         self._ready = ready
@@ -214,12 +219,18 @@ class EncoderEngine:
     def queued_prompts(self) -> int:
         return self._get().batcher.queued_prompts
 
+    def set_callers(self, names: Sequence[str]) -> None:
+        """The callers now allowed: the cache shares its budget between them."""
+        if self.cache is not None:
+            self.cache.set_callers(names)
+
     def cache_stats(self) -> CacheStats | None:
         return None if self.cache is None else self.cache.stats()
 
     @contextlib.asynccontextmanager
-    async def encode(self, request: EncodeRequest) -> AsyncIterator[EncodeResult]:
-        """Validate, then serve `request` from the cache or a forward pass; its bytes stay reserved in the block."""
+    async def encode(self, request: EncodeRequest, caller: str = ANONYMOUS) -> AsyncIterator[EncodeResult]:
+        """Validate, then serve `request` from `caller`'s cache or a forward pass; its bytes stay reserved in the
+        block."""
         ready = self._get()
         validate_request(request, ready.bounds)
         size = ready.bounds.reply_bytes(request)
@@ -229,21 +240,21 @@ class EncoderEngine:
                 rows, batch = await ready.batcher.submit(request)
                 cached = 0
             else:
-                rows, cached, batch = await self._cached_rows(ready, request, self.cache)
+                rows, cached, batch = await self._cached_rows(ready, request, self.cache, caller)
             width = len(request.hidden_state_layers) * ready.info.hidden_size
             yield EncodeResult(request, rows, ready.info.dtype, width, cached, batch)
         finally:
             self.budget.release(size)
 
     async def _cached_rows(
-        self, ready: _Ready, request: EncodeRequest, cache: EmbeddingCache
+        self, ready: _Ready, request: EncodeRequest, cache: EmbeddingCache, caller: str
     ) -> tuple[list[WireRow], int, int]:
         """Each prompt's row from the cache, from a computation in flight, or from one pass over the misses."""
         layers, length = request.hidden_state_layers, request.max_sequence_length
-        keys = [CacheKey(ready.info.fingerprint, prompt, length, layers) for prompt in request.prompts]
-        found: dict[CacheKey, WireRow] = {}
-        waiting: dict[CacheKey, _Flight] = {}
-        missing: list[CacheKey] = []
+        keys = [cache.scope(caller, CacheKey(ready.info.fingerprint, p, length, layers)) for p in request.prompts]
+        found: dict[ScopedKey, WireRow] = {}
+        waiting: dict[ScopedKey, _Flight] = {}
+        missing: list[ScopedKey] = []
         for key in dict.fromkeys(keys):  # a prompt repeated within the request is looked up once
             if key in self._flights:
                 waiting[key] = self._flights[key]
@@ -253,7 +264,7 @@ class EncoderEngine:
             else:
                 missing.append(key)
         if missing:
-            waiting.update(self._compute(ready, request, missing, cache))
+            waiting.update(self._compute(ready, request, missing, cache, caller))
         cached = len(request.prompts) - sum(1 for key in keys if key in missing)
         batch = 0
         for flight in waiting.values():
@@ -278,13 +289,15 @@ class EncoderEngine:
         flight.task.cancel()
 
     def _compute(
-        self, ready: _Ready, request: EncodeRequest, missing: list[CacheKey], cache: EmbeddingCache
-    ) -> dict[CacheKey, _Flight]:
-        """Queue the missing prompts as one request; their rows go to the cache and to everyone waiting."""
+        self, ready: _Ready, request: EncodeRequest, missing: list[ScopedKey], cache: EmbeddingCache, caller: str
+    ) -> dict[ScopedKey, _Flight]:
+        """Queue the missing prompts as one request; their rows go to the cache (charged to `caller`) and to
+        everyone waiting."""
         loop = asyncio.get_running_loop()
         flights = {key: _Flight(key, loop.create_future()) for key in missing}
         siblings = list(flights.values())
-        task = loop.create_task(ready.batcher.submit(replace(request, prompts=tuple(k.prompt for k in missing))))
+        prompts = tuple(key.prompt for _, key in missing)
+        task = loop.create_task(ready.batcher.submit(replace(request, prompts=prompts)))
         for flight in siblings:
             flight.siblings, flight.task = siblings, task
             flight.future.add_done_callback(_retrieve)  # a failure nobody waits for must not be logged as lost
@@ -305,7 +318,7 @@ class EncoderEngine:
                 return
             rows, batch = done.result()
             for (key, flight), row in zip(flights.items(), rows, strict=True):
-                cache.put(key, row)
+                cache.put(key, row, caller)
                 flight.future.set_result((row, batch))
 
         task.add_done_callback(settle)

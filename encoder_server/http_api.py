@@ -6,13 +6,16 @@ POST /predict  {"prompt": str | [str]}  + `Authorization: Bearer <token>` where 
                `Accept: application/vnd.safetensors` or `?format=safetensors`, safetensors bytes holding
                "prompt_embeds" instead. Optional "max_sequence_length" and "hidden_state_layers" as in gRPC.
 GET  /health   → 200 {"status": "SERVING"} once the model is loaded; 503 while loading or stopping.
-GET  /metrics  → the Prometheus text of the whole server, gRPC and HTTP calls together.
+GET  /metrics  → the Prometheus text of the whole server, gRPC and HTTP calls together: without per-caller or
+               cache detail, unless the server has a metrics token (`--metrics-token-file`), which it then requires.
 
 Errors are JSON `{"error": "<what to fix>"}` with the status `encoder_server.status.http_status_for` gives
 (a 503 carries Retry-After). /predict shares the engine (limits, batching, cache, reply budget), the tokens
 and the call log with gRPC: its reply stays reserved until it is sent, and a reader that stops reading for
-`send_timeout_s` loses it. uvicorn installs no signal handlers and configures no logging here: the gRPC
-serve loop owns SIGINT, SIGTERM and SIGHUP. With TLS configured the port speaks HTTPS only.
+`send_timeout_s` loses it; a body must arrive within the same time. Slow or idle connections are bounded by
+`encoder_server.http_guard` (a deadline for headers, a cap on connections). uvicorn installs no signal handlers
+and configures no logging here: the gRPC serve loop owns SIGINT, SIGTERM and SIGHUP. With TLS configured the
+port speaks HTTPS only.
 """
 
 from __future__ import annotations
@@ -43,10 +46,12 @@ from encoder_server.calls import Call, CallLog
 from encoder_server.config import ServerConfig
 from encoder_server.engine import EncoderEngine, EncodeResult, send_within
 from encoder_server.errors import EncoderError, InvalidRequestError, NotReadyError
+from encoder_server.http_guard import guarded_protocol
 from encoder_server.metrics import CONTENT_TYPE
+from encoder_server.quotas import CallerQuotas
 from encoder_server.request import EncodeRequest
 from encoder_server.status import RETRY_AFTER_S, http_status_for
-from encoder_server.tokens import ANONYMOUS, HTTP_DENIED_MESSAGE, TokenRegistry
+from encoder_server.tokens import ANONYMOUS, HTTP_DENIED_MESSAGE, UNKNOWN, TokenRegistry
 
 log = logging.getLogger("flux2-encoder.http")
 
@@ -209,10 +214,11 @@ def _serialize(result: EncodeResult, reply_format: str) -> bytes:
 class PredictEndpoint:
     """POST /predict as a plain ASGI app, so the reply is sent, chunk by chunk, while its bytes are reserved."""
 
-    def __init__(self, config: ServerConfig, engine: EncoderEngine, tokens: TokenRegistry | None, calls: CallLog):
+    def __init__(self, config: ServerConfig, engine: EncoderEngine, access: HttpAccess):
         self._engine = engine
-        self._tokens = tokens
-        self._calls = calls
+        self._tokens = access.tokens
+        self._calls = access.calls
+        self._quotas = access.quotas
         self._timeout_s = config.send_timeout_s
         self.max_body_bytes = JSON_ESCAPE_FACTOR * config.limits.max_request_bytes + BODY_SLACK_BYTES
 
@@ -220,22 +226,21 @@ class PredictEndpoint:
         request = Request(scope, receive)
         caller = ANONYMOUS if self._tokens is None else self._tokens.identify(request.headers.get("authorization"))
         started = False  # once the 200 is on its way, an error can only cut the connection
-        with self._calls.track("predict", caller or "unknown") as call:
+        with self._calls.track("predict", caller or UNKNOWN) as call:
             try:
                 if caller is None:
                     call.status = "401"
                     response = _error(401, HTTP_DENIED_MESSAGE, close=True, headers={"WWW-Authenticate": "Bearer"})
                     await response(scope, receive, send)
                     return
-                body = await self._read_body(request)
-                reply_format = _reply_format(request)
-                encode_request = await asyncio.to_thread(parse_predict_body, body)  # up to a few MB of JSON
-                call.prompts = encode_request.prompts
-                async with self._engine.encode(encode_request) as result:
-                    call.cached, call.batch = result.cached, result.batch
-                    reply = await asyncio.to_thread(_serialize, result, reply_format)
-                    call.status, started = "200", True
-                    await self._send_reply(send, reply, FORMATS[reply_format], call)
+                with self._quotas.admit(caller):
+                    encode_request, reply_format = await self._parse(request, caller)
+                    call.prompts = encode_request.prompts
+                    async with self._engine.encode(encode_request, caller) as result:
+                        call.cached, call.batch = result.cached, result.batch
+                        reply = await asyncio.to_thread(_serialize, result, reply_format)
+                        call.status, started = "200", True
+                        await self._send_reply(send, reply, FORMATS[reply_format], call)
             except _Refused as refused:
                 call.status = str(refused.status)
                 await _error(refused.status, str(refused), close=True)(scope, receive, send)
@@ -253,6 +258,18 @@ class PredictEndpoint:
                 log.exception("predict failed")
                 if not started:
                     await _error(500, "the encoder failed on this request; see the server log")(scope, receive, send)
+
+    async def _parse(self, request: Request, caller: str) -> tuple[EncodeRequest, str]:
+        """The request and reply format, its prompts charged to the caller (one, if it does not parse)."""
+        body = await self._read_body(request)
+        try:
+            reply_format = _reply_format(request)
+            encode_request = await asyncio.to_thread(parse_predict_body, body)  # up to a few MB of JSON
+        except InvalidRequestError:
+            self._quotas.charge(caller, 1)
+            raise
+        self._quotas.charge(caller, len(encode_request.prompts))
+        return encode_request, reply_format
 
     async def _read_body(self, request: Request) -> bytes:
         """The whole body, refused with 413 as soon as it is known to be too large, and 408 if it trickles in."""
@@ -302,16 +319,20 @@ class _Health:
         return not self.stopping
 
 
-def create_app(
-    config: ServerConfig,
-    engine: EncoderEngine,
-    tokens: TokenRegistry | None,
-    calls: CallLog,
-    serving: Callable[[], bool],
-) -> FastAPI:
+@dataclass(frozen=True)
+class HttpAccess:
+    """Who may call and how much: what the HTTP endpoint shares with gRPC."""
+
+    tokens: TokenRegistry | None  # None: every caller is `anonymous`
+    calls: CallLog
+    quotas: CallerQuotas
+    metrics_tokens: TokenRegistry | None = None  # None: /metrics is open, without caller or cache detail
+
+
+def create_app(config: ServerConfig, engine: EncoderEngine, access: HttpAccess, serving: Callable[[], bool]) -> FastAPI:
     """The ASGI app; `serving()` says whether /health reports SERVING."""
     app = FastAPI(title="flux2-encoder", docs_url=None, redoc_url=None, openapi_url=None)
-    app.router.routes.append(Route("/predict", PredictEndpoint(config, engine, tokens, calls), methods=["POST"]))
+    app.router.routes.append(Route("/predict", PredictEndpoint(config, engine, access), methods=["POST"]))
 
     @app.get("/health")
     async def health() -> Response:
@@ -319,10 +340,14 @@ def create_app(
             return JSONResponse({"status": "SERVING"})
         return JSONResponse({"status": "NOT_SERVING"}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
-    # Open like /health, for scrapers: it names callers (token names, not tokens); operators should firewall it.
     @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(engine.metrics.exposition(), media_type=CONTENT_TYPE)
+    async def metrics(request: Request) -> Response:
+        if access.metrics_tokens is None:  # open like /health, for scrapers: nothing about callers or the cache
+            return Response(engine.metrics.exposition(detailed=False), media_type=CONTENT_TYPE)
+        if access.metrics_tokens.identify(request.headers.get("authorization")) is None:
+            message = "/metrics needs the metrics token; send `Authorization: Bearer <token>` (--metrics-token-file)"
+            return _error(401, message, headers={"WWW-Authenticate": "Bearer"})
+        return Response(engine.metrics.exposition(detailed=True), media_type=CONTENT_TYPE)
 
     @app.exception_handler(HTTPException)
     async def not_served(request: Request, error: HTTPException) -> Response:
@@ -350,12 +375,13 @@ class HttpServer:
 
 
 async def start_http_server(
-    config: ServerConfig, engine: EncoderEngine, tokens: TokenRegistry | None, calls: CallLog
+    config: ServerConfig, engine: EncoderEngine, access: HttpAccess, max_connections: int
 ) -> HttpServer:
-    """Bind `config.http_port` (0: any free port) on `config.host` and serve the app on the running loop."""
+    """Bind `config.http_port` (0: any free port) on `config.host` and serve the app on the running loop, at most
+    `max_connections` connections at once."""
     assert config.http_port is not None
     health = _Health(engine)
-    app = create_app(config, engine, tokens, calls, health.serving)
+    app = create_app(config, engine, access, health.serving)
     tls: dict[str, Any] = {}
     if config.tls is not None:
         tls = dict(ssl_certfile=config.tls.cert, ssl_keyfile=config.tls.key)
@@ -363,7 +389,7 @@ async def start_http_server(
             tls.update(ssl_ca_certs=config.tls.client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
     uvicorn_config = uvicorn.Config(
         app,
-        http="h11",
+        http=guarded_protocol(max_connections, config.connections.http_header_timeout_s),
         lifespan="off",
         log_config=None,
         access_log=False,  # the call log writes one line per /predict

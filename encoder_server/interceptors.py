@@ -1,8 +1,10 @@
 """Server interceptors: bearer-token auth, and parsing requests so a malformed one is a plain error.
 
-Health and reflection stay open so load balancers and grpcurl work without the secret. A request that
-is refused for its token is never parsed, and the receive limit (sized from the request limits) bounds
-what an unauthenticated caller can make the server hold.
+Health and reflection stay open so load balancers and grpcurl work without the secret. A call refused for its
+token is answered as soon as its headers arrive, before its request message is read: gRPC's receive limit is
+one number for every method (Upsample's, with reference images, when upsampling is on), so an unauthenticated
+caller must not get to send that much. Each method's requests are also held to that method's own size (Encode's
+and GetInfo's are small) before they are parsed.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandl
 
 @dataclass(frozen=True)
 class MalformedRequest:
-    """Stands in for a request whose bytes did not parse; the servicer answers it with INVALID_ARGUMENT."""
+    """Stands in for a request whose bytes did not parse, or that is larger than its method takes; the servicer
+    answers it with INVALID_ARGUMENT."""
 
     message_type: str
     reason: str
@@ -53,7 +56,11 @@ def _ours(handler: grpc.RpcMethodHandler | None, details: grpc.HandlerCallDetail
 
 
 class ParseRequestsInterceptor(grpc.aio.ServerInterceptor):
-    """Parses our service's requests itself: a DecodeError becomes a `MalformedRequest`, not a logged traceback."""
+    """Parses our service's requests itself: a DecodeError becomes a `MalformedRequest`, not a logged traceback,
+    and so does a request over `max_request_bytes[method]` (unlisted methods: the receive limit only)."""
+
+    def __init__(self, max_request_bytes: dict[str, int] | None = None) -> None:
+        self._max_request_bytes = max_request_bytes or {}
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -62,9 +69,15 @@ class ParseRequestsInterceptor(grpc.aio.ServerInterceptor):
         if not _ours(handler, handler_call_details) or handler.request_deserializer is None:
             return handler
         parse = handler.request_deserializer
-        message_type = handler_call_details.method.rsplit("/", 1)[-1] + "Request"
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        message_type = method + "Request"
+        limit = self._max_request_bytes.get(method)
 
         def tolerant_parse(data: bytes) -> Any:
+            if limit is not None and len(data) > limit:
+                return MalformedRequest(
+                    message_type, f"it is {len(data):,} bytes and {method} takes at most {limit:,} (the request limits)"
+                )
             try:
                 return parse(data)
             except DecodeError as error:
@@ -93,7 +106,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         behavior = handler.unary_stream if handler.response_streaming else handler.unary_unary
         assert behavior is not None
         if name is None:
-            return _rebuilt(handler, behavior=_as_caller(behavior, None), request_deserializer=_discard)
+            return _refused_before_reading(behavior, handler)
         return _rebuilt(handler, behavior=_as_caller(behavior, name))
 
 
@@ -113,6 +126,21 @@ def _as_caller(behavior: Callable[..., Any], name: str | None) -> Callable[..., 
             current_caller.reset(token)
 
     return run_as_caller
+
+
+def _refused_before_reading(behavior: Callable[..., Any], handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A request-streaming handler (the same on the wire as a unary one) whose behaviour never reads the request:
+    gRPC answers as soon as the call starts and stops receiving, instead of first taking in the whole message.
+    The behaviour still runs, with no request and `current_caller` None, so the refusal is logged and counted."""
+    refuse = _as_caller(behavior, None)
+
+    async def without_request(_requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await refuse(None, context)
+
+    serializer = handler.response_serializer
+    if handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(without_request, _discard, serializer)
+    return grpc.stream_unary_rpc_method_handler(without_request, _discard, serializer)
 
 
 def _discard(_data: bytes) -> None:

@@ -43,36 +43,58 @@ class _CacheCollector(Collector):
 
 
 class ServerMetrics:
-    """Everything the server reports; `exposition()` is the body of a scrape."""
+    """Everything the server reports: `exposition(detailed=True)` for operators, `exposition()` for anyone.
+
+    The open exposition has no token names and nothing about the cache: hit counters rising by exactly one
+    caller's probes, or entries growing, would tell that caller what others have encoded.
+    """
 
     def __init__(self) -> None:
-        self.registry = registry = CollectorRegistry()
+        self.registry = registry = CollectorRegistry()  # everything
+        self.public_registry = public = CollectorRegistry()  # what an unauthenticated scrape may see
         self.requests = Counter(
             f"{PREFIX}_requests", "calls by RPC, status and token name", ["rpc", "status", "token"], registry=registry
         )
+        self.public_requests = Counter(
+            f"{PREFIX}_requests", "calls by RPC and status", ["rpc", "status"], registry=public
+        )
         self.prompts = Counter(f"{PREFIX}_prompts", "prompts received, by token name", ["token"], registry=registry)
         self.latency = Histogram(
-            f"{PREFIX}_request_seconds", "end-to-end call time", ["rpc"], buckets=LATENCY_BUCKETS, registry=registry
+            f"{PREFIX}_request_seconds", "end-to-end call time", ["rpc"], buckets=LATENCY_BUCKETS, registry=None
         )
-        self.sent_bytes = Counter(f"{PREFIX}_sent_bytes", "reply bytes sent, by RPC", ["rpc"], registry=registry)
+        self.sent_bytes = Counter(f"{PREFIX}_sent_bytes", "reply bytes sent, by RPC", ["rpc"], registry=None)
         self.batch_prompts = Histogram(
-            f"{PREFIX}_batch_prompts", "prompts per forward pass", buckets=BATCH_BUCKETS, registry=registry
+            f"{PREFIX}_batch_prompts", "prompts per forward pass", buckets=BATCH_BUCKETS, registry=None
         )
         self.forward_seconds = Histogram(
-            f"{PREFIX}_forward_seconds", "time of one forward pass", buckets=LATENCY_BUCKETS, registry=registry
+            f"{PREFIX}_forward_seconds", "time of one forward pass", buckets=LATENCY_BUCKETS, registry=None
         )
-        self.queued_prompts = Gauge(f"{PREFIX}_queued_prompts", "prompts waiting for a pass", registry=registry)
-        self.in_flight = Gauge(f"{PREFIX}_in_flight_requests", "calls being served", ["rpc"], registry=registry)
+        self.queued_prompts = Gauge(f"{PREFIX}_queued_prompts", "prompts waiting for a pass", registry=None)
+        self.in_flight = Gauge(f"{PREFIX}_in_flight_requests", "calls being served", ["rpc"], registry=None)
+        for both in (
+            self.latency,
+            self.sent_bytes,
+            self.batch_prompts,
+            self.forward_seconds,
+            self.queued_prompts,
+            self.in_flight,
+        ):
+            registry.register(both)
+            public.register(both)
 
     def watch(self, queued_prompts: Callable[[], int], cache_stats: Callable[[], CacheStats | None]) -> None:
         """Read queue depth and cache state from their owners at scrape time."""
         self.queued_prompts.set_function(queued_prompts)
         self.registry.register(_CacheCollector(cache_stats))
 
+    def call_finished(self, rpc: str, status: str, caller: str) -> None:
+        self.requests.labels(rpc, status, caller).inc()
+        self.public_requests.labels(rpc, status).inc()
+
     def batch_finished(self, prompts: int, seconds: float) -> None:
         self.batch_prompts.observe(prompts)
         self.forward_seconds.observe(seconds)
 
-    def exposition(self) -> bytes:
-        """The Prometheus text format of every metric."""
-        return generate_latest(self.registry)
+    def exposition(self, detailed: bool = True) -> bytes:
+        """The Prometheus text format of every metric, or of those without caller or cache detail."""
+        return generate_latest(self.registry if detailed else self.public_registry)

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -18,14 +19,16 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 
 from encoder_server.calls import CallLog
-from encoder_server.config import ConfigError, ServerConfig
+from encoder_server.config import CallerLimits, ConfigError, ServerConfig
+from encoder_server.descriptors import DescriptorBudget, plan_descriptors
 from encoder_server.engine import EncoderEngine, EncoderLoader
-from encoder_server.http_api import HttpServer, start_http_server
+from encoder_server.http_api import HttpAccess, HttpServer, start_http_server
 from encoder_server.interceptors import BearerTokenInterceptor, ParseRequestsInterceptor
 from encoder_server.models import load_models
 from encoder_server.prompt_encoder import PromptEncoder
+from encoder_server.quotas import CallerQuotas
 from encoder_server.servicer import TextEncoderServicer, add_servicer_to_server
-from encoder_server.tokens import TokenRegistry
+from encoder_server.tokens import ANONYMOUS, TokenRegistry
 from shared.defaults import SERVICE_NAME
 from shared.protocol import encoder_pb2
 
@@ -33,6 +36,7 @@ log = logging.getLogger("flux2-encoder")
 
 # Room for the protobuf framing around the largest request the limits allow.
 RECEIVE_SLACK_BYTES = 16 * 1024
+MAX_GET_INFO_REQUEST_BYTES = 1024  # an empty message today; room for fields a later client may add
 MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
 
 
@@ -49,23 +53,36 @@ class EncoderServer:
     tokens: TokenRegistry | None = field(default=None, repr=False)
     calls: CallLog | None = field(default=None, repr=False)
     http: HttpServer | None = field(default=None, repr=False)  # the Hugging Face-compatible /predict endpoint
+    descriptors: DescriptorBudget | None = field(default=None, repr=False)
+    metrics_tokens: TokenRegistry | None = field(default=None, repr=False)
+    _reloading: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     @property
     def http_port(self) -> int | None:
         """The HTTP endpoint's bound port; None when it is not served."""
         return None if self.http is None else self.http.port
 
-    def reload_tokens(self) -> None:
-        """Re-read the tokens file (SIGHUP); a file that does not parse leaves the old tokens in force."""
-        if self.tokens is None or self.tokens.path is None:
+    async def reload_tokens(self) -> None:
+        """Re-read the tokens files (SIGHUP) off the event loop, one reload at a time; a file that cannot be read or
+        parsed leaves its old tokens in force."""
+        registries = [("tokens", r) for r in (self.tokens,) if r is not None and r.path is not None]
+        registries += [("metrics token", r) for r in (self.metrics_tokens,) if r is not None and r.path is not None]
+        if not registries:
             log.warning("SIGHUP: no --tokens-file to reload")
             return
-        try:
-            names = self.tokens.reload()
-        except ConfigError as error:
-            log.error("SIGHUP: kept the previous tokens: %s", error)
-            return
-        log.info("SIGHUP: tokens reloaded: %d names (%s)", len(names), ", ".join(names))
+        async with self._reloading:
+            for what, registry in registries:
+                try:
+                    names = await asyncio.to_thread(registry.reload)
+                except ConfigError as error:
+                    log.error("SIGHUP: kept the previous %s: %s", what, error)
+                    continue
+                if registry is self.tokens:
+                    self.engine.set_callers(names)
+                    shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+                    log.info("SIGHUP: tokens reloaded: %d names (%s)", len(names), shown)
+                else:
+                    log.info("SIGHUP: metrics token reloaded")
 
     async def wait_ready(self) -> PromptEncoder:
         """Wait for the model; re-raises the load error if loading failed."""
@@ -92,12 +109,24 @@ async def create_server(config: ServerConfig, load_encoder: EncoderLoader | None
         config, load_encoder or (lambda: load_models(config.model, config.limits, config.upsampling))
     )
     tokens = _tokens(config)
+    engine.set_callers(tokens.names if tokens is not None else [ANONYMOUS])
+    metrics_tokens = None if config.metrics_token_file is None else TokenRegistry.from_file(config.metrics_token_file)
     calls = CallLog(engine.metrics, config.log_prompts)
-    interceptors: list[grpc.aio.ServerInterceptor] = [ParseRequestsInterceptor()]
+    quotas = CallerQuotas(_limits_of(config, tokens), config.limits.max_prompts)
+    descriptors = plan_descriptors(config.connections, serve_http=config.http_port is not None)
+    per_method = {
+        "Encode": config.limits.max_request_bytes + RECEIVE_SLACK_BYTES,
+        "GetInfo": MAX_GET_INFO_REQUEST_BYTES,
+    }
+    interceptors: list[grpc.aio.ServerInterceptor] = [ParseRequestsInterceptor(per_method)]
     if tokens is not None:
         interceptors.insert(0, BearerTokenInterceptor(tokens))
     options = [
         ("grpc.max_receive_message_length", config.max_request_bytes + RECEIVE_SLACK_BYTES),
+        # Connections that never finish TLS and HTTP/2 set-up are closed, and no more than the descriptor budget
+        # are held: idle sockets cannot starve the process of descriptors.
+        ("grpc.server_handshake_timeout_ms", int(config.connections.grpc_handshake_timeout_s * 1000)),
+        ("grpc.max_allowed_incoming_connections", descriptors.max_grpc_connections),
         # gRPC enables SO_REUSEPORT by default: a second server on a busy port would start and silently
         # take half the traffic. One port, one server.
         ("grpc.so_reuseport", 0),
@@ -107,7 +136,7 @@ async def create_server(config: ServerConfig, load_encoder: EncoderLoader | None
         ("grpc.max_connection_age_grace_ms", int(config.send_timeout_s * 1000)),
     ]
     server = grpc.aio.server(interceptors=interceptors, options=options)
-    add_servicer_to_server(TextEncoderServicer(engine, calls, config.send_timeout_s), server)
+    add_servicer_to_server(TextEncoderServicer(engine, calls, quotas, config.send_timeout_s), server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_names = (encoder_pb2.DESCRIPTOR.services_by_name["TextEncoder"].full_name, health.SERVICE_NAME)
@@ -116,7 +145,10 @@ async def create_server(config: ServerConfig, load_encoder: EncoderLoader | None
         port = _bind(server, config)
     except RuntimeError as error:  # grpc reports a failed bind this way
         raise OSError(f"could not bind {config.address}; is another process using the port?") from error
-    http = None if config.http_port is None else await start_http_server(config, engine, tokens, calls)
+    http = None
+    if config.http_port is not None:
+        access = HttpAccess(tokens, calls, quotas, metrics_tokens)
+        http = await start_http_server(config, engine, access, descriptors.max_http_connections)
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
 
@@ -126,7 +158,16 @@ async def create_server(config: ServerConfig, load_encoder: EncoderLoader | None
         return encoder
 
     loading = asyncio.get_running_loop().create_task(load(), name="load-encoder")
-    return EncoderServer(server, port, config, engine, health_servicer, loading, tokens, calls, http)
+    return EncoderServer(
+        server, port, config, engine, health_servicer, loading, tokens, calls, http, descriptors, metrics_tokens
+    )
+
+
+def _limits_of(config: ServerConfig, tokens: TokenRegistry | None) -> Callable[[str], CallerLimits]:
+    """Each caller's limits: its tokens-file line's, else the server's defaults."""
+    if tokens is None:
+        return lambda caller: config.caller_limits
+    return lambda caller: tokens.limits(caller).over(config.caller_limits)
 
 
 def _tokens(config: ServerConfig) -> TokenRegistry | None:
@@ -155,16 +196,23 @@ def ready_line(server: EncoderServer, seconds: float) -> str:
     upsampling = ", upsampling on" if info.upsampling_available else ""
     resident_gib = info.weight_bytes / 2**30
     config = server.config
+    warm_up = server.engine.warm_up_s
+    warmed = f", warm-up pass {warm_up:.2f} s" if warm_up is not None else ""
+    names = len(server.tokens.names) if server.tokens else 0
+    cache = "cache off"
+    if config.cache_bytes:
+        cache = f"cache {config.cache_bytes / 2**20:.0f} MiB " + ("shared" if config.shared_cache else "per caller")
     team = [
         "TLS" + (" with client certificates" if config.tls and config.tls.client_ca else "") if config.tls else "",
-        f"{len(server.tokens.names)} token name{'' if len(server.tokens.names) == 1 else 's'}" if server.tokens else "",
-        f"cache {config.cache_bytes / 2**20:.0f} MiB" if config.cache_bytes else "cache off",
+        f"{names} token name{'' if names == 1 else 's'}" if server.tokens else "",
+        cache,
         f"HTTP /predict on port {server.http_port}" if server.http_port is not None else "",
+        "" if server.descriptors is None else server.descriptors.describe(),
     ]
     return (
         f"ready on {config.host}:{server.port} in {seconds:.1f} s: {info.model_name}, "
         f"{info.max_layer}/{info.num_layers} layers, hidden {info.hidden_size}, {weights}{info.dtype} "
-        f"on {info.device}, {resident_gib:.2f} GiB resident, {batch}{upsampling}; "
+        f"on {info.device}, {resident_gib:.2f} GiB resident, {batch}{upsampling}{warmed}; "
         + ", ".join(part for part in team if part)
     )
 
@@ -180,7 +228,14 @@ async def serve(config: ServerConfig, load_encoder: EncoderLoader | None = None)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, server.reload_tokens)
+    reloads: set[asyncio.Task[None]] = set()  # held until done: the loop keeps only weak references to tasks
+
+    def reload() -> None:
+        task = loop.create_task(server.reload_tokens(), name="reload-tokens")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     log.info("listening on %s:%d, loading %s", config.host, server.port, config.model.model_path)
     waiter = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait({server.loading, waiter}, return_when=asyncio.FIRST_COMPLETED)

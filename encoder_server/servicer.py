@@ -14,9 +14,10 @@ from encoder_server.calls import Call, CallLog
 from encoder_server.engine import EncoderEngine, send_within
 from encoder_server.errors import EncoderError, InvalidRequestError, UnauthenticatedError
 from encoder_server.interceptors import MalformedRequest
+from encoder_server.quotas import CallerQuotas
 from encoder_server.request import EncodeRequest
 from encoder_server.status import status_for
-from encoder_server.tokens import DENIED_MESSAGE, current_caller
+from encoder_server.tokens import DENIED_MESSAGE, UNKNOWN, current_caller
 from encoder_server.upsampler import UpsampleRequest
 from shared.defaults import DEFAULT_MAX_NEW_TOKENS, DEFAULT_UPSAMPLE_TEMPERATURE, SERVICE_NAME
 from shared.protocol import encoder_pb2, encoder_pb2_grpc
@@ -29,7 +30,8 @@ Handler = Callable[[Any, Any, grpc.aio.ServicerContext, Call], Awaitable[Reply]]
 
 
 def maps_errors(method: Handler[Reply]) -> Method[Reply]:
-    """Account for the call, refuse unknown callers, and turn our exceptions into their gRPC status.
+    """Account for the call, refuse unknown callers and callers past their limits, and turn our exceptions into
+    their gRPC status.
 
     Anything else becomes INTERNAL with one log entry. `self._calls` records every call once it ends.
     """
@@ -37,16 +39,18 @@ def maps_errors(method: Handler[Reply]) -> Method[Reply]:
     @functools.wraps(method)
     async def handle(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Reply:
         caller = current_caller.get()
-        with self._calls.track(method.__name__, caller or "unknown") as call:
+        with self._calls.track(method.__name__, caller or UNKNOWN) as call:
             try:
                 if caller is None:
                     raise UnauthenticatedError(DENIED_MESSAGE)
-                if isinstance(request, MalformedRequest):
-                    log.warning("malformed %s from %s: %s", request.message_type, context.peer(), request.reason)
-                    raise InvalidRequestError(
-                        f"the request is not a valid {request.message_type} message: {request.reason}"
-                    )
-                return await method(self, request, context, call)
+                with self._quotas.admit(caller):
+                    if isinstance(request, MalformedRequest):
+                        self._quotas.charge(caller, 1)
+                        log.warning("malformed %s from %s: %s", request.message_type, context.peer(), request.reason)
+                        raise InvalidRequestError(
+                            f"the request is not a valid {request.message_type} message: {request.reason}"
+                        )
+                    return await method(self, request, context, call)
             except EncoderError as error:
                 code = status_for(error)
                 call.status = code.name
@@ -83,9 +87,10 @@ def upsample_request_from_pb(message: encoder_pb2.UpsampleRequest) -> UpsampleRe
 class TextEncoderServicer(encoder_pb2_grpc.TextEncoderServicer):
     """Encode replies are written as the engine's ready-made frames: register Encode with no serializer."""
 
-    def __init__(self, engine: EncoderEngine, calls: CallLog, send_timeout_s: float) -> None:
+    def __init__(self, engine: EncoderEngine, calls: CallLog, quotas: CallerQuotas, send_timeout_s: float) -> None:
         self._engine = engine
         self._calls = calls
+        self._quotas = quotas
         self._send_timeout_s = send_timeout_s
 
     @maps_errors
@@ -94,7 +99,8 @@ class TextEncoderServicer(encoder_pb2_grpc.TextEncoderServicer):
     ) -> None:
         encode_request = request_from_pb(request)
         call.prompts = encode_request.prompts
-        async with self._engine.encode(encode_request) as result:
+        self._quotas.charge(call.caller, len(encode_request.prompts))
+        async with self._engine.encode(encode_request, call.caller) as result:
             call.cached, call.batch = result.cached, result.batch
             for frame in result.frames():
                 await send_within(context.write(frame), self._send_timeout_s)  # gRPC's flow control parks it
@@ -106,6 +112,7 @@ class TextEncoderServicer(encoder_pb2_grpc.TextEncoderServicer):
     ) -> encoder_pb2.UpsampleResponse:
         upsample_request = upsample_request_from_pb(request)
         call.prompts = upsample_request.prompts
+        self._quotas.charge(call.caller, len(upsample_request.prompts))
         prompts = await self._engine.upsample(upsample_request)
         return encoder_pb2.UpsampleResponse(prompts=prompts)
 

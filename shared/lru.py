@@ -26,11 +26,17 @@ class ByteBoundedLRU(Generic[Key, Value]):
     A value larger than the whole budget is not kept. Safe to share between threads.
     """
 
-    def __init__(self, capacity_bytes: int, size_of: Callable[[Value], int]) -> None:
+    def __init__(
+        self,
+        capacity_bytes: int,
+        size_of: Callable[[Value], int],
+        on_evict: Callable[[Key], None] = lambda key: None,
+    ) -> None:
         if capacity_bytes < 0:
             raise ValueError(f"cache_bytes must be 0 (off) or more, not {capacity_bytes}")
         self.capacity_bytes = capacity_bytes
         self._size_of = size_of
+        self._on_evict = on_evict  # told of each key dropped to make room, under the lock
         self._values: OrderedDict[Key, Value] = OrderedDict()
         self._lock = threading.Lock()
         self.bytes = 0
@@ -61,9 +67,19 @@ class ByteBoundedLRU(Generic[Key, Value]):
             old = self._values.pop(key, None)
             if old is not None:
                 self.bytes -= self._size_of(old)
-            while self.bytes + size > self.capacity_bytes:
-                _, evicted = self._values.popitem(last=False)
-                self.bytes -= self._size_of(evicted)
-                self.evictions += 1
+            self._evict_until(self.capacity_bytes - size)
             self._values[key] = value
             self.bytes += size
+
+    def resize(self, capacity_bytes: int) -> None:
+        """A new budget; the least recently used go until what is held fits it."""
+        with self._lock:
+            self.capacity_bytes = capacity_bytes
+            self._evict_until(capacity_bytes)
+
+    def _evict_until(self, limit_bytes: int) -> None:
+        while self._values and self.bytes > limit_bytes:
+            evicted_key, evicted = self._values.popitem(last=False)
+            self.bytes -= self._size_of(evicted)
+            self.evictions += 1
+            self._on_evict(evicted_key)

@@ -25,6 +25,7 @@ from tests.helpers import RunningServer, sample_value, start_server
 
 TOKEN = "alice-http-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+METRICS_TOKEN = "prometheus-0123456789abcdef"
 MAX_PROMPTS = 4
 MAX_PROMPT_CHARS = 1000
 
@@ -34,10 +35,13 @@ def http_server(tiny_snapshot: Path, tmp_path_factory: pytest.TempPathFactory) -
     """A loaded server with a named token, small request limits (so a too-large body is small) and HTTP on."""
     tokens_file = tmp_path_factory.mktemp("http-tokens") / "tokens"
     tokens_file.write_text(f"alice {TOKEN}\n")
+    metrics_token_file = tokens_file.with_name("metrics-token")
+    metrics_token_file.write_text(METRICS_TOKEN)
     with start_server(
         tiny_snapshot,
         http_port=0,
         tokens_file=tokens_file,
+        metrics_token_file=metrics_token_file,
         max_batch_size=MAX_PROMPTS,
         max_prompt_chars=MAX_PROMPT_CHARS,
     ) as server:
@@ -169,7 +173,8 @@ def test_health_reports_serving_without_a_token(http_server):
 
 
 def _predict_count(server: RunningServer, status: str) -> float:
-    text = requests.get(_url(server, "/metrics"), timeout=30).text
+    metrics_auth = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+    text = requests.get(_url(server, "/metrics"), headers=metrics_auth, timeout=30).text
     labels = {"rpc": "predict", "status": status, "token": "alice"}
     return sample_value(text, "flux2_encoder_requests_total", labels) or 0.0
 

@@ -53,7 +53,7 @@ def http_logging_server(tiny_snapshot: Path) -> Iterator[RunningServer]:
 @pytest.fixture
 def gated(tiny_snapshot: Path, http_logging_server: RunningServer) -> Iterator[tuple[RunningServer, GatedEncoder]]:
     encoder = GatedEncoder(http_logging_server.wait_ready())  # the module's model, loaded once
-    with start_server(tiny_snapshot, load_encoder=lambda: encoder, batch_wait_ms=1) as server:  # type: ignore[arg-type, return-value]
+    with start_server(tiny_snapshot, load_encoder=lambda: encoder, batch_wait_ms=1, warm_up=False) as server:  # type: ignore[arg-type, return-value]
         yield server, encoder
 
 
