@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from encoder_server.config import ConnectionLimits
 
-RESERVED_DESCRIPTORS = 128  # measured: a loaded tiny server holds ~30 descriptors; a CUDA one, ~70
+RESERVED_DESCRIPTORS = 128  # measured: a loaded tiny CPU server with HTTP on holds 16
 MIN_CONNECTIONS = 4
 
 

@@ -66,7 +66,9 @@ MAX_NUMBER_DIGITS = 20
 # Each piece waits for the previous ones to drain, so a stalled reader is noticed; what uvicorn still holds for
 # a reader that never reads again is at most about one piece.
 REPLY_CHUNK_BYTES = 1024 * 1024
-CLIENT_GONE = "499"  # nginx's status for a client that closed the connection before the reply
+CLIENT_GONE = "499"
+MAX_ACCEPT_BURST = 512
+MIN_ACCEPT_BURST = 16  # nginx's status for a client that closed the connection before the reply
 
 
 class _Refused(Exception):
@@ -390,6 +392,9 @@ async def start_http_server(
     uvicorn_config = uvicorn.Config(
         app,
         http=guarded_protocol(max_connections, config.connections.http_header_timeout_s),
+        # The listen backlog is also how many connections asyncio accepts in one go, each holding a descriptor
+        # until the next loop iteration closes it: past the cap, a burst must not outrun the descriptor budget.
+        backlog=max(min(max_connections, MAX_ACCEPT_BURST), MIN_ACCEPT_BURST),
         lifespan="off",
         log_config=None,
         access_log=False,  # the call log writes one line per /predict

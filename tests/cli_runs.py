@@ -98,10 +98,13 @@ class EncoderProcess:
         self.process.wait(10)
 
 
-def serve_encoder(*flags: str) -> EncoderProcess:
-    """`python -m encoder_server.cli serve FLAGS` in a fresh process, offline."""
+def serve_encoder(
+    *flags: str, preexec_fn: Callable[[], Any] | None = None, env: dict[str, str] | None = None
+) -> EncoderProcess:
+    """`python -m encoder_server.cli serve FLAGS` in a fresh process, offline; `env` adds to the environment."""
     command = [sys.executable, "-m", "encoder_server.cli", "serve", *flags]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=environment, preexec_fn=preexec_fn)
     return EncoderProcess(process)
 
 

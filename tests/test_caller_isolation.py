@@ -51,7 +51,8 @@ def test_a_prompt_another_caller_encoded_is_computed_again_for_you(team_server):
 
 def test_shared_cache_lets_callers_reuse_each_others_work(tiny_snapshot, tokens_file, team_server):
     encoder = team_server.wait_ready()  # the module's model, loaded once
-    with start_server(tiny_snapshot, load_encoder=lambda: encoder, tokens_file=tokens_file, shared_cache=True) as server:
+    overrides = dict(tokens_file=tokens_file, shared_cache=True)
+    with start_server(tiny_snapshot, load_encoder=lambda: encoder, **overrides) as server:
         _encode(server, ALICE, ["one team, one idea"])
         before = prompts_encoded(server)
         _encode(server, BOB, ["one team, one idea"])
