@@ -46,7 +46,7 @@ from encoder_server.calls import Call, CallLog
 from encoder_server.config import ServerConfig
 from encoder_server.engine import EncoderEngine, EncodeResult, send_within
 from encoder_server.errors import EncoderError, InvalidRequestError, NotReadyError
-from encoder_server.http_guard import guarded_protocol
+from encoder_server.http_guard import ConnectionCount, accept_connections, guarded_protocol
 from encoder_server.metrics import CONTENT_TYPE
 from encoder_server.quotas import CallerQuotas
 from encoder_server.request import EncodeRequest
@@ -66,9 +66,8 @@ MAX_NUMBER_DIGITS = 20
 # Each piece waits for the previous ones to drain, so a stalled reader is noticed; what uvicorn still holds for
 # a reader that never reads again is at most about one piece.
 REPLY_CHUNK_BYTES = 1024 * 1024
-CLIENT_GONE = "499"
-MAX_ACCEPT_BURST = 512
-MIN_ACCEPT_BURST = 16  # nginx's status for a client that closed the connection before the reply
+CLIENT_GONE = "499"  # nginx's status for a client that closed the connection before the reply
+LISTEN_BACKLOG = 512  # connections the kernel queues before we accept them (they hold no descriptor of ours)
 
 
 class _Refused(Exception):
@@ -367,6 +366,7 @@ class HttpServer:
     server: uvicorn.Server = field(repr=False)
     task: asyncio.Task[None] = field(repr=False)
     health: _Health = field(repr=False)
+    connections: ConnectionCount = field(repr=False)
 
     async def stop(self, grace_s: float) -> None:
         """Report NOT_SERVING, stop accepting, let replies in flight finish within `grace_s`, then close."""
@@ -389,12 +389,11 @@ async def start_http_server(
         tls = dict(ssl_certfile=config.tls.cert, ssl_keyfile=config.tls.key)
         if config.tls.client_ca is not None:
             tls.update(ssl_ca_certs=config.tls.client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    count = ConnectionCount(max_connections)
+    header_timeout_s = config.connections.http_header_timeout_s
     uvicorn_config = uvicorn.Config(
         app,
-        http=guarded_protocol(max_connections, config.connections.http_header_timeout_s),
-        # The listen backlog is also how many connections asyncio accepts in one go, each holding a descriptor
-        # until the next loop iteration closes it: past the cap, a burst must not outrun the descriptor budget.
-        backlog=max(min(max_connections, MAX_ACCEPT_BURST), MIN_ACCEPT_BURST),
+        http=guarded_protocol(header_timeout_s, count),
         lifespan="off",
         log_config=None,
         access_log=False,  # the call log writes one line per /predict
@@ -405,23 +404,38 @@ async def start_http_server(
     )
     sock = _bind(config.host, config.http_port)
     server = uvicorn.Server(uvicorn_config)
+    loop = asyncio.get_running_loop()
     try:
-        # What `uvicorn.Server.serve` does, less `capture_signals`: the gRPC serve loop owns the signals.
+        # What `uvicorn.Server.serve` does, less `capture_signals` (the gRPC serve loop owns the signals) and with
+        # our own accept loop (`encoder_server.http_guard`) where `Server.startup` would call `create_server`.
         uvicorn_config.load()
         server.lifespan = uvicorn_config.lifespan_class(uvicorn_config)
-        await server.startup(sockets=[sock])
+        server.servers = []  # no asyncio server: `shutdown` closes `sock` itself
+        sock.listen(LISTEN_BACKLOG)
     except BaseException:
         sock.close()
         raise
 
+    def create_protocol() -> asyncio.Protocol:
+        return uvicorn_config.http_protocol_class(  # type: ignore[call-arg]
+            config=uvicorn_config, server_state=server.server_state, app_state=server.lifespan.state
+        )
+
+    accepting = loop.create_task(
+        accept_connections(sock, create_protocol, count, uvicorn_config.ssl, header_timeout_s), name="http-accept"
+    )
+
     async def run() -> None:
         await server.main_loop()
+        accepting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await accepting
         await server.shutdown(sockets=[sock])
 
-    task = asyncio.get_running_loop().create_task(run(), name="http-server")
+    task = loop.create_task(run(), name="http-server")
     port = sock.getsockname()[1]
     log.info("HTTP /predict on %s:%d (%s)", config.host, port, "HTTPS" if config.tls else "clear text")
-    return HttpServer(port, server, task, health)
+    return HttpServer(port, server, task, health, count)
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -1,10 +1,14 @@
-"""uvicorn's HTTP/1.1 protocol with two guards against slow and idle connections (slowloris).
+"""Slow and idle HTTP connections cannot starve the server (slowloris): every connection is counted from the
+moment it is accepted, TLS handshake included, and each request's headers have a deadline.
 
-- A deadline for each request's line and headers, counted from the connection's start or the previous reply
-  (bytes trickled in do not extend it): past it the connection gets 408 (or, if it sent nothing, is simply
-  closed, as an idle keep-alive connection is).
-- A cap on open connections: one past it gets 503 and is closed at once, so idle connections can never use up
-  the file descriptors gRPC needs (see `encoder_server.descriptors`).
+- `accept_connections` accepts on the listening socket itself, rather than leaving that to asyncio's
+  `create_server`: a connection past the cap is closed at once (after a 503 in clear text; over TLS nothing can
+  be said before the handshake), so its descriptor is freed before the next accept; the rest are handed to
+  asyncio with a TLS handshake deadline. asyncio's own server would count a TLS connection only once its
+  handshake ended (up to 60 s later), and frees refused sockets only on a later loop iteration.
+- `guarded_protocol` is uvicorn's HTTP/1.1 protocol with a deadline for each request's line and headers,
+  counted from the connection's start or from the previous reply (bytes trickled in do not extend it): past
+  it the connection gets 408 (or, if it sent nothing, is closed as an idle keep-alive connection is).
 
 The body has its own deadline in the /predict handler (`ServerConfig.send_timeout_s`).
 """
@@ -12,13 +16,20 @@ The body has its own deadline in the /predict handler (`ServerConfig.send_timeou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
+import socket
+import ssl
+from collections.abc import Callable
 from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from encoder_server.status import RETRY_AFTER_S
+
+log = logging.getLogger("flux2-encoder.http")
 
 
 def _raw_response(status: str, message: str, extra_headers: str = "") -> bytes:
@@ -31,13 +42,79 @@ def _raw_response(status: str, message: str, extra_headers: str = "") -> bytes:
     return head.encode() + body
 
 
-def guarded_protocol(max_connections: int, header_timeout_s: float) -> type[H11Protocol]:
-    """An `H11Protocol` class (for `uvicorn.Config(http=...)`) enforcing these two limits."""
+class ConnectionCount:
+    """Connections accepted and not yet closed, TLS handshakes included."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+        self.refused = 0
+
+    def release(self) -> None:
+        self.open -= 1
+
+
+async def accept_connections(
+    listener: socket.socket,
+    protocol_factory: Callable[[], asyncio.Protocol],
+    count: ConnectionCount,
+    tls: ssl.SSLContext | None,
+    handshake_timeout_s: float,
+) -> None:
+    """Accept until cancelled; a connection past `count.limit` is refused and closed at once."""
+    loop = asyncio.get_running_loop()
     too_many = _raw_response(
         "503 Service Unavailable",
-        f"the server holds its limit of {max_connections} HTTP connections; retry shortly",
+        f"the server holds its limit of {count.limit} HTTP connections; retry shortly",
         f"retry-after: {RETRY_AFTER_S}\r\n",
     )
+    listener.setblocking(False)
+    handshakes: set[asyncio.Task[None]] = set()
+    while True:
+        try:
+            connection, _ = await loop.sock_accept(listener)
+        except OSError as error:  # out of descriptors after all (other use of the process): wait, do not spin
+            log.warning("HTTP accept failed: %s", error.strerror or error)
+            await asyncio.sleep(0.1)
+            continue
+        if count.open >= count.limit:
+            count.refused += 1
+            if tls is None:
+                with contextlib.suppress(OSError):
+                    connection.send(too_many)  # a fresh socket's buffer takes it whole, without blocking
+            connection.close()
+            continue
+        count.open += 1
+        task = loop.create_task(_start(loop, connection, protocol_factory, count, tls, handshake_timeout_s))
+        handshakes.add(task)
+        task.add_done_callback(handshakes.discard)
+
+
+async def _start(
+    loop: asyncio.AbstractEventLoop,
+    connection: socket.socket,
+    protocol_factory: Callable[[], asyncio.Protocol],
+    count: ConnectionCount,
+    tls: ssl.SSLContext | None,
+    handshake_timeout_s: float,
+) -> None:
+    """Hand the connection to the protocol (after the TLS handshake); the protocol releases its place when it
+    closes, and a failed handshake releases it here."""
+    kwargs: dict[str, Any] = {} if tls is None else {"ssl": tls, "ssl_handshake_timeout": handshake_timeout_s}
+    try:
+        await loop.connect_accepted_socket(protocol_factory, connection, **kwargs)
+    except (OSError, ssl.SSLError, TimeoutError, ConnectionError):
+        connection.close()
+        count.release()
+    except asyncio.CancelledError:
+        connection.close()
+        count.release()
+        raise
+
+
+def guarded_protocol(header_timeout_s: float, count: ConnectionCount) -> type[H11Protocol]:
+    """An `H11Protocol` class (for `uvicorn.Config(http=...)`) with a header deadline, releasing its place in
+    `count` when its connection closes."""
     too_slow = _raw_response(
         "408 Request Timeout", f"the request line and headers did not arrive within {header_timeout_s:g} s"
     )
@@ -45,13 +122,11 @@ def guarded_protocol(max_connections: int, header_timeout_s: float) -> type[H11P
     class GuardedH11Protocol(H11Protocol):
         _header_timer: asyncio.TimerHandle | None = None
         _received = 0  # bytes of the request being awaited
+        _counted = False
 
         def connection_made(self, transport: Any) -> None:
+            self._counted = True
             super().connection_made(transport)
-            if len(self.connections) > max_connections:
-                transport.write(too_many)
-                transport.close()
-                return
             self._await_headers()
 
         def data_received(self, data: bytes) -> None:
@@ -67,6 +142,9 @@ def guarded_protocol(max_connections: int, header_timeout_s: float) -> type[H11P
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_timer()
+            if self._counted:
+                self._counted = False
+                count.release()
             super().connection_lost(exc)
 
         def _await_headers(self) -> None:

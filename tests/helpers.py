@@ -14,9 +14,14 @@ import torch
 from encoder_server.background import BackgroundServer, serve_in_thread
 from encoder_server.config import BatchingConfig, ModelConfig, RequestLimits, ServerConfig, UpsampleLimits
 from encoder_server.prompt_encoder import PromptEncoder
+from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS
 from shared.info import ServerInfo
 from shared.protocol import encoder_pb2, encoder_pb2_grpc
+from shared.tiny_snapshot import TinySnapshotShape
 from shared.wire import responses_to_tensor
+
+TINY_HIDDEN_SIZE = TinySnapshotShape().text_hidden_size  # the tiny encoder's width, per hidden-state layer
+TINY_EMBED_DIM = len(DEFAULT_HIDDEN_STATE_LAYERS) * TINY_HIDDEN_SIZE  # the tiny DiT's joint_attention_dim
 
 
 @dataclass
@@ -85,6 +90,9 @@ def server_config(snapshot: Path, **overrides: Any) -> ServerConfig:
     limits = RequestLimits(**{"max_prompts": batching.max_batch_size, **_take(overrides, RequestLimits)})
     upsampling = UpsampleLimits(**_take(overrides, UpsampleLimits, prefix="upsample_"))
     port = overrides.pop("port", 0)
+    # A warm-up pass at 16 x 512 tokens takes seconds on a shared CPU, and tests start ~50 servers: tests of the
+    # warm-up itself (tests/test_warm_up.py) and every `flux2-encoder serve` process run it.
+    overrides.setdefault("warm_up", False)
     sections = {"batching": batching, "limits": limits, "upsampling": upsampling}
     return ServerConfig(model=model, host="127.0.0.1", port=port, **sections, **overrides)
 

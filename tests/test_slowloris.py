@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from encoder_server.config import ConfigError, ConnectionLimits
 from encoder_server.descriptors import RESERVED_DESCRIPTORS, plan_descriptors
 from shared.defaults import SERVICE_NAME
+from tests.certs import make_certificates
 from tests.cli_runs import EncoderProcess, serve_encoder, wait_until
 from tests.helpers import RunningServer, start_server
 
@@ -42,8 +43,10 @@ def _read_until_closed(sock: socket.socket) -> bytes:
     return received
 
 
-def _health(port: int) -> int:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+def _health(port: int, credentials: grpc.ChannelCredentials | None = None) -> int:
+    target = f"127.0.0.1:{port}"
+    channel = grpc.insecure_channel(target) if credentials is None else grpc.secure_channel(target, credentials)
+    with channel:
         request = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
         return health_pb2_grpc.HealthStub(channel).Check(request, timeout=10).status
 
@@ -155,3 +158,28 @@ def test_slowloris_flood_past_the_descriptor_limit_leaves_grpc_and_http_health_s
         assert response.status_code == 503 and "HTTP connections" in response.json()["error"]
     wait_until(lambda: requests.get(f"http://127.0.0.1:{http_port}/health", timeout=10).status_code == 200)
     assert "out of system resource" not in server.output() and "Too many open files" not in server.output()
+
+
+def test_tls_handshakes_that_never_start_count_against_the_cap_and_time_out(tiny_snapshot, tmp_path):
+    """asyncio's own server counted a TLS connection only after its handshake, and waited 60 s for one."""
+    certs = make_certificates(tmp_path)
+    server = serve_encoder(
+        "--model", str(tiny_snapshot), "--host", "127.0.0.1", "--port", "0", "--http-port", "0",
+        "--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key),
+        "--http-header-timeout-s", "1", "--max-batch-size", "2",
+        preexec_fn=_low_descriptor_limit,
+    )  # fmt: skip
+    try:
+        grpc_port = server.ready_port()
+        ready = next(line for line in server.log if "ready on" in line)
+        http_port = int(ready.split("HTTP /predict on port ")[1].split(",")[0])
+        credentials = grpc.ssl_channel_credentials(root_certificates=certs.ca.read_bytes())
+        with contextlib.ExitStack() as stack:
+            silent = [stack.enter_context(_connect(http_port)) for _ in range(400)]  # no ClientHello, ever
+            assert _health(grpc_port, credentials) == health_pb2.HealthCheckResponse.SERVING
+            assert all(_read_until_closed(sock) == b"" for sock in silent[:5])  # closed at the deadline
+        url = f"https://127.0.0.1:{http_port}/health"
+        wait_until(lambda: requests.get(url, verify=str(certs.ca), timeout=10).status_code == 200)
+        assert "out of system resource" not in server.output() and "Too many open files" not in server.output()
+    finally:
+        server.stop()
