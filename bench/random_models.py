@@ -24,7 +24,7 @@ from bench.harness import BenchError, setup_process
 from encoder_server.cli import check_health
 from encoder_server.config import ModelConfig, RequestLimits, ServerConfig
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS
-from shared.tiny_snapshot import build_scheduler, build_tokenizer
+from shared.tiny_snapshot import build_scheduler, build_tokenizer, built_on
 
 if TYPE_CHECKING:
     from encoder_server.prompt_encoder import PromptEncoder
@@ -34,18 +34,6 @@ log = logging.getLogger(__name__)
 RANDOM_ENCODER_NAME = "random-mistral-small-3.1"
 MAX_LAYER = max(DEFAULT_HIDDEN_STATE_LAYERS)  # the server's default depth
 REPO_ROOT = Path(__file__).resolve().parents[1]  # where `python -m bench.random_models` finds `bench`
-
-
-@contextlib.contextmanager
-def built_on(device: str | torch.device, dtype: torch.dtype = torch.bfloat16) -> Iterator[None]:
-    """Modules constructed inside are made on `device` in `dtype`: never on the host, never in float32."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def random_text_encoder(device: str) -> Any:

@@ -103,13 +103,11 @@ async def _start(
     kwargs: dict[str, Any] = {} if tls is None else {"ssl": tls, "ssl_handshake_timeout": handshake_timeout_s}
     try:
         await loop.connect_accepted_socket(protocol_factory, connection, **kwargs)
-    except (OSError, ssl.SSLError, TimeoutError, ConnectionError):
+    except BaseException as error:  # a failed or timed-out handshake, or the server stopping
         connection.close()
         count.release()
-    except asyncio.CancelledError:
-        connection.close()
-        count.release()
-        raise
+        if not isinstance(error, Exception):
+            raise
 
 
 def guarded_protocol(header_timeout_s: float, count: ConnectionCount) -> type[H11Protocol]:

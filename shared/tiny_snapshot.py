@@ -11,16 +11,20 @@ and a small `Flux2Transformer2DModel` whose `joint_attention_dim` is 3 x the enc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import mistral_common
 import torch
+
+from shared.quiet import quiet_model_libraries
 
 TEKKEN_FILE = "tekken_240911.json"
 TINY_STOP_EVERY = 64
@@ -76,19 +80,43 @@ MISTRAL_SMALL_3_1_CHAT_TEMPLATE = """\
 
 @dataclass(frozen=True)
 class TinySnapshotShape:
-    """Sizes of the tiny snapshot; the defaults keep a CPU forward pass in milliseconds."""
+    """Sizes of the tiny snapshot; the defaults keep a CPU forward pass in milliseconds.
 
-    text_hidden_size: int = 32
+    Every linear layer's widths are multiples of 64, as in the real models: bitsandbytes' 4-bit CPU path on
+    AVX512-BF16 packs weights in 32-row tiles of 64-weight blocks and fails on narrower layers.
+    """
+
+    text_hidden_size: int = 64
     text_num_layers: int = 34
     text_num_heads: int = 4
     text_num_kv_heads: int = 2
-    text_intermediate_size: int = 64
+    text_head_dim: int = 32  # q is 4 x 32 = 128 wide, k and v 2 x 32 = 64 (Mistral's q is wider than hidden too)
+    text_intermediate_size: int = 128
     vocab_size: int = 131072  # the Tekken vocabulary, so real token ids index real rows
-    latent_channels: int = 4
-    vae_block_out_channels: tuple[int, ...] = (8, 16, 16, 16)
+    vision_hidden_size: int = 64
+    vision_num_heads: int = 2  # Pixtral's head_dim is hidden / heads
+    vision_intermediate_size: int = 128
+    latent_channels: int = 16  # the DiT takes 4 x 16 = 64 channels (FLUX.2: 32 latent channels, 128 in)
+    vae_block_out_channels: tuple[int, ...] = (8, 16, 32, 64)  # its mid-block attention is 64 wide
     dit_num_heads: int = 2
-    dit_head_dim: int = 16
+    dit_head_dim: int = 32  # rotary axes: four of head_dim / 4
     seed: int = 0
+
+
+@contextlib.contextmanager
+def built_on(device: str | torch.device, dtype: torch.dtype = torch.bfloat16) -> Iterator[None]:
+    """Modules constructed inside are made on `device` in `dtype`, with no float32 copy on the host to cast.
+
+    A full-size model's float32 copy would not fit, and diffusers' `ModelMixin.to(dtype)` warns about modules to
+    keep in float32 on every cast, even when there are none.
+    """
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def tekken_path() -> Path:
@@ -129,7 +157,7 @@ def build_text_encoder(shape: TinySnapshotShape):  # type: ignore[no-untyped-def
             "num_hidden_layers": shape.text_num_layers,
             "num_attention_heads": shape.text_num_heads,
             "num_key_value_heads": shape.text_num_kv_heads,
-            "head_dim": shape.text_hidden_size // shape.text_num_heads,
+            "head_dim": shape.text_head_dim,
             "max_position_embeddings": 4096,
             "rms_norm_eps": 1e-5,
             "rope_theta": 1000000000.0,
@@ -140,11 +168,11 @@ def build_text_encoder(shape: TinySnapshotShape):  # type: ignore[no-untyped-def
         },
         vision_config={
             "model_type": "pixtral",
-            "hidden_size": 16,
+            "hidden_size": shape.vision_hidden_size,
             "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "head_dim": 8,
-            "intermediate_size": 32,
+            "num_attention_heads": shape.vision_num_heads,
+            "head_dim": shape.vision_hidden_size // shape.vision_num_heads,
+            "intermediate_size": shape.vision_intermediate_size,
             "image_size": PIXTRAL_IMAGE_SIZE,  # rotary positions for the largest image the processor makes
             "patch_size": 14,
             "num_channels": 3,
@@ -155,45 +183,48 @@ def build_text_encoder(shape: TinySnapshotShape):  # type: ignore[no-untyped-def
         tie_word_embeddings=False,  # Mistral Small 3.1 has a separate LM head
     )
     config.text_config.tie_word_embeddings = False
-    model = Mistral3ForConditionalGeneration(config)
+    with built_on("cpu"):
+        model = Mistral3ForConditionalGeneration(config)
     # Random weights never sample `</s>`, so every upsample would run its full 512 tokens (20 s on a CPU): one
     # token in TINY_STOP_EVERY ends a generation instead, about 64 tokens in. Real snapshots stop at `</s>`.
     model.generation_config.eos_token_id = list(range(2, shape.vocab_size, TINY_STOP_EVERY))
     model.generation_config.pad_token_id = 11
-    return model.to(torch.bfloat16).eval()
+    return model.eval()
 
 
 def build_transformer(shape: TinySnapshotShape, joint_attention_dim: int):  # type: ignore[no-untyped-def]
     from diffusers import Flux2Transformer2DModel
 
-    return Flux2Transformer2DModel(
-        patch_size=1,
-        in_channels=shape.latent_channels * 4,  # latents are 2x2-patchified before the DiT
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=shape.dit_head_dim,
-        num_attention_heads=shape.dit_num_heads,
-        joint_attention_dim=joint_attention_dim,
-        timestep_guidance_channels=256,
-        axes_dims_rope=(4, 4, 4, 4),
-    ).to(torch.bfloat16)
+    with built_on("cpu"):
+        return Flux2Transformer2DModel(
+            patch_size=1,
+            in_channels=shape.latent_channels * 4,  # latents are 2x2-patchified before the DiT
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=shape.dit_head_dim,
+            num_attention_heads=shape.dit_num_heads,
+            joint_attention_dim=joint_attention_dim,
+            timestep_guidance_channels=256,
+            axes_dims_rope=(shape.dit_head_dim // 4,) * 4,  # they must sum to the head dim
+        )
 
 
 def build_vae(shape: TinySnapshotShape):  # type: ignore[no-untyped-def]
     from diffusers import AutoencoderKLFlux2
 
     blocks = len(shape.vae_block_out_channels)
-    return AutoencoderKLFlux2(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * blocks,
-        up_block_types=("UpDecoderBlock2D",) * blocks,
-        block_out_channels=shape.vae_block_out_channels,
-        layers_per_block=1,
-        latent_channels=shape.latent_channels,
-        norm_num_groups=4,
-        sample_size=64,
-    ).to(torch.bfloat16)
+    with built_on("cpu"):
+        return AutoencoderKLFlux2(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * blocks,
+            up_block_types=("UpDecoderBlock2D",) * blocks,
+            block_out_channels=shape.vae_block_out_channels,
+            layers_per_block=1,
+            latent_channels=shape.latent_channels,
+            norm_num_groups=4,
+            sample_size=64,
+        )
 
 
 def build_scheduler():  # type: ignore[no-untyped-def]
@@ -253,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("out_dir", help="directory to write the snapshot into (replaced if it exists)")
     args = parser.parse_args(argv)
+    quiet_model_libraries()  # before diffusers imports bitsandbytes, whose import may warn; no progress bars
     path = build_tiny_snapshot(args.out_dir)
     print(f"tiny FLUX.2 snapshot written to {path} (sha256 {snapshot_digest(path)[:16]})")
     return 0

@@ -18,14 +18,15 @@ import torch
 from shared.info import ServerInfo
 from shared.protocol import encoder_pb2, encoder_pb2_grpc
 from shared.wire import tensor_to_responses
+from tests.helpers import TINY_EMBED_DIM, TINY_HIDDEN_SIZE
 
 Replies = Iterable[encoder_pb2.EncodeResponse]
 
-# What the tiny snapshot's encoder reports: 32 wide, so (10, 20, 30) give the tiny transformer's 96.
+# What the tiny snapshot's encoder reports: its hidden size, so (10, 20, 30) give the tiny transformer's 3 x that.
 TINY_INFO = ServerInfo(
     model_name="fake-tiny",
     model_path="/fake/tiny",
-    hidden_size=32,
+    hidden_size=TINY_HIDDEN_SIZE,
     num_layers=34,
     max_layer=34,
     default_hidden_state_layers=(10, 20, 30),
@@ -55,7 +56,9 @@ TINY_UPSAMPLING_INFO = dataclasses.replace(
 UpsampleReply = Callable[[encoder_pb2.UpsampleRequest, grpc.ServicerContext], list[str]]
 
 
-def embeds_for(request: encoder_pb2.EncodeRequest, *, width: int = 96, dtype: torch.dtype = torch.float32) -> Replies:
+def embeds_for(
+    request: encoder_pb2.EncodeRequest, *, width: int = TINY_EMBED_DIM, dtype: torch.dtype = torch.float32
+) -> Replies:
     """An honest reply in shape: zeros `[B, length, width]`."""
     length = request.max_sequence_length or 512
     tensor = torch.zeros(len(request.prompts), length, width, dtype=dtype)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.cli_runs import bench_report
+from tests.helpers import TINY_EMBED_DIM
 
 
 def run_encoder_benchmark(snapshot: Path, *options: str) -> dict[str, Any]:
@@ -33,7 +34,7 @@ def test_encoder_benchmark_tiny_mode_prints_json(tiny_snapshot: Path) -> None:
     in_process = report["in_process"]
     assert in_process["diffusers_full_forward_ms"] > 0 and in_process["truncated_forward_ms"] > 0
     assert report["ratios"]["grpc_latency_vs_in_process_truncated"] > 0
-    assert report["request"]["response_bytes"] == 512 * 3 * 32 * 4
+    assert report["request"]["response_bytes"] == 512 * TINY_EMBED_DIM * 4
     assert "quantized" not in report
     assert "meets_targets" not in report  # targets are stated for full size only
 

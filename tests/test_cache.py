@@ -11,9 +11,9 @@ import torch
 from encoder_server.cache import CacheStats
 from shared.protocol import encoder_pb2
 from shared.wire import WIRE_ENCODE_METHOD
-from tests.helpers import RunningServer, sample_value, start_server
+from tests.helpers import TINY_EMBED_DIM, RunningServer, sample_value, start_server
 
-ROW_BYTES = 512 * 3 * 32 * 4  # one tiny float32 embedding: 512 tokens x 3 layers x hidden 32
+ROW_BYTES = 512 * TINY_EMBED_DIM * 4  # one tiny float32 embedding: 512 tokens x 3 layers x the hidden size
 
 
 @pytest.fixture(scope="module")

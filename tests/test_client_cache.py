@@ -9,9 +9,9 @@ from diffusion_client import RemoteTextEncoder
 from diffusion_client.cli import main as generate_main
 from diffusion_client.embedding_cache import EmbeddingCache
 from tests.fake_encoder import FakeEncoder, fake_server
-from tests.helpers import prompts_encoded, start_server
+from tests.helpers import TINY_EMBED_DIM, TINY_HIDDEN_SIZE, prompts_encoded, start_server
 
-ROW_BYTES = 512 * 96 * 4  # one tiny-model prompt: [512, 96] float32
+ROW_BYTES = 512 * TINY_EMBED_DIM * 4  # one tiny-model prompt: [512, 3 x hidden] float32
 MIB = 2**20
 
 
@@ -62,7 +62,7 @@ def test_other_length_or_layers_are_other_entries(uncached_server):
             encoder.encode("a kite", layers=(10,)).shape,
         ]
     assert prompts_encoded(uncached_server) - before == 3
-    assert shapes == [(1, 512, 96), (1, 64, 96), (1, 512, 32)]
+    assert shapes == [(1, 512, TINY_EMBED_DIM), (1, 64, TINY_EMBED_DIM), (1, 512, TINY_HIDDEN_SIZE)]
 
 
 def test_cache_never_holds_more_than_its_budget_and_drops_the_least_recently_used(uncached_server):
@@ -82,7 +82,7 @@ def test_cache_never_holds_more_than_its_budget_and_drops_the_least_recently_use
 
 def test_row_larger_than_the_budget_is_not_kept():
     cache = EmbeddingCache(max_bytes=ROW_BYTES - 1)
-    cache.put(("f", "x", 512, (10, 20, 30)), torch.zeros(512, 96))
+    cache.put(("f", "x", 512, (10, 20, 30)), torch.zeros(512, TINY_EMBED_DIM))
     assert len(cache) == 0 and cache.bytes == 0
 
 

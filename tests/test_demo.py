@@ -1,7 +1,8 @@
-"""`make demo`'s script runs the main job end to end: server up, SERVING, image over gRPC, server down.
+"""`make demo`'s two steps: `flux2-tiny-model` builds the snapshot, then the script runs the main job end to end
+(server up, SERVING, image over gRPC, server down).
 
-It must print no library noise on any CPU. bitsandbytes warns on import, on CPUs with AVX512-BF16 only, that
-it cannot fetch an optional kernel from the hub; the test makes bitsandbytes believe this CPU has that
+Both must print only our own lines on any CPU. bitsandbytes warns on import, on CPUs with AVX512-BF16 only, that
+it cannot fetch an optional kernel from the hub; the tests make bitsandbytes believe this CPU has that
 instruction set (its own `has_avx512bf16` check answers yes), so its real warning fires on every machine.
 """
 
@@ -12,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -39,17 +41,43 @@ sys.meta_path.insert(0, _ClaimAvx512Bf16())
 """
 
 
-def test_demo_script_starts_server_generates_image_and_stops_without_library_noise(tiny_snapshot, tmp_path):
-    (tmp_path / "site").mkdir()
-    (tmp_path / "site" / "sitecustomize.py").write_text(AVX512_BF16_SITECUSTOMIZE)
+@pytest.fixture(scope="module")
+def claimed_avx512_bf16_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment of a child process whose bitsandbytes believes the CPU has AVX512-BF16."""
+    site = tmp_path_factory.mktemp("site")
+    (site / "sitecustomize.py").write_text(AVX512_BF16_SITECUSTOMIZE)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO_ROOT)])}
+
+
+@pytest.fixture(scope="module")
+def built(claimed_avx512_bf16_env, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """`make demo`'s first step, `flux2-tiny-model`: the snapshot it wrote and what it printed."""
+    snapshot = tmp_path_factory.mktemp("demo") / "tiny-flux2"
+    command = [str(Path(sys.executable).parent / "flux2-tiny-model"), str(snapshot)]
+    finished = subprocess.run(command, env=claimed_avx512_bf16_env, capture_output=True, text=True, timeout=300)
+    return snapshot, finished
+
+
+def test_building_the_tiny_model_prints_only_its_own_line(built):
+    snapshot, finished = built
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert finished.stderr == ""
+    (line,) = finished.stdout.splitlines()
+    assert line.startswith(f"tiny FLUX.2 snapshot written to {snapshot} (sha256 ")
+    assert (snapshot / "model_index.json").is_file()
+
+
+def test_demo_script_starts_server_generates_image_and_stops_without_library_noise(
+    built, claimed_avx512_bf16_env, tmp_path
+):
+    snapshot, _ = built
     env = {
-        **os.environ,
+        **claimed_avx512_bf16_env,
         "BIN": str(Path(sys.executable).parent),
         "PYTHON": sys.executable,
-        "MODEL": str(tiny_snapshot),
+        "MODEL": str(snapshot),
         "OUT": str(tmp_path),
         "GENERATE_ARGS": "--height 64 --width 64 --steps 2 --quiet",
-        "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(REPO_ROOT)]),
     }
     finished = subprocess.run(
         ["bash", "scripts/demo.sh"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300

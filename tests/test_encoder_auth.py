@@ -9,7 +9,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from diffusion_client import RemoteTextEncoder
 from diffusion_client.errors import EncoderRejectedError
 from shared.protocol import encoder_pb2
-from tests.helpers import start_server
+from tests.helpers import TINY_EMBED_DIM, TINY_HIDDEN_SIZE, start_server
 
 TOKEN = "team-secret-42"
 
@@ -41,8 +41,8 @@ def test_wrong_token_is_refused_with_a_hint(guarded_server):
 
 def test_right_token_gets_embeddings(guarded_server):
     with RemoteTextEncoder(guarded_server.target, token=TOKEN) as encoder:
-        assert encoder.encode("x").shape == (1, 512, 96)
-        assert encoder.info().hidden_size == 32
+        assert encoder.encode("x").shape == (1, 512, TINY_EMBED_DIM)
+        assert encoder.info().hidden_size == TINY_HIDDEN_SIZE
 
 
 def test_health_needs_no_token(guarded_server):
@@ -55,7 +55,7 @@ def test_health_needs_no_token(guarded_server):
 def test_bearer_scheme_is_case_insensitive(guarded_server, scheme):
     metadata = (("authorization", f"{scheme} {TOKEN}"),)
     info = guarded_server.stub.GetInfo(encoder_pb2.GetInfoRequest(), timeout=10, metadata=metadata)
-    assert info.hidden_size == 32
+    assert info.hidden_size == TINY_HIDDEN_SIZE
 
 
 def test_token_without_the_bearer_scheme_is_refused(guarded_server):

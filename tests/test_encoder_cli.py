@@ -13,7 +13,7 @@ import pytest
 from encoder_server.cli import main as encoder_main
 from shared.protocol import encoder_pb2, encoder_pb2_grpc
 from tests.cli_runs import free_port, serve_encoder
-from tests.helpers import encode_via
+from tests.helpers import TINY_EMBED_DIM, encode_via
 
 
 def test_serve_logs_ready_line_answers_and_stops_cleanly_on_sigterm(tiny_snapshot):
@@ -21,7 +21,7 @@ def test_serve_logs_ready_line_answers_and_stops_cleanly_on_sigterm(tiny_snapsho
     try:
         port = server.ready_port()
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            assert encode_via(encoder_pb2_grpc.TextEncoderStub(channel), ["hello"]).shape == (1, 512, 96)
+            assert encode_via(encoder_pb2_grpc.TextEncoderStub(channel), ["hello"]).shape == (1, 512, TINY_EMBED_DIM)
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(30) == 0
     finally:
@@ -98,7 +98,7 @@ def test_sigterm_lets_queued_requests_finish_within_the_grace_period(tiny_snapsh
             assert first.WhichOneof("part") == "header"
             server.process.send_signal(signal.SIGTERM)
             delivered = [sum(len(reply.chunk) for reply in call) for call in calls[1:]]
-        assert delivered == [512 * 96 * 4] * 47
+        assert delivered == [512 * TINY_EMBED_DIM * 4] * 47
         assert server.process.wait(120) == 0
     finally:
         server.stop()

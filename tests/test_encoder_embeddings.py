@@ -8,14 +8,14 @@ import torch
 
 from shared.protocol import encoder_pb2
 from shared.wire import MAX_CHUNK_BYTES
-from tests.helpers import encode_via, start_server
+from tests.helpers import TINY_EMBED_DIM, TINY_HIDDEN_SIZE, encode_via, start_server
 
 LONG_PROMPT = "a lighthouse on a cliff at dusk, waves crashing below, " * 60  # well over 512 tokens
 
 
 def test_single_prompt_matches_diffusers_bitwise(encoder_server, diffusers_embeds):
     embeds = encoder_server.encode(["a red fox jumping over a frozen river"])
-    assert embeds.shape == (1, 512, 3 * 32)
+    assert embeds.shape == (1, 512, TINY_EMBED_DIM)
     assert embeds.dtype == torch.float32
     assert torch.equal(embeds, diffusers_embeds(["a red fox jumping over a frozen river"]))
 
@@ -48,14 +48,14 @@ def test_empty_prompt_matches_diffusers_bitwise(encoder_server, diffusers_embeds
 def test_custom_layers_match_diffusers_bitwise(encoder_server, diffusers_embeds, layers):
     prompts = ["a watercolor of a heron", "neon city at night"]
     embeds = encoder_server.encode(prompts, hidden_state_layers=list(layers))
-    assert embeds.shape == (2, 512, len(layers) * 32)
+    assert embeds.shape == (2, 512, len(layers) * TINY_HIDDEN_SIZE)
     assert torch.equal(embeds, diffusers_embeds(prompts, layers=layers))
 
 
 def test_shorter_max_sequence_length_matches_diffusers_bitwise(encoder_server, diffusers_embeds):
     prompts = ["a bowl of ramen, steam rising", LONG_PROMPT]
     embeds = encoder_server.encode(prompts, max_sequence_length=77)
-    assert embeds.shape == (2, 77, 96)
+    assert embeds.shape == (2, 77, TINY_EMBED_DIM)
     assert torch.equal(embeds, diffusers_embeds(prompts, max_sequence_length=77))
 
 
@@ -64,7 +64,7 @@ def test_header_echoes_the_layers_and_length_used(encoder_server):
     header = replies[0].header
     assert list(header.hidden_state_layers) == [10, 20, 30]
     assert header.max_sequence_length == 512
-    assert list(header.shape) == [1, 512, 96]
+    assert list(header.shape) == [1, 512, TINY_EMBED_DIM]
     assert header.byte_length == sum(len(reply.chunk) for reply in replies[1:])
 
 
@@ -85,8 +85,8 @@ def test_large_reply_arrives_in_chunks_under_default_grpc_limit(tiny_snapshot):
         assert all(len(chunk) <= MAX_CHUNK_BYTES for chunk in chunks)
         assert all(reply.ByteSize() < 4 * 1024 * 1024 for reply in replies)
         embeds = encode_via(stub, ["prompt 3"], hidden_state_layers=all_layers)
-    assert replies[0].header.byte_length == 16 * 512 * 34 * 32 * 4
-    assert embeds.shape == (1, 512, 34 * 32)
+    assert replies[0].header.byte_length == 16 * 512 * 34 * TINY_HIDDEN_SIZE * 4
+    assert embeds.shape == (1, 512, 34 * TINY_HIDDEN_SIZE)
 
 
 def test_max_layer_server_matches_full_encoder_and_refuses_deeper_layers(tiny_snapshot, diffusers_embeds):
@@ -105,7 +105,7 @@ def test_max_layer_server_matches_full_encoder_and_refuses_deeper_layers(tiny_sn
 def test_get_info_describes_the_loaded_model(encoder_server, tiny_snapshot):
     info = encoder_server.stub.GetInfo(encoder_pb2.GetInfoRequest(), timeout=10)
     assert info.model_name == tiny_snapshot.name
-    assert (info.hidden_size, info.num_layers, info.max_layer) == (32, 34, 34)
+    assert (info.hidden_size, info.num_layers, info.max_layer) == (TINY_HIDDEN_SIZE, 34, 34)
     assert list(info.default_hidden_state_layers) == [10, 20, 30]
     assert (info.default_max_sequence_length, info.max_sequence_length) == (512, 512)
     assert (info.dtype, info.device) == ("float32", "cpu")

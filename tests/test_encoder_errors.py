@@ -10,7 +10,7 @@ import pytest
 from encoder_server.prompt_encoder import PromptEncoder
 from shared.protocol import encoder_pb2
 from tests.cli_runs import wait_until
-from tests.helpers import start_server
+from tests.helpers import TINY_EMBED_DIM, start_server
 
 BAD_REQUESTS = {
     "no-prompts": (dict(prompts=[]), "send 1 to 16 prompts"),
@@ -29,7 +29,7 @@ def test_bad_request_returns_invalid_argument_and_server_keeps_serving(encoder_s
         list(encoder_server.stub.Encode(encoder_pb2.EncodeRequest(**fields), timeout=30))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in error.value.details()
-    assert encoder_server.encode(["still serving"]).shape == (1, 512, 96)
+    assert encoder_server.encode(["still serving"]).shape == (1, 512, TINY_EMBED_DIM)
 
 
 def test_encode_while_model_loads_returns_unavailable(tiny_snapshot):
@@ -46,7 +46,7 @@ def test_encode_while_model_loads_returns_unavailable(tiny_snapshot):
         assert "loading" in error.value.details()
         release.set()
         server.wait_ready()
-        assert server.encode(["on time"]).shape == (1, 512, 96)
+        assert server.encode(["on time"]).shape == (1, 512, TINY_EMBED_DIM)
 
 
 def test_full_queue_returns_resource_exhausted(tiny_snapshot):

@@ -15,6 +15,7 @@ from diffusion_client.cli import main as generate_main
 from diffusion_client.images import save_png
 from tests.cli_runs import assert_one_line_error, error_lines, free_port, run_cli
 from tests.fake_encoder import FakeEncoder, embeds_for, fake_server
+from tests.helpers import TINY_EMBED_DIM
 
 SIZE = ["--height", "64", "--width", "64", "--steps", "2"]
 
@@ -97,7 +98,7 @@ def picky_reply(request, context):  # type: ignore[no-untyped-def]
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "this prompt is not allowed")
     if prompt == "unreachable":
         context.abort(grpc.StatusCode.UNAVAILABLE, "down for maintenance")
-    return embeds_for(request, width=97 if prompt == "garble me" else 96)
+    return embeds_for(request, width=97 if prompt == "garble me" else TINY_EMBED_DIM)
 
 
 def generate_from(target: str, snapshot: Path, prompts: Path, out: Path, *flags: str) -> int:

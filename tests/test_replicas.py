@@ -23,7 +23,7 @@ from diffusion_client.remote_encoder import log as client_log
 from shared.defaults import SERVICE_NAME
 from tests.cli_runs import EncoderProcess, assert_one_line_error, serve_encoder
 from tests.fake_encoder import FakeEncoder, fake_server
-from tests.helpers import RunningServer, prompts_encoded, start_server
+from tests.helpers import TINY_EMBED_DIM, RunningServer, prompts_encoded, start_server
 
 ONE_PROMPT_A_PASS = {"max_batch_size": 1, "batch_wait_ms": 0, "cache_bytes": 0}
 
@@ -76,7 +76,7 @@ def test_replicas_named_by_host_resolve_to_both(replica, other_replica):
 
 def test_dns_target_reaches_the_server(replica):
     with RemoteTextEncoder(f"dns:///localhost:{replica.handle.port}", timeout=30) as encoder:
-        assert encoder.encode("via dns").shape == (1, 512, 96)
+        assert encoder.encode("via dns").shape == (1, 512, TINY_EMBED_DIM)
 
 
 @pytest.mark.parametrize(
@@ -97,7 +97,7 @@ def test_generate_with_a_malformed_replica_list_exits_2_in_one_line(tiny_snapsho
 def test_stream_reset_reported_as_internal_is_retried():
     servicer = FakeEncoder(failures=[grpc.StatusCode.INTERNAL], details="Received RST_STREAM with error code 2")
     with fake_server(servicer) as target, RemoteTextEncoder(target, backoff_s=0.01) as encoder:
-        assert encoder.encode("x").shape == (1, 512, 96)
+        assert encoder.encode("x").shape == (1, 512, TINY_EMBED_DIM)
     assert servicer.calls == 2
 
 

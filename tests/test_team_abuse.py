@@ -20,7 +20,7 @@ from encoder_server.request import EncodeRequest
 from encoder_server.tokens import TokenRegistry, parse_tokens
 from shared.protocol import encoder_pb2
 from tests.certs import make_certificates
-from tests.helpers import RunningServer, start_server
+from tests.helpers import TINY_EMBED_DIM, RunningServer, start_server
 
 ALICE = "alice-0123456789abcdef"
 
@@ -96,7 +96,7 @@ def test_waiters_on_a_shared_prompt_get_their_rows_when_the_first_caller_gives_u
     for thread in waiters:
         thread.join()
     assert gone == [grpc.StatusCode.DEADLINE_EXCEEDED]
-    assert [result.shape for result in results] == [(1, 512, 96)] * 2  # type: ignore[attr-defined]
+    assert [result.shape for result in results] == [(1, 512, TINY_EMBED_DIM)] * 2  # type: ignore[attr-defined]
     assert _engine_idle(server) == (0, 0)
 
 

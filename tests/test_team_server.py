@@ -16,6 +16,7 @@ from shared.protocol import encoder_pb2, encoder_pb2_grpc
 from shared.wire import TensorSpec, responses_to_tensor
 from tests.certs import Certificates, make_certificates
 from tests.cli_runs import EncoderProcess, serve_encoder
+from tests.helpers import TINY_EMBED_DIM
 
 ALICE = "alice-0123456789abcdef"
 BOB = "bob-0123456789abcdef0"
@@ -90,7 +91,7 @@ def test_log_line_names_the_caller_and_never_holds_the_token_or_the_prompt(team_
 
 
 def test_sighup_swaps_the_tokens_and_a_call_in_flight_completes(team_server):
-    spec = TensorSpec("float32", (1, 512, 96))
+    spec = TensorSpec("float32", (1, 512, TINY_EMBED_DIM))
     with team_server.channel() as channel:
         in_flight = _encode(channel, ALICE)
         header = next(in_flight)  # the call is admitted and streaming; the rest is unread

@@ -11,7 +11,7 @@ from diffusion_client.errors import EncoderRejectedError
 from diffusion_client.remote_encoder import RemoteTextEncoder
 from encoder_server.config import ConfigError
 from encoder_server.tokens import MAX_TOKENS_FILE_BYTES, TokenEntry, TokenRegistry, parse_tokens, read_tokens_file
-from tests.helpers import start_server
+from tests.helpers import TINY_EMBED_DIM, start_server
 
 ALICE = "alice-0123456789abcdef"
 BOB = "bob-0123456789abcdef0"
@@ -56,7 +56,7 @@ def test_named_token_gets_embeddings_and_an_unknown_one_is_unauthenticated(tiny_
     tokens_file.write_text(f"alice {ALICE}\nbob {BOB}\n")
     with start_server(tiny_snapshot, tokens_file=tokens_file) as server:
         with RemoteTextEncoder(server.target, token=BOB) as encoder:
-            assert encoder.encode("a cat").shape == (1, 512, 96)
+            assert encoder.encode("a cat").shape == (1, 512, TINY_EMBED_DIM)
         with RemoteTextEncoder(server.target, token="mallory-0123456789abc") as encoder:
             with pytest.raises(EncoderRejectedError) as refused:
                 encoder.encode("a cat")
