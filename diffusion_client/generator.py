@@ -29,6 +29,7 @@ from diffusion_client.errors import (
 )
 from diffusion_client.images import save_png
 from diffusion_client.jobs import GenerationJob
+from diffusion_client.lora.adapters import LoraAdapters
 from diffusion_client.preflight import PreparedJob, preflight
 from diffusion_client.remote_encoder import RemoteTextEncoder
 from diffusion_client.upsampling import max_new_tokens_for
@@ -71,6 +72,7 @@ class ImageGenerator:
         self.encoder = encoder
         self.model_name = model_name
         self.pipeline.set_progress_bar_config(disable=not progress, desc="denoising", leave=False)
+        self.adapters = LoraAdapters(pipeline)
 
     @property
     def device(self) -> torch.device:
@@ -124,6 +126,7 @@ class ImageGenerator:
     def generate(self, prepared: PreparedJob, prompt_embeds: torch.Tensor) -> Image.Image:
         """One image from already-fetched embeddings; the same seed gives the same pixels."""
         job = prepared.job
+        self.adapters.activate(prepared.loras)
         result = self.pipeline(
             image=list(prepared.references) or None,
             prompt_embeds=prompt_embeds,
@@ -158,7 +161,7 @@ class ImageGenerator:
                     conditioning = current.result()
                     upsampled = conditioning.upsampled_prompt
                     image = self.generate(prepared, conditioning.prompt_embeds)
-                    path = save_png(image, prepared.job.out, self.metadata(prepared.job, upsampled))
+                    path = save_png(image, prepared.job.out, self.metadata(prepared, upsampled))
                 except JOB_FAILURES as error:
                     yield FailedJob(prepared.job, error)
                     continue
@@ -168,8 +171,9 @@ class ImageGenerator:
             # cancels it.
             prefetcher.shutdown(wait=False, cancel_futures=True)
 
-    def metadata(self, job: GenerationJob, upsampled_prompt: str | None = None) -> dict[str, Any]:
+    def metadata(self, prepared: PreparedJob, upsampled_prompt: str | None = None) -> dict[str, Any]:
         """How the image was made; `prompt` is what it was generated from, the rewrite if one was made."""
+        job = prepared.job
         info = self.encoder.info()
         upsampling: dict[str, Any] = {}
         if upsampled_prompt is not None:
@@ -190,4 +194,5 @@ class ImageGenerator:
             # int8 and nf4 encoders give embeddings close to, not equal to, bf16 ones: record which made this.
             "encoder_quantization": info.quantization,
             "reference_images": [str(path) for path in job.images],
+            "loras": [applied.describe() for applied in prepared.loras],
         }

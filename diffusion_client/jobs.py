@@ -2,7 +2,8 @@
 
 A prompts file holds one prompt per line, or JSON objects (JSONL) with per-line settings:
 `{"prompt": "...", "seed": 7, "steps": 20, "guidance": 3.5, "height": 768, "width": 1024,
-"images": ["ref.png"], "out": "name.png", "upsample": true, "upsample_temperature": 0.15}`. Blank lines and
+"images": ["ref.png"], "out": "name.png", "upsample": true, "upsample_temperature": 0.15,
+"loras": [{"path": "style.safetensors", "scale": 0.8}]}` (a line's "loras" replace the CLI's `--lora`s). Blank lines and
 lines starting with `#` are skipped.
 Parsing checks each value's type; whether the values make a valid job is `preflight`'s business.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from diffusion_client.errors import InputError
+from diffusion_client.lora.specs import LoraSpec
 from diffusion_client.upsampling import DEFAULT_UPSAMPLE_TEMPERATURE
 
 
@@ -33,6 +35,7 @@ class GenerationJob:
     # Rewrite the prompt on the encoder server first (seeded with `seed`), and generate from the rewrite.
     upsample: bool = False
     upsample_temperature: float = DEFAULT_UPSAMPLE_TEMPERATURE
+    loras: tuple[LoraSpec, ...] = ()  # applied to the DiT for this image, at their scales
     # Where the job came from (`prompts.jsonl:3`), to start messages about it; not a setting.
     origin: str | None = field(default=None, compare=False)
 
@@ -113,4 +116,29 @@ def _parse_json_line(where: str, text: str) -> dict[str, Any]:
         if not isinstance(images, list) or not all(isinstance(item, str) and item.strip() for item in images):
             raise InputError(f"{where}: 'images' must be a list of path strings, not {json.dumps(images)}")
         settings["images"] = tuple(Path(item) for item in images)
+    if "loras" in raw:
+        settings["loras"] = _parse_loras(where, raw["loras"])
     return settings
+
+
+def _parse_loras(where: str, loras: Any) -> tuple[LoraSpec, ...]:
+    """`[{"path": "a.safetensors", "scale": 0.8}, ...]` (scale optional, 1 by default)."""
+    shape = '\'loras\' must be a list of {"path": "file.safetensors", "scale": 1.0} objects'
+    if not isinstance(loras, list):
+        raise InputError(f"{where}: {shape}, not {json.dumps(loras)[:80]}")
+    specs = []
+    for item in loras:
+        if not isinstance(item, dict) or not isinstance(item.get("path"), str) or not item["path"].strip():
+            raise InputError(f"{where}: {shape}, not {json.dumps(item)[:80]}")
+        if set(item) - {"path", "scale"}:
+            raise InputError(
+                f'{where}: a LoRA takes only "path" and "scale", not {sorted(set(item) - {"path", "scale"})}'
+            )
+        scale = item.get("scale", 1.0)
+        if not isinstance(scale, int | float) or isinstance(scale, bool):
+            raise InputError(f"{where}: LoRA {item['path']}: scale must be a number, not {json.dumps(scale)}")
+        try:
+            specs.append(LoraSpec(Path(item["path"]), float(scale)))
+        except InputError as error:
+            raise InputError(f"{where}: {error}") from None
+    return tuple(specs)

@@ -3,7 +3,8 @@
 `preflight` validates each job's settings against the model's configs, checks that each output can be
 written and that no two jobs write one file, decodes every reference image once, and checks that the
 encoder's embeddings fit the transformer and, for jobs that upsample their prompt, that the encoder offers
-upsampling and takes their reference files (read once, sent later as they are). The CLI runs it on the
+upsampling and takes their reference files (read once, sent later as they are). Each LoRA file is checked
+once against the transformer's layers (`diffusion_client.lora.files`). The CLI runs it on the
 snapshot's `config.json` files before loading any weights; `ImageGenerator.prepare` runs it on a loaded
 pipeline's configs. Only its result, `PreparedJob`s, can be generated.
 """
@@ -23,6 +24,8 @@ from PIL import Image
 from diffusion_client.errors import InputError
 from diffusion_client.images import load_reference_image
 from diffusion_client.jobs import GenerationJob
+from diffusion_client.lora.adapters import AppliedLora
+from diffusion_client.lora.files import CheckedLora, check_lora, layer_shapes
 from diffusion_client.pipeline import joint_attention_dim, size_multiple
 from diffusion_client.remote_encoder import RemoteTextEncoder
 from diffusion_client.upsampling import (
@@ -45,6 +48,7 @@ class PreparedJob:
     job: GenerationJob
     references: tuple[Image.Image, ...] = ()
     reference_files: tuple[ReferenceFile, ...] = ()  # only for a job that upsamples: its references' file bytes
+    loras: tuple[AppliedLora, ...] = ()
 
 
 def preflight(
@@ -74,8 +78,29 @@ def preflight(
                 except InputError as error:
                     raise InputError(job.describe(str(error))) from error
         prepared.append(PreparedJob(job, tuple(decoded[path] for path in job.images)))
+    prepared = _with_loras(prepared, transformer_config)
     encoder.check_fits(joint_attention_dim(transformer_config), layers)
     return _with_upsampling(prepared, encoder)
+
+
+def _with_loras(prepared: list[PreparedJob], transformer_config: Mapping[str, Any]) -> list[PreparedJob]:
+    """Check each LoRA file once against the transformer's layers (built only if a job names one)."""
+    if not any(item.job.loras for item in prepared):
+        return prepared
+    layers = layer_shapes(transformer_config)
+    checked: dict[Path, CheckedLora] = {}
+    result = []
+    for item in prepared:
+        job = item.job
+        try:
+            for spec in job.loras:
+                if spec.path not in checked:
+                    checked[spec.path] = check_lora(spec.path, layers)
+        except InputError as error:
+            raise InputError(job.describe(str(error))) from error
+        applied = tuple(AppliedLora(checked[spec.path], spec.scale) for spec in job.loras)
+        result.append(dataclasses.replace(item, loras=applied))
+    return result
 
 
 def _with_upsampling(prepared: list[PreparedJob], encoder: RemoteTextEncoder) -> list[PreparedJob]:

@@ -20,6 +20,8 @@ def quiet_library_loggers() -> None:
     warnings.filterwarnings(
         "ignore", message="Image size .* exceeds limit of .* could be decompression bomb DOS attack"
     )
+    # peft warns whenever a second adapter joins a model; several LoRAs at once is what --lora asks for.
+    warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute in the model")
 
 
 def quiet_model_libraries() -> None:
