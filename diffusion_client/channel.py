@@ -8,6 +8,10 @@ Replicas share one channel with gRPC's own `round_robin` balancing and client-si
 that reports NOT_SERVING on `grpc.health.v1` for the encoder service (loading, or draining on SIGTERM) or whose
 connection fails gets no new calls. A listed name is resolved only once, when the client is made; use a
 `dns:///` target for names whose addresses change.
+
+`server_answered` tells a failure a server sent from gRPC's own for a call that found no connection, and
+`unreached_error` says why no connection: nothing listening, something that is not gRPC, or TLS the server
+refuses (gRPC reports all of these as UNAVAILABLE).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 
 import grpc
 
-from diffusion_client.errors import EncoderUnavailableError, InputError
+from diffusion_client.errors import EncoderUnavailableError, InputError, printable_line
 from shared.defaults import SERVICE_NAME
 from shared.tls import key_pair_mismatch
 
@@ -35,6 +39,20 @@ PemSource = str | os.PathLike[str] | bytes  # a PEM file's path, or its contents
 BALANCED_SERVICE_CONFIG = json.dumps(
     {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": SERVICE_NAME}}
 )
+
+# How gRPC 1.85 words a call that found no connection to send on (measured on loopback: these prefixes, then the
+# last address's error); any other status came from a server (or proxy) the call reached. So did a replica's failed
+# health check: that server is up, answering NOT_SERVING while it loads. Wordings of other versions that these miss
+# count as reached, which only means retrying until the deadline, as before.
+_NO_CONNECTION = re.compile(
+    r"^(failed to connect to all addresses|connections to all backends failing|errors resolving|dns resolution failed)",
+    re.IGNORECASE,
+)
+_REFUSED = re.compile(r"connection refused", re.IGNORECASE)
+_NOT_HTTP2 = re.compile(r"failed parsing http/2|http1\.x", re.IGNORECASE)  # an HTTP/1 server, or other bytes
+_CLOSED = re.compile(r"socket closed|connection reset|broken pipe|end of file", re.IGNORECASE)
+_UNRESOLVED = re.compile(r"errors resolving|dns resolution failed", re.IGNORECASE)
+_UNHEALTHY = re.compile(r"backend unhealthy", re.IGNORECASE)
 
 # gRPC resolver schemes a target may start with; the first three can name several servers.
 BALANCED_SCHEMES = ("dns", "ipv4", "ipv6")
@@ -85,6 +103,99 @@ def open_channel(
     if credentials is None:
         return grpc.insecure_channel(where.target, options=merged)
     return grpc.secure_channel(where.target, credentials, options=merged)
+
+
+def server_answered(code: grpc.StatusCode, details: str | None) -> bool:
+    """Whether a failed call reached a server: any status but gRPC's own for finding no connection to send on."""
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return False  # a listener that never speaks, or a server too slow: no evidence either way
+    text = details or ""
+    return code != grpc.StatusCode.UNAVAILABLE or not _NO_CONNECTION.search(text) or bool(_UNHEALTHY.search(text))
+
+
+Failure = tuple[grpc.StatusCode, str | None]  # a call's status code and details
+
+
+def _kind(failure: Failure) -> str:
+    code, details = failure
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return "silent"
+    for kind, pattern in (("not-grpc", _NOT_HTTP2), ("closed", _CLOSED), ("refused", _REFUSED)):
+        if pattern.search(details or ""):
+            return kind
+    return "unresolved" if _UNRESOLVED.search(details or "") else "other"
+
+
+# gRPC names only the last address tried: for `localhost` that may be ::1 refusing while 127.0.0.1 closes on
+# plain text. What something listening did says more than a refusal, so of the failures seen, that one is reported.
+# A deadline says least: a call may also wait out a reconnection.
+_TELLING = ("unresolved", "silent", "refused", "other", "closed", "not-grpc")
+
+
+def more_telling(seen: Failure | None, failure: Failure) -> Failure:
+    """Of two failures to connect, the one that says more about what is at the target (the later one on a tie)."""
+    if seen is not None and _TELLING.index(_kind(seen)) > _TELLING.index(_kind(failure)):
+        return seen
+    return failure
+
+
+def unreached_error(target: str, failure: Failure, *, tls: bool, waited_s: float) -> EncoderUnavailableError:
+    """Why no server at `target` has answered in `waited_s`, as one line saying what to check; always UNAVAILABLE.
+
+    A refusal is checked against every address the target's names resolve to (one TCP connect each): gRPC reports
+    only the last address it tried, which for `localhost` may be ::1 while a TLS server listens on 127.0.0.1.
+    """
+    said = printable_line(failure[1] or "no details")
+    tls_hint = (
+        "if the server requires client certificates, give --tls-cert and --tls-key"
+        if tls
+        else "if the server uses TLS, give --tls-ca (or --tls for a publicly signed certificate)"
+    )
+    port_hint = "give the encoder's gRPC port (`flux2-encoder serve --port`, 50051 by default)"
+    kind = _kind(failure)
+    if kind == "silent":
+        why = (
+            f"what listens there accepts connections but did not answer as a gRPC server within {waited_s:g} s; "
+            f"{port_hint}, or raise --connect-timeout on a slow network"
+        )
+    elif kind == "refused" and (listening := _listening_address(target)):
+        why = f"{listening} accepts connections but not this client's gRPC ({said}); {tls_hint}; else {port_hint}"
+    elif kind == "refused":
+        why = (
+            "nothing is listening there (connection refused); check the address and that `flux2-encoder serve` "
+            "is running, or raise --connect-timeout for a server still starting"
+        )
+    elif kind == "not-grpc":
+        why = f"what listens there is not a gRPC server ({said}); {port_hint}, not its --http-port"
+    elif kind == "closed":
+        why = f"what listens there closed the connection before speaking gRPC ({said}); {tls_hint}; else {port_hint}"
+    elif kind == "unresolved":
+        why = f"the name does not resolve ({said}); check the address"
+    else:
+        why = f"{said}; check the address and that `flux2-encoder serve` is running; {tls_hint}"
+    return EncoderUnavailableError(
+        f"cannot reach the encoder at {target}: {why}", target=target, code=grpc.StatusCode.UNAVAILABLE
+    )
+
+
+def _listening_address(target: str) -> str | None:
+    """The first address of `target`'s `host:port` entries that accepts a TCP connection, if any."""
+    for entry in _entries(target):
+        try:
+            host, port = _host_port(entry)
+        except ValueError:
+            continue  # a scheme (dns:///, unix:) or no port: gRPC's own words must do
+        try:
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError:
+            continue
+        for family, kind, protocol, _, sockaddr in found:
+            with socket.socket(family, kind, protocol) as probe:
+                probe.settimeout(0.5)
+                if probe.connect_ex(sockaddr) == 0:
+                    address = str(sockaddr[0])
+                    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    return None
 
 
 def tls_credentials(

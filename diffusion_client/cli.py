@@ -27,7 +27,8 @@ from diffusion_client.errors import (
     printable_line,
 )
 from diffusion_client.jobs import GenerationJob, jobs_from_file
-from diffusion_client.upsampling import DEFAULT_UPSAMPLE_TEMPERATURE, check_temperature
+from diffusion_client.lora.specs import parse_lora_spec
+from diffusion_client.upsampling import DEFAULT_UPSAMPLE_TEMPERATURE, TEMPERATURE_RANGE, check_temperature
 from shared.allocator import tune_allocator
 from shared.defaults import DEFAULT_PORT
 from shared.one_line import OneLineParser
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 PROG = "flux2-generate"
 TOKEN_VARIABLE = "FLUX2_ENCODER_TOKEN"
 DEFAULT_CACHE_MIB = 256  # about 16 FLUX.2-dev prompts in bf16: a prompts file that repeats one fetches it once
+DEFAULT_CONNECT_TIMEOUT_S = 5.0  # a wrong --encoder fails in seconds; a server that answered once is waited for
 
 # The one place failures become exit codes: the first matching class wins; anything else exits 1.
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
@@ -64,7 +66,7 @@ def report(failure: object) -> None:
 
 
 def positive_seconds(text: str) -> float:
-    """`--timeout`: a positive, finite number of seconds."""
+    """`--timeout`, `--connect-timeout`: a positive, finite number of seconds."""
     try:
         seconds = float(text)
     except ValueError:
@@ -75,11 +77,11 @@ def positive_seconds(text: str) -> float:
 
 
 def upsample_temperature(text: str) -> float:
-    """`--upsample-temperature`: finite, above 0 and at most 2."""
+    """`--upsample-temperature`: from 0.01 to 2, the server's range."""
     try:
         return check_temperature(float(text))
     except (ValueError, InputError):
-        raise argparse.ArgumentTypeError(f"must be a number above 0 and at most 2, not {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be a number {TEMPERATURE_RANGE}, not {text!r}") from None
 
 
 def cache_mib(text: str) -> int:
@@ -118,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="images",
         help="reference image for editing; repeat for several",
     )
+    parser.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        dest="loras",
+        metavar="PATH[:SCALE]",
+        help="apply a LoRA (diffusers, kohya or BFL/ai-toolkit safetensors) at SCALE (default 1); repeat for several",
+    )
     parser.add_argument("--steps", type=int, default=28)
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
@@ -147,13 +157,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--upsample-temperature",
         type=upsample_temperature,
         default=DEFAULT_UPSAMPLE_TEMPERATURE,
-        help="sampling temperature of --upsample, above 0 and at most 2 (default %(default)s)",
+        help=f"sampling temperature of --upsample, {TEMPERATURE_RANGE} (default %(default)s)",
     )
     parser.add_argument(
         "--timeout",
         type=positive_seconds,
         default=120.0,
         help="deadline for each encoder call in seconds, retries of an unreachable or busy server included",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=positive_seconds,
+        default=DEFAULT_CONNECT_TIMEOUT_S,
+        help="until a server has answered once, give up after this many seconds, saying why nothing answered "
+        "(nothing listening, not gRPC, TLS); raise it for a server still starting (default %(default)s)",
     )
     parser.add_argument(
         "--token-file",
@@ -188,6 +205,7 @@ def _jobs(args: argparse.Namespace) -> list[GenerationJob]:
         height=args.height,
         width=args.width,
         images=tuple(args.images),
+        loras=tuple(parse_lora_spec(text) for text in args.loras),
         upsample=args.upsample,
         upsample_temperature=args.upsample_temperature,
     )
@@ -226,6 +244,7 @@ def _encoder(args: argparse.Namespace, token: str | None) -> RemoteTextEncoder:
         return RemoteTextEncoder(
             args.encoder,
             timeout=args.timeout,
+            connect_timeout=args.connect_timeout,
             token=token,
             tls=args.tls,
             tls_ca=args.tls_ca,

@@ -4,7 +4,7 @@ ClientError                         base; str() is one printable line
 ├── EncoderError                    concerns one server (or its replicas): .target
 │   ├── EncoderCallError            the call ended with a gRPC status: .code (grpc.StatusCode)
 │   │   ├── TransportError          nothing was computed for us; may be retried
-│   │   │   ├── EncoderUnavailableError   UNAVAILABLE (also a failed TLS handshake) or RESOURCE_EXHAUSTED
+│   │   │   ├── EncoderUnavailableError   UNAVAILABLE (also failed TLS, never reached) or RESOURCE_EXHAUSTED
 │   │   │   └── EncoderTimeoutError       DEADLINE_EXCEEDED
 │   │   ├── EncoderRejectedError    INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION, ...
 │   │   └── EncoderFailedError      INTERNAL, UNKNOWN, ... (server failed on a valid request)
@@ -56,7 +56,11 @@ class TransportError(EncoderCallError):
 
 
 class EncoderUnavailableError(TransportError):
-    """Unreachable (UNAVAILABLE) or overloaded (RESOURCE_EXHAUSTED) until the deadline, or TLS that cannot work."""
+    """Unreachable (UNAVAILABLE) or overloaded (RESOURCE_EXHAUSTED) until the deadline, or TLS that cannot work.
+
+    A target where no server has answered yet fails sooner, after `connect_timeout`, saying why: nothing
+    listening, something that is not gRPC, or TLS the server refuses.
+    """
 
 
 class EncoderTimeoutError(TransportError):

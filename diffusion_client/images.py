@@ -22,15 +22,15 @@ MAX_REFERENCE_SIDE = 8192
 MAX_REFERENCE_PIXELS = MAX_REFERENCE_SIDE * MAX_REFERENCE_SIDE
 
 
-def _too_large(path: Path, size: str) -> InputError:
+def _too_large(path: Path, size: str, what: str) -> InputError:
     return InputError(
-        f"reference image {path} is {size}; the limit is {MAX_REFERENCE_SIDE}x{MAX_REFERENCE_SIDE} pixels, "
+        f"{what} {path} is {size}; the limit is {MAX_REFERENCE_SIDE}x{MAX_REFERENCE_SIDE} pixels, "
         "so scale it down first"
     )
 
 
-def load_reference_image(path: Path) -> Image.Image:
-    """An RGB image, or a one-line error naming the file and what is wrong with it."""
+def load_reference_image(path: Path, what: str = "reference image") -> Image.Image:
+    """An RGB image, or a one-line error naming the file (as `what`) and what is wrong with it."""
     from diffusers.pipelines.flux2.image_processor import Flux2ImageProcessor
 
     try:
@@ -40,7 +40,7 @@ def load_reference_image(path: Path) -> Image.Image:
             with Image.open(path) as image:
                 width, height = image.size
                 if width * height > MAX_REFERENCE_PIXELS:
-                    raise _too_large(path, f"{width}x{height} pixels")
+                    raise _too_large(path, f"{width}x{height} pixels", what)
                 image.load()
                 rgb = image.convert("RGB")
         # Flux2Pipeline refuses these only after the weights have loaded; its own check, run first.
@@ -48,14 +48,14 @@ def load_reference_image(path: Path) -> Image.Image:
         return rgb
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         claimed = re.search(r"\((\d+) pixels\)", str(error))  # PIL: "Image size (400000000 pixels) exceeds ..."
-        raise _too_large(path, f"{int(claimed[1]):,} pixels" if claimed else "too large") from error
+        raise _too_large(path, f"{int(claimed[1]):,} pixels" if claimed else "too large", what) from error
     except FileNotFoundError as error:
-        raise InputError(f"reference image {path} does not exist") from error
+        raise InputError(f"{what} {path} does not exist") from error
     except UnidentifiedImageError as error:
-        raise InputError(f"cannot read reference image {path}: not a readable image file") from error
+        raise InputError(f"cannot read {what} {path}: not a readable image file") from error
     except (OSError, ValueError, SyntaxError) as error:  # PIL: SyntaxError for some broken files
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        raise InputError(f"cannot read reference image {path}: {reason or 'not a readable image file'}") from error
+        raise InputError(f"cannot read {what} {path}: {reason or 'not a readable image file'}") from error
 
 
 def save_png(image: Image.Image, out: Path, metadata: Mapping[str, Any]) -> Path:

@@ -23,7 +23,16 @@ from typing import Any, TypeVar
 import grpc
 import torch
 
-from diffusion_client.channel import PemSource, channel_target_text, open_channel, tls_credentials
+from diffusion_client.channel import (
+    Failure,
+    PemSource,
+    channel_target_text,
+    more_telling,
+    open_channel,
+    server_answered,
+    tls_credentials,
+    unreached_error,
+)
 from diffusion_client.embedding_cache import EmbeddingCache
 from diffusion_client.errors import (
     BadReplyError,
@@ -69,7 +78,7 @@ BROKEN_STREAM_CODES = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNO
 # Our TLS settings cannot work with this server (its certificate is not from our CA, does not name the host, or
 # the server speaks plain text): trying again cannot help, so it fails at once. A server that refuses *us* (no
 # client certificate for an mTLS server, plain text to a TLS server) only closes the connection, which looks like
-# a server going away, so that is retried until the deadline and the message points at TLS.
+# a server going away; as no server has answered yet, that fails after `connect_timeout`, pointing at TLS.
 TLS_REFUSED = re.compile(
     r"handshake failed.*SSL_ERROR_SSL|verification check failed|not in peer certificate", re.IGNORECASE
 )
@@ -95,6 +104,9 @@ class RemoteTextEncoder:
             `dns:///name:port` target naming all of them, balanced round robin over those reporting SERVING
             (see `diffusion_client.channel`).
         timeout: seconds each `encode()` or `info()` may take, retries included; positive and finite.
+        connect_timeout: until a server has answered once, a call gives up after this many seconds (positive and
+            finite) with an `EncoderUnavailableError` saying why: nothing listening, not gRPC, or TLS refused.
+            Once one has answered, an unreachable server is retried until `timeout`, as a lost replica is.
         token: sent as `authorization: Bearer <token>` for servers behind an authenticating proxy.
         retries: most extra attempts when the server is UNAVAILABLE or RESOURCE_EXHAUSTED (nothing else is
             retried); None keeps trying until the deadline.
@@ -114,6 +126,7 @@ class RemoteTextEncoder:
         target: str | Sequence[str],
         *,
         timeout: float = 60.0,
+        connect_timeout: float = 5.0,
         token: str | None = None,
         retries: int | None = None,
         backoff_s: float = 0.1,
@@ -126,8 +139,9 @@ class RemoteTextEncoder:
         tls_key: PemSource | None = None,
         cache_bytes: int = 0,
     ) -> None:
-        if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
-            raise ValueError(f"timeout must be a positive finite number of seconds, not {timeout!r}")
+        for name, seconds in (("timeout", timeout), ("connect_timeout", connect_timeout)):
+            if not (isinstance(seconds, int | float) and math.isfinite(seconds) and seconds > 0):
+                raise ValueError(f"{name} must be a positive finite number of seconds, not {seconds!r}")
         if retries is not None and retries < 0:
             raise ValueError(f"retries must be None (until the deadline) or at least 0, not {retries}")
         if not 0 < backoff_s <= max_backoff_s:
@@ -137,6 +151,7 @@ class RemoteTextEncoder:
         self.target = channel_target_text(target)  # the user's words, for messages
         self.tls = credentials is not None
         self.timeout = float(timeout)
+        self.connect_timeout = float(connect_timeout)
         self.retries = retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
@@ -145,6 +160,7 @@ class RemoteTextEncoder:
         # reached within one retry step, not long after the deadline.
         options = {"grpc.max_reconnect_backoff_ms": int(max_backoff_s * 1000), **dict(channel_options)}
         self._channel = open_channel(target, credentials, options)
+        self._reached = False  # whether any call has reached a server; until one has, calls stop at connect_timeout
         self._stub = encoder_pb2_grpc.TextEncoderStub(self._channel)
         # Encode's chunks arrive as views into gRPC's buffers (`parse_frame`), copied once into the tensor.
         self._encode_frames = self._channel.unary_stream(
@@ -310,33 +326,53 @@ class RemoteTextEncoder:
         """Run `call` by `deadline`, retrying UNAVAILABLE and RESOURCE_EXHAUSTED with capped, jittered backoff.
 
         A stream broken mid-reply counts as UNAVAILABLE (`BROKEN_STREAM`); a TLS handshake our settings cannot
-        pass is not retried. Retries go on until the deadline (or `retries` runs out); every other status is
-        mapped at once to one `EncoderCallError`. With replicas, each attempt goes to one that is up.
+        pass is not retried. Until a server has answered once, attempts stop at `connect_timeout` (so a listener
+        that never speaks is noticed too) and the error says why nothing answered; after that, retries go on until
+        the deadline (or `retries` runs out). Every other status is mapped at once to one `EncoderCallError`. With
+        replicas, each attempt goes to one that is up.
         """
         attempt = 0
-        unavailable: tuple[grpc.StatusCode, str | None] | None = None  # the last retryable failure
+        unavailable: Failure | None = None  # the last retryable failure
+        unreached: Failure | None = None  # the most telling failure to connect, while no server has answered
+        connect_by = min(deadline, time.monotonic() + self.connect_timeout)
         while True:
-            remaining = deadline - time.monotonic()
+            until = deadline if self._reached else connect_by
             try:
-                return call({"timeout": max(remaining, 0.001), "metadata": self._metadata})
+                reply = call({"timeout": max(until - time.monotonic(), 0.001), "metadata": self._metadata})
+                self._reached = True
+                return reply
             except grpc.RpcError as error:
                 code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
                 details: str | None = error.details() if isinstance(error, grpc.Call) else str(error)
-                if code == grpc.StatusCode.DEADLINE_EXCEEDED and unavailable is not None:
-                    code, details = unavailable  # the deadline came while the server was still out of reach
                 if code in BROKEN_STREAM_CODES and BROKEN_STREAM.search(details or ""):
                     code = grpc.StatusCode.UNAVAILABLE  # the transport broke, the server did not fail
+                self._reached = self._reached or server_answered(code, details)
+                if not self._reached:
+                    unreached = more_telling(unreached, (code, details))
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    if not self._reached:
+                        raise self._unreached_error(unreached or (code, details)) from None
+                    if until < deadline:
+                        continue  # stopped at connect_timeout, but another call has reached a server since
+                    if unavailable is not None:
+                        code, details = unavailable  # the deadline came while the server was still out of reach
                 if code not in RETRYABLE or TLS_REFUSED.search(details or ""):
                     raise self._call_error(code, details) from None
                 log.debug("encoder call to %s failed (%s: %s); retrying", self.target, code.name, details)
                 unavailable = (code, details)
-                remaining = deadline - time.monotonic()
+                reached = self._reached
+                remaining = (deadline if reached else connect_by) - time.monotonic()
                 out_of_attempts = self.retries is not None and attempt >= self.retries
                 if out_of_attempts or remaining <= LAST_ATTEMPT_S:
+                    if not reached:
+                        raise self._unreached_error(unreached or (code, details)) from None
                     raise self._call_error(code, details) from None
                 delay = min(self.backoff_s * 2**attempt, self.max_backoff_s) * random.uniform(0.5, 1.0)
                 time.sleep(min(delay, remaining - LAST_ATTEMPT_S))  # the last try comes just before the deadline
                 attempt += 1
+
+    def _unreached_error(self, failure: Failure) -> EncoderUnavailableError:
+        return unreached_error(self.target, failure, tls=self.tls, waited_s=min(self.timeout, self.connect_timeout))
 
     def _call_error(self, code: grpc.StatusCode, details: str | None) -> EncoderCallError:
         said = printable_line(details or "no details")

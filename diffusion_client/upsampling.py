@@ -10,7 +10,6 @@ so the server decodes exactly the file the user named. This module imports nothi
 from __future__ import annotations
 
 import io
-import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -21,7 +20,10 @@ from diffusion_client.errors import BadReplyError, InputError
 from shared.defaults import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_UPSAMPLE_TEMPERATURE,
+    MAX_UPSAMPLE_IMAGE_ASPECT,
     MAX_UPSAMPLE_TEMPERATURE,
+    MIN_UPSAMPLE_IMAGE_SIDE,
+    MIN_UPSAMPLE_TEMPERATURE,
     UPSAMPLE_IMAGE_FORMATS,
 )
 
@@ -29,6 +31,9 @@ if TYPE_CHECKING:
     from shared.info import ServerInfo
 
 __all__ = ["DEFAULT_MAX_NEW_TOKENS", "DEFAULT_UPSAMPLE_TEMPERATURE"]  # re-exported for the client's users
+
+# The temperatures the server samples with, as `--help` and the errors say them.
+TEMPERATURE_RANGE = f"between {MIN_UPSAMPLE_TEMPERATURE:g} and {MAX_UPSAMPLE_TEMPERATURE:g}"
 
 MAX_CHARS_PER_TOKEN = 64  # a reply prompt longer than this many characters per generated token is not text
 MAX_SEED = 2**64 - 1  # UpsampleRequest.seed is a uint64
@@ -47,14 +52,14 @@ class ReferenceFile:
 
 
 def check_temperature(temperature: object) -> float:
-    """`temperature` as a float if it is finite, above 0 and at most 2; else a one-line `InputError`."""
+    """`temperature` as a float if it is from 0.01 to 2 (the server's range); else a one-line `InputError`."""
     if isinstance(temperature, int | float) and not isinstance(temperature, bool):
         value = float(temperature)
-        if math.isfinite(value) and 0 < value <= MAX_UPSAMPLE_TEMPERATURE:
+        if MIN_UPSAMPLE_TEMPERATURE <= value <= MAX_UPSAMPLE_TEMPERATURE:  # NaN fails both
             return value
     raise InputError(
-        f"upsample temperature must be a number above 0 and at most {MAX_UPSAMPLE_TEMPERATURE:g} "
-        f"({DEFAULT_UPSAMPLE_TEMPERATURE} is recommended), not {temperature!r}"
+        f"upsample temperature must be a number {TEMPERATURE_RANGE} ({DEFAULT_UPSAMPLE_TEMPERATURE} is recommended), "
+        f"not {temperature!r}"
     )
 
 
@@ -161,7 +166,7 @@ def check_upsample_request(
 
 
 def check_reference_file(reference: ReferenceFile, info: ServerInfo) -> None:
-    """Byte size, format and claimed pixel count (from the header; no pixel is decoded) within `info`'s limits."""
+    """Byte size, format, claimed pixel count and shape (from the header; no pixel is decoded) within the limits."""
     from PIL import Image
 
     if len(reference.data) > info.max_upsample_image_bytes:
@@ -179,6 +184,13 @@ def check_reference_file(reference: ReferenceFile, info: ServerInfo) -> None:
         raise InputError(f"{reference.name} is {kind}; upsampling takes PNG, JPEG or WebP files")
     if width * height > info.max_upsample_image_pixels:
         raise InputError(_too_many_pixels(reference.name, f"{width}x{height}", info))
+    short, long = sorted((width, height))
+    if short < MIN_UPSAMPLE_IMAGE_SIDE or long > MAX_UPSAMPLE_IMAGE_ASPECT * short:  # the server's processing fails
+        raise InputError(
+            f"{reference.name} is {width}x{height} pixels; upsampling takes images of at least "
+            f"{MIN_UPSAMPLE_IMAGE_SIDE} px a side and an aspect ratio of at most {MAX_UPSAMPLE_IMAGE_ASPECT}:1, "
+            "so pad or crop it first"
+        )
 
 
 def check_upsampled(prompts: Sequence[object], sent: int, max_new_tokens: int, target: str) -> list[str]:

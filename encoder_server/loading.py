@@ -9,7 +9,6 @@ tensors lazily, so they are never materialised).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -21,14 +20,13 @@ import torch
 from encoder_server.errors import ModelLoadError
 from encoder_server.quantization import Quantization, bitsandbytes_config, resolve_quantization, saved_quantization
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS
+from shared.fingerprint import weights_fingerprint
 
 log = logging.getLogger(__name__)
 
 # Checkpoint key prefixes of the language model inside Mistral3ForConditionalGeneration, in the layout
 # transformers writes today and in the older one; both map onto a bare MistralModel.
 LANGUAGE_MODEL_KEY_MAPPING = {r"^model\.language_model\.": "", r"^language_model\.model\.": ""}
-FINGERPRINT_SAMPLES_PER_FILE = 16
-FINGERPRINT_SAMPLE_BYTES = 64 * 1024
 
 
 def resolve_snapshot(model_path: Path) -> tuple[Path, Path]:
@@ -145,33 +143,12 @@ def load_processor(tokenizer_dir: Path) -> Any:
     return processor
 
 
-def _safetensors_samples(path: Path) -> Iterator[bytes]:
-    """The file's header (names, dtypes, shapes) and evenly spaced slices of its tensor data."""
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        header_length = int.from_bytes(handle.read(8), "little")
-        yield handle.read(header_length)
-        data_start = 8 + header_length
-        span = max(size - data_start - FINGERPRINT_SAMPLE_BYTES, 0)
-        for i in range(FINGERPRINT_SAMPLES_PER_FILE):
-            handle.seek(data_start + span * i // max(FINGERPRINT_SAMPLES_PER_FILE - 1, 1))
-            yield handle.read(FINGERPRINT_SAMPLE_BYTES)
-
-
 def snapshot_fingerprint(text_encoder_dir: Path, chat_template: str, quantization: str) -> str:
-    """sha256 over the encoder config, the chat template, the quantisation served and samples of every weight file.
-
-    Sampling keeps this to a few MB of reads for a 48 GB checkpoint while still telling apart
-    snapshots whose weights differ (random vs. trained, or another fine-tune).
-    """
-    digest = hashlib.sha256()
-    digest.update((text_encoder_dir / "config.json").read_bytes())
-    digest.update(chat_template.encode())
-    # The same weights served in int8 or nf4 give other embeddings than in bf16.
-    digest.update(f"quantization={quantization}".encode())
-    for weights in sorted(text_encoder_dir.glob("*.safetensors")):
-        digest.update(weights.name.encode())
-        digest.update(str(weights.stat().st_size).encode())
-        for sample in _safetensors_samples(weights):
-            digest.update(sample)
-    return digest.hexdigest()
+    """sha256 over the encoder config, the chat template, the quantisation served and samples of every weight file
+    (`shared.fingerprint`); the same weights served in int8 or nf4 give other embeddings than in bf16."""
+    parts = [
+        (text_encoder_dir / "config.json").read_bytes(),
+        chat_template.encode(),
+        f"quantization={quantization}".encode(),
+    ]
+    return weights_fingerprint(text_encoder_dir, parts)

@@ -8,11 +8,11 @@ diffusers' own system messages, `format_input`, image validation (several images
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers.pipelines.flux2.image_processor import Flux2ImageProcessor
 from diffusers.pipelines.flux2.pipeline_flux2 import (
@@ -28,12 +28,17 @@ from encoder_server.errors import InvalidRequestError
 from shared.defaults import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_UPSAMPLE_TEMPERATURE,
+    MAX_UPSAMPLE_IMAGE_ASPECT,
     MAX_UPSAMPLE_TEMPERATURE,
+    MIN_UPSAMPLE_IMAGE_SIDE,
+    MIN_UPSAMPLE_TEMPERATURE,
     UPSAMPLE_IMAGE_FORMATS,
 )
 
 # What `Flux2Pipeline.upsample_prompt` pads its chat template to (its token count is in `shared.defaults`).
 UPSAMPLING_MAX_LENGTH = 2048
+# Temperature travels as a float32, in which 0.01 is 0.0099999998: the least one is compared as the wire holds it.
+WIRE_MIN_TEMPERATURE = float(np.float32(MIN_UPSAMPLE_TEMPERATURE))
 
 
 @dataclass(frozen=True)
@@ -55,10 +60,10 @@ def validate_upsample_request(request: UpsampleRequest, limits: UpsampleLimits, 
             raise InvalidRequestError(
                 f"prompt {index} has {len(prompt)} characters; the limit is {prompt_limits.max_prompt_chars}"
             )
-    if not (math.isfinite(request.temperature) and 0 < request.temperature <= MAX_UPSAMPLE_TEMPERATURE):
+    if not WIRE_MIN_TEMPERATURE <= request.temperature <= MAX_UPSAMPLE_TEMPERATURE:  # NaN fails both
         raise InvalidRequestError(
-            f"temperature {request.temperature} is out of range; use a number above 0 and at most "
-            f"{MAX_UPSAMPLE_TEMPERATURE:g} ({DEFAULT_UPSAMPLE_TEMPERATURE} is recommended)"
+            f"temperature {request.temperature:.6g} is out of range; use a number between {MIN_UPSAMPLE_TEMPERATURE:g} "
+            f"and {MAX_UPSAMPLE_TEMPERATURE:g} ({DEFAULT_UPSAMPLE_TEMPERATURE} is recommended)"
         )
     if not 1 <= request.max_new_tokens <= limits.max_new_tokens:
         raise InvalidRequestError(
@@ -78,7 +83,7 @@ def validate_upsample_request(request: UpsampleRequest, limits: UpsampleLimits, 
 
 
 def _image_header(data: bytes, name: str, limits: UpsampleLimits) -> Image.Image:
-    """The opened (not yet decoded) image, after its byte size, format and claimed pixel count pass the limits."""
+    """The opened (not yet decoded) image, once its byte size, format, claimed pixels and shape are within limits."""
     if len(data) > limits.max_image_bytes:
         raise InvalidRequestError(
             f"{name} is {len(data):,} bytes; the limit is {limits.max_image_bytes:,} bytes per image"
@@ -98,6 +103,12 @@ def _image_header(data: bytes, name: str, limits: UpsampleLimits) -> Image.Image
     if width * height > limits.max_image_pixels:
         raise InvalidRequestError(
             f"{name} claims {width}x{height} pixels; the limit is {limits.max_image_pixels:,} pixels per image"
+        )
+    short, long = sorted((width, height))
+    if short < MIN_UPSAMPLE_IMAGE_SIDE or long > MAX_UPSAMPLE_IMAGE_ASPECT * short:  # else Pixtral's processing fails
+        raise InvalidRequestError(
+            f"{name} is {width}x{height} pixels; send images of at least {MIN_UPSAMPLE_IMAGE_SIDE} px a side and "
+            f"an aspect ratio of at most {MAX_UPSAMPLE_IMAGE_ASPECT}:1"
         )
     return image
 

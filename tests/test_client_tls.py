@@ -13,7 +13,7 @@ from diffusion_client.errors import EncoderUnavailableError, InputError
 from encoder_server.config import TlsConfig
 from tests.certs import make_certificates
 from tests.cli_runs import assert_one_line_error
-from tests.helpers import start_server
+from tests.helpers import TINY_EMBED_DIM, start_server
 
 PROMPTS = ["a paper boat", "a glass bird"]
 FAILS_WITHIN_S = 1.5  # how long a client expected to fail may try
@@ -87,7 +87,7 @@ def test_replicas_listed_by_name_are_verified_against_that_name(mtls_server, cer
         tls_cert=certificates.client_cert,
         tls_key=certificates.client_key,
     ) as encoder:
-        assert encoder.encode("x").shape == (1, 512, 96)
+        assert encoder.encode("x").shape == (1, 512, TINY_EMBED_DIM)
 
 
 def test_tls_client_to_a_plaintext_server_fails_at_once(encoder_server, certificates):

@@ -15,7 +15,7 @@ from diffusion_client.cli import main as generate_main
 from shared.tiny_snapshot import TinySnapshotShape, build_tiny_snapshot
 from tests.cli_runs import assert_one_line_error, free_port, run_cli
 from tests.fake_encoder import FakeEncoder, embeds_for, fake_server
-from tests.helpers import start_server
+from tests.helpers import TINY_EMBED_DIM, TINY_HIDDEN_SIZE, start_server
 
 SIZE = ["--height", "64", "--width", "64", "--steps", "2"]
 
@@ -90,7 +90,8 @@ def test_wrong_port_exits_3_with_one_line(tiny_snapshot, tmp_path, not_grpc_port
 
 
 def test_model_mismatch_exits_4_before_denoising(tiny_snapshot, tmp_path, tmp_path_factory, capsys):
-    wider = build_tiny_snapshot(tmp_path_factory.mktemp("wider") / "wider", TinySnapshotShape(text_hidden_size=48))
+    hidden_size = 2 * TINY_HIDDEN_SIZE
+    wider = build_tiny_snapshot(tmp_path_factory.mktemp("wider") / "w", TinySnapshotShape(text_hidden_size=hidden_size))
     with start_server(wider) as other_server:
         capsys.readouterr()
         code = generate_main(
@@ -107,7 +108,8 @@ def test_model_mismatch_exits_4_before_denoising(tiny_snapshot, tmp_path, tmp_pa
             ]
         )
     assert code == 4
-    assert_one_line_error(capsys.readouterr().err, "hidden size 48 x 3 layers = 144", "expects 96")
+    expected = f"hidden size {hidden_size} x 3 layers = {3 * hidden_size}"
+    assert_one_line_error(capsys.readouterr().err, expected, f"expects {TINY_EMBED_DIM}")
     assert not (tmp_path / "x.png").exists()
 
 

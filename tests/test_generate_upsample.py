@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ from PIL import Image
 
 from diffusion_client import RemoteTextEncoder
 from diffusion_client.cli import main as generate_main
-from diffusion_client.errors import printable_line
+from diffusion_client.errors import InputError, printable_line
 from tests.cli_runs import assert_one_line_error
 from tests.fake_encoder import TINY_UPSAMPLING_INFO, FakeEncoder, embeds_for, fake_server
 from tests.helpers import start_server
@@ -153,12 +155,12 @@ def test_upsample_references_over_the_servers_limits_exit_2_before_any_call(
     assert servicer.upsample_requests == [] and servicer.calls == 0
 
 
-@pytest.mark.parametrize("value", ["nan", "0", "3", "warm"])
+@pytest.mark.parametrize("value", ["nan", "0", "1e-45", "0.009", "3", "warm"])
 def test_upsample_temperature_flag_out_of_range_exits_2_in_one_line(tiny_snapshot, capsys, value):
     code = generate_main(["a cat", "--model", str(tiny_snapshot), "--upsample", f"--upsample-temperature={value}"])
     assert code == 2
     assert_one_line_error(
-        capsys.readouterr().err, "argument --upsample-temperature: must be a number above 0 and at most 2"
+        capsys.readouterr().err, "argument --upsample-temperature: must be a number between 0.01 and 2"
     )
 
 
@@ -167,7 +169,7 @@ def test_upsample_temperature_flag_out_of_range_exits_2_in_one_line(tiny_snapsho
     [
         ('{"prompt": "x", "upsample": "yes"}', "p.jsonl:1: 'upsample' must be true or false, not \"yes\""),
         ('{"prompt": "x", "upsample_temperature": "hot"}', "p.jsonl:1: 'upsample_temperature' must be a finite number"),
-        ('{"prompt": "x", "upsample_temperature": 0}', "p.jsonl:1: upsample temperature must be a number above 0"),
+        ('{"prompt": "x", "upsample_temperature": 0}', "p.jsonl:1: upsample temperature must be a number between"),
     ],
     ids=["upsample-text", "temperature-text", "temperature-zero"],
 )
@@ -178,3 +180,50 @@ def test_jsonl_upsample_settings_of_the_wrong_kind_exit_2_naming_the_line(
     prompts.write_text(line + "\n")
     assert generate(encoder_server.target, tiny_snapshot, "--prompts", str(prompts)) == 2
     assert_one_line_error(capsys.readouterr().err, message)
+
+
+def test_tiny_upsample_temperature_is_refused_before_sending_naming_the_minimum():
+    servicer = FakeEncoder(info=TINY_UPSAMPLING_INFO)
+    with fake_server(servicer) as target, RemoteTextEncoder(target) as encoder:
+        with pytest.raises(InputError) as error:
+            encoder.upsample("a cat", temperature=1e-45)
+    assert str(error.value) == (
+        "upsample temperature must be a number between 0.01 and 2 (0.15 is recommended), not 1e-45"
+    )
+    assert servicer.upsample_requests == []
+
+
+def header_only_png(width: int, height: int) -> bytes:
+    """A PNG whose header claims `width` x `height` RGB pixels, with a one-byte image stream."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    "size", [(1, 20000), (3, 64), (64, 3), (40, 2040)], ids=["1x20000", "3-wide", "3-tall", "51-to-1"]
+)
+def test_reference_image_of_a_shape_upsampling_cannot_process_is_refused_before_sending(tmp_path, size):
+    reference = tmp_path / "strip.png"
+    reference.write_bytes(header_only_png(*size))
+    servicer = FakeEncoder(info=TINY_UPSAMPLING_INFO)
+    with fake_server(servicer) as target, RemoteTextEncoder(target) as encoder:
+        with pytest.raises(InputError) as error:
+            encoder.upsample("edit", [[reference]])
+    assert str(error.value) == (
+        f"reference image {reference} is {size[0]}x{size[1]} pixels; upsampling takes images of at least 32 px a "
+        "side and an aspect ratio of at most 50:1, so pad or crop it first"
+    )
+    assert servicer.upsample_requests == []
+
+
+def test_reference_images_just_inside_the_shape_limits_are_sent(tmp_path):
+    references = [noise_image(tmp_path / "square.png", (32, 32)), noise_image(tmp_path / "strip.png", (32, 1600))]
+    servicer = FakeEncoder(info=TINY_UPSAMPLING_INFO)
+    with fake_server(servicer) as target, RemoteTextEncoder(target) as encoder:
+        assert encoder.upsample("edit", [references]) == ["edit (upsampled)"]
+    (request,) = servicer.upsample_requests
+    assert list(request.prompts[0].images) == [path.read_bytes() for path in references]

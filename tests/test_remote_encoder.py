@@ -34,7 +34,7 @@ from shared.info import ServerInfo
 from shared.protocol import encoder_pb2
 from shared.wire import tensor_to_responses
 from tests.fake_encoder import TINY_INFO, TINY_UPSAMPLING_INFO, FakeEncoder, embeds_for, fake_server
-from tests.helpers import start_server
+from tests.helpers import TINY_EMBED_DIM, TINY_HIDDEN_SIZE, start_server
 
 
 def test_encode_returns_diffusers_prompt_embeds_in_the_requested_dtype(encoder_server, diffusers_embeds):
@@ -42,14 +42,14 @@ def test_encode_returns_diffusers_prompt_embeds_in_the_requested_dtype(encoder_s
         embeds = encoder.encode(["a paper boat", "a glass bird"])
         as_bf16 = encoder.encode("a paper boat", dtype=torch.bfloat16)
     assert torch.equal(embeds, diffusers_embeds(["a paper boat", "a glass bird"]))
-    assert as_bf16.dtype == torch.bfloat16 and as_bf16.shape == (1, 512, 96)
+    assert as_bf16.dtype == torch.bfloat16 and as_bf16.shape == (1, 512, TINY_EMBED_DIM)
 
 
 def test_info_is_the_shared_server_info(encoder_server):
     with RemoteTextEncoder(encoder_server.target) as encoder:
         info = encoder.info()
     assert isinstance(info, ServerInfo) and RemoteEncoderInfo is ServerInfo
-    assert (info.hidden_size, info.max_layer, info.embedding_dim()) == (32, 34, 96)
+    assert (info.hidden_size, info.max_layer, info.embedding_dim()) == (TINY_HIDDEN_SIZE, 34, TINY_EMBED_DIM)
 
 
 def test_error_classes_form_the_documented_tree():
@@ -74,14 +74,14 @@ def test_unavailable_server_is_retried_until_it_comes_up(tiny_snapshot):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     results: list[torch.Tensor] = []
-    encoder = RemoteTextEncoder(f"127.0.0.1:{port}", timeout=60)
+    encoder = RemoteTextEncoder(f"127.0.0.1:{port}", timeout=60, connect_timeout=30)  # a server not yet listening
     caller = threading.Thread(target=lambda: results.append(encoder.encode("late server")))
     caller.start()
     time.sleep(3)  # longer than the old fixed three retries lasted
     with start_server(tiny_snapshot, port=port):
         caller.join(60)
     encoder.close()
-    assert results and results[0].shape == (1, 512, 96)
+    assert results and results[0].shape == (1, 512, TINY_EMBED_DIM)
 
 
 def test_overloaded_server_is_retried_until_the_deadline_not_a_fixed_count():
@@ -100,7 +100,7 @@ def test_overloaded_server_is_retried_until_the_deadline_not_a_fixed_count():
 def test_overloaded_server_is_retried_with_backoff_then_answers():
     servicer = FakeEncoder(failures=[grpc.StatusCode.RESOURCE_EXHAUSTED] * 2)
     with fake_server(servicer) as target, RemoteTextEncoder(target, backoff_s=0.05) as encoder:
-        assert encoder.encode("x").shape == (1, 512, 96)
+        assert encoder.encode("x").shape == (1, 512, TINY_EMBED_DIM)
     assert servicer.calls == 3
 
 
@@ -156,12 +156,12 @@ def test_server_sent_error_text_becomes_one_printable_line():
 
 
 def test_server_sent_model_name_in_a_mismatch_becomes_one_printable_line():
-    info = dataclasses.replace(TINY_INFO, model_name=HOSTILE_TEXT, hidden_size=48)
+    info = dataclasses.replace(TINY_INFO, model_name=HOSTILE_TEXT, hidden_size=2 * TINY_HIDDEN_SIZE)
     with fake_server(FakeEncoder(info=info)) as target, RemoteTextEncoder(target) as encoder:
         with pytest.raises(ModelMismatchError) as error:
-            encoder.check_fits(96)
+            encoder.check_fits(TINY_EMBED_DIM)
     assert_one_printable_line(str(error.value))
-    assert "expects 96" in str(error.value) and "--encoder" not in str(error.value)
+    assert f"expects {TINY_EMBED_DIM}" in str(error.value) and "--encoder" not in str(error.value)
 
 
 def serve_reply(reply) -> FakeEncoder:  # type: ignore[no-untyped-def]
@@ -209,7 +209,9 @@ def test_reply_in_another_dtype_than_the_server_announced_is_a_bad_reply():
 
 def test_reply_for_another_batch_size_is_a_bad_reply():
     def two_prompts(request):  # type: ignore[no-untyped-def]
-        return tensor_to_responses(torch.zeros(2, 512, 96), hidden_state_layers=[10, 20, 30], max_sequence_length=512)
+        return tensor_to_responses(
+            torch.zeros(2, 512, TINY_EMBED_DIM), hidden_state_layers=[10, 20, 30], max_sequence_length=512
+        )
 
     with fake_server(serve_reply(two_prompts)) as target, RemoteTextEncoder(target) as encoder:
         with pytest.raises(BadReplyError):
@@ -224,7 +226,7 @@ def test_pinned_fingerprint_refuses_a_server_with_other_weights(encoder_server):
     with RemoteTextEncoder(encoder_server.target) as encoder:
         fingerprint = encoder.info().fingerprint
     with RemoteTextEncoder(encoder_server.target, expected_fingerprint=fingerprint[:12]) as encoder:
-        assert encoder.encode("x").shape == (1, 512, 96)
+        assert encoder.encode("x").shape == (1, 512, TINY_EMBED_DIM)
 
 
 # Prompt upsampling. The tiny model has random weights, so its rewrites are gibberish; a few tokens are plenty.
@@ -296,9 +298,9 @@ LIMITED = dataclasses.replace(
         ({"images": [["missing.png"]]}, "reference image missing.png does not exist"),
         ({"images": ["a.png"]}, "images[0] must be a list of reference images for prompt 0"),
         ({"prompts": ["a", "b"], "images": [["a.png"], []]}, "either every prompt has reference images or none"),
-        ({"temperature": 0}, "upsample temperature must be a number above 0 and at most 2"),
-        ({"temperature": float("nan")}, "upsample temperature must be a number above 0 and at most 2"),
-        ({"temperature": 3}, "upsample temperature must be a number above 0 and at most 2"),
+        ({"temperature": 0}, "upsample temperature must be a number between 0.01 and 2"),
+        ({"temperature": float("nan")}, "upsample temperature must be a number between 0.01 and 2"),
+        ({"temperature": 3}, "upsample temperature must be a number between 0.01 and 2"),
         ({"max_new_tokens": 1025}, "max_new_tokens 1025 is more than the encoder allows; use 1 to 1024"),
         ({"max_new_tokens": 0}, "max_new_tokens must be a whole number of at least 1"),
         ({"seed": -1}, "seed must be None or a whole number"),

@@ -22,7 +22,7 @@ from PIL import Image
 
 from encoder_server.upsampler import UpsampleRequest
 from shared.protocol import encoder_pb2
-from tests.helpers import RunningServer, start_server
+from tests.helpers import TINY_EMBED_DIM, RunningServer, start_server
 
 PROMPTS = ["a red fox", "a lighthouse at dusk"]
 SEED = 7
@@ -126,20 +126,25 @@ def _png_claiming(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
+SHAPE_LIMITS = "send images of at least 32 px a side and an aspect ratio of at most 50:1"
 BAD_REQUESTS = {
     "no-prompts": (_request([]), "0 prompts given; send 1 to 8"),
     "too-many-prompts": (_request(["x"] * 9), "9 prompts given"),
-    "zero-temperature": (_request(["x"], temperature=0.0), "temperature 0.0 is out of range"),
-    "negative-temperature": (_request(["x"], temperature=-1.0), "temperature -1.0 is out of range"),
+    "zero-temperature": (_request(["x"], temperature=0.0), "temperature 0 is out of range"),
+    "tiny-temperature": (_request(["x"], temperature=1e-45), "use a number between 0.01 and 2"),
+    "negative-temperature": (_request(["x"], temperature=-1.0), "temperature -1 is out of range"),
     "nan-temperature": (_request(["x"], temperature=float("nan")), "temperature nan is out of range"),
     "infinite-temperature": (_request(["x"], temperature=float("inf")), "temperature inf is out of range"),
-    "absurd-temperature": (_request(["x"], temperature=50.0), "at most 2"),
+    "absurd-temperature": (_request(["x"], temperature=50.0), "temperature 50 is out of range"),
     "zero-new-tokens": (_request(["x"], max_new_tokens=0), "max_new_tokens 0 is out of range; use 1 to 1024"),
     "too-many-new-tokens": (_request(["x"], max_new_tokens=5000), "max_new_tokens 5000 is out of range"),
     "not-an-image": (_request(["x"], [[b"definitely not a png"]]), "image 0 of prompt 0 is not a PNG, JPEG or WebP"),
     "too-many-images": (_request(["x"], [[_png(8, 8, 0)] * 9]), "9 reference images in one request; the limit is 8"),
     "bomb-20000-squared": (_request(["x"], [[_png_claiming(20000, 20000)]]), "the limit is 16,777,216 pixels"),
     "over-the-pixel-cap": (_request(["x"], [[_png_claiming(5000, 5000)]]), "claims 5000x5000 pixels"),
+    "1x20000": (_request(["x"], [[_png_claiming(1, 20000)]]), f"is 1x20000 pixels; {SHAPE_LIMITS}"),
+    "3-pixels-wide": (_request(["x"], [[_png(3, 64, 0)]]), f"is 3x64 pixels; {SHAPE_LIMITS}"),
+    "51-to-1": (_request(["x"], [[_png_claiming(40, 2040)]]), f"is 40x2040 pixels; {SHAPE_LIMITS}"),
     "mixed-images": (_request(["x", "y"], [[_png(8, 8, 0)], []]), "send those in separate Upsample requests"),
     "damaged-image": (_request(["x"], [[_png(32, 32, 0)[:-40]]]), "could not be decoded"),
 }
@@ -151,7 +156,30 @@ def test_bad_upsample_request_is_invalid_argument_and_the_server_keeps_serving(u
         upsampling_server.stub.Upsample(request_, timeout=60)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in error.value.details()
-    assert upsampling_server.encode(["still serving"]).shape == (1, 512, 96)
+    assert upsampling_server.encode(["still serving"]).shape == (1, 512, TINY_EMBED_DIM)
+
+
+def test_tiny_temperature_is_refused_naming_the_minimum(upsampling_server):
+    """1e-45 passed `> 0` once and then failed inside sampling ("probability tensor contains inf") as INTERNAL."""
+    with pytest.raises(grpc.RpcError) as error:
+        upsampling_server.stub.Upsample(_request(["x"], temperature=1e-45, max_new_tokens=4), timeout=60)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details() == (
+        "temperature 1.4013e-45 is out of range; use a number between 0.01 and 2 (0.15 is recommended)"
+    )
+
+
+def test_the_minimum_temperature_still_samples(upsampling_server):
+    """0.01 arrives as the float32 0.0099999998 and is taken as the minimum it is."""
+    reply = upsampling_server.stub.Upsample(_request(["a red fox"], temperature=0.01, max_new_tokens=4), timeout=300)
+    assert len(reply.prompts) == 1 and reply.prompts[0]
+
+
+def test_images_just_inside_the_shape_limits_are_rewritten(upsampling_server):
+    """32 px a side and 50:1 (both ways) pass Pixtral's processing; each prompt's image is processed alone."""
+    images = [[_png(32, 32, 0)], [_png(32, 1600, 1)], [_png(1600, 32, 2)]]
+    reply = upsampling_server.stub.Upsample(_request(["edit"] * 3, images, seed=SEED, max_new_tokens=2), timeout=300)
+    assert len(reply.prompts) == 3
 
 
 def test_image_over_the_byte_limit_is_refused(tiny_snapshot):
