@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
-import os
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from diffusion_client.encoder_flags import (
+    add_encoder_arguments,
+    encoder_from_args,
+    token_from_args,
+)
 from diffusion_client.errors import (
     MESSAGE_LIMIT,
     BadReplyError,
@@ -30,18 +33,14 @@ from diffusion_client.jobs import GenerationJob, jobs_from_file
 from diffusion_client.lora.specs import parse_lora_spec
 from diffusion_client.upsampling import DEFAULT_UPSAMPLE_TEMPERATURE, TEMPERATURE_RANGE, check_temperature
 from shared.allocator import tune_allocator
-from shared.defaults import DEFAULT_PORT
 from shared.one_line import OneLineParser
 from shared.quiet import quiet_library_loggers
 
 if TYPE_CHECKING:
     from diffusion_client.pipeline import PipelineConfig
-    from diffusion_client.remote_encoder import RemoteTextEncoder
 
 PROG = "flux2-generate"
-TOKEN_VARIABLE = "FLUX2_ENCODER_TOKEN"
 DEFAULT_CACHE_MIB = 256  # about 16 FLUX.2-dev prompts in bf16: a prompts file that repeats one fetches it once
-DEFAULT_CONNECT_TIMEOUT_S = 5.0  # a wrong --encoder fails in seconds; a server that answered once is waited for
 
 # The one place failures become exit codes: the first matching class wins; anything else exits 1.
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
@@ -58,22 +57,11 @@ def exit_code(error: BaseException) -> int:
     return next((code for kind, code in EXIT_CODES if isinstance(error, kind)), 1)
 
 
-def report(failure: object) -> None:
+def report(failure: object, prog: str = PROG) -> None:
     """One failure, as exactly one printable line on stderr; ours say what to fix, others say what they are."""
     known = isinstance(failure, ClientError) or not isinstance(failure, BaseException)
     message = failure if known else f"unexpected {type(failure).__name__}: {failure}"
-    print(f"{PROG}: error: {printable_line(message, MESSAGE_LIMIT)}", file=sys.stderr, flush=True)
-
-
-def positive_seconds(text: str) -> float:
-    """`--timeout`, `--connect-timeout`: a positive, finite number of seconds."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
-    return seconds
+    print(f"{prog}: error: {printable_line(message, MESSAGE_LIMIT)}", file=sys.stderr, flush=True)
 
 
 def upsample_temperature(text: str) -> float:
@@ -106,11 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate FLUX.2 images with prompt embeddings from a remote flux2-encoder server.",
     )
     parser.add_argument("prompt", nargs="?", help="what to draw (or use --prompts FILE)")
-    parser.add_argument(
-        "--encoder",
-        default=f"localhost:{DEFAULT_PORT}",
-        help="HOST:PORT of flux2-encoder; replicas as HOST:PORT,HOST:PORT or dns:///NAME:PORT (round robin)",
-    )
+    add_encoder_arguments(parser)
     parser.add_argument("--model", required=True, type=Path, help="local FLUX.2 snapshot (transformer/, vae/)")
     parser.add_argument(
         "--image",
@@ -160,29 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"sampling temperature of --upsample, {TEMPERATURE_RANGE} (default %(default)s)",
     )
     parser.add_argument(
-        "--timeout",
-        type=positive_seconds,
-        default=120.0,
-        help="deadline for each encoder call in seconds, retries of an unreachable or busy server included",
-    )
-    parser.add_argument(
-        "--connect-timeout",
-        type=positive_seconds,
-        default=DEFAULT_CONNECT_TIMEOUT_S,
-        help="until a server has answered once, give up after this many seconds, saying why nothing answered "
-        "(nothing listening, not gRPC, TLS); raise it for a server still starting (default %(default)s)",
-    )
-    parser.add_argument(
-        "--token-file",
-        type=Path,
-        help=f"file holding the bearer token for an authenticating proxy (or set ${TOKEN_VARIABLE})",
-    )
-    parser.add_argument("--token", help="bearer token; visible to other users in `ps`, prefer the two above")
-    parser.add_argument("--tls", action="store_true", help="TLS, verifying the server with the system's CAs")
-    parser.add_argument("--tls-ca", type=Path, help="TLS, verifying the server with this CA certificate (PEM)")
-    parser.add_argument("--tls-cert", type=Path, help="client certificate (PEM) for an mTLS server; needs --tls-key")
-    parser.add_argument("--tls-key", type=Path, help="private key (PEM) of --tls-cert")
-    parser.add_argument(
         "--cache-mib",
         type=cache_mib,
         default=DEFAULT_CACHE_MIB,
@@ -212,54 +173,9 @@ def _jobs(args: argparse.Namespace) -> list[GenerationJob]:
     return jobs_from_file(args.prompts, defaults) if args.prompts else [defaults]
 
 
-def _token(args: argparse.Namespace) -> str | None:
-    """--token, else the first line of --token-file, else $FLUX2_ENCODER_TOKEN, else none."""
-    if args.token is not None and args.token_file is not None:
-        raise InputError("give --token or --token-file, not both")
-    token: str | None = args.token
-    if args.token_file is not None:
-        try:
-            token = args.token_file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as error:
-            raise InputError(f"cannot read token file {args.token_file}: {error}") from error
-        if not token:
-            raise InputError(f"token file {args.token_file} is empty")
-    if token is None:
-        token = os.environ.get(TOKEN_VARIABLE) or None
-    if token is not None and not (token.isascii() and token.isprintable()):
-        raise InputError("the token must be one line of printable ASCII (it is sent as an HTTP header)")
-    return token
-
-
-def _check_tls(args: argparse.Namespace) -> None:
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise InputError("give --tls-cert and --tls-key together: a client certificate is sent with its key")
-
-
-def _encoder(args: argparse.Namespace, token: str | None) -> RemoteTextEncoder:
-    """The client for --encoder with its TLS files read; a malformed replica list is bad input (exit 2)."""
-    from diffusion_client.remote_encoder import RemoteTextEncoder
-
-    try:
-        return RemoteTextEncoder(
-            args.encoder,
-            timeout=args.timeout,
-            connect_timeout=args.connect_timeout,
-            token=token,
-            tls=args.tls,
-            tls_ca=args.tls_ca,
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
-            cache_bytes=args.cache_mib * 2**20,
-        )
-    except ValueError as error:
-        raise InputError(f"--encoder {args.encoder}: {error}") from None
-
-
 def run(args: argparse.Namespace) -> int:
     jobs = _jobs(args)
-    token = _token(args)
-    _check_tls(args)
+    token = token_from_args(args)
     from shared.quiet import quiet_model_libraries
 
     quiet_model_libraries()  # before diffusers and transformers are first imported below
@@ -270,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = _pipeline_config(args)
     started = time.perf_counter()
-    with _encoder(args, token) as encoder:
+    with encoder_from_args(args, token, cache_bytes=args.cache_mib * 2**20) as encoder:
         # Everything a job can fail is checked before loading gigabytes of weights.
         prepared = preflight(
             jobs,

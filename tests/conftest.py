@@ -7,6 +7,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from shared.quiet import quiet_library_loggers  # noqa: E402
+
+quiet_library_loggers()  # before bitsandbytes first loads: its CPU backend's kernel-download warning is not ours
+
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402

@@ -45,3 +45,69 @@ def random_lora(
     )
     transformer.delete_adapters("default")
     return out_dir / "pytorch_lora_weights.safetensors"
+
+
+def _fused_qkv(layers: dict[str, torch.Tensor], block: str, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """q, k and v's LoRAs as one: A stacked, B block-diagonal (exact: each output sees only its own rows)."""
+    down = torch.cat([layers[f"{block}.attn.to_{x}.lora_A.weight"] for x in "qkv"])
+    up = torch.block_diag(*[layers[f"{block}.attn.to_{x}.lora_B.weight"] for x in "qkv"]) * scale
+    return down, up
+
+
+def _bfl_pairs(lora: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float, int]:
+    """{BFL module name: (A, B)} for a diffusers-format LoRA of the default targets, its alpha and rank."""
+    import json
+
+    import safetensors
+    import safetensors.torch
+
+    tensors = safetensors.torch.load_file(lora)
+    with safetensors.safe_open(lora, framework="pt") as handle:
+        settings = json.loads((handle.metadata() or {})["lora_adapter_metadata"])
+    rank, alpha = int(settings["transformer.r"]), float(settings["transformer.lora_alpha"])
+    layers = {key.removeprefix("transformer."): value for key, value in tensors.items()}
+    blocks = sorted({key.split(".attn.")[0] for key in layers if key.startswith("transformer_blocks.")})
+    singles = sorted({key.split(".attn.")[0] for key in layers if key.startswith("single_transformer_blocks.")})
+    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def pair(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return layers[f"{name}.lora_A.weight"], layers[f"{name}.lora_B.weight"]
+
+    for block in blocks:
+        index = block.rsplit(".", 1)[1]
+        pairs[f"double_blocks.{index}.img_attn.qkv"] = _fused_qkv(layers, block, 1.0)
+        pairs[f"double_blocks.{index}.img_attn.proj"] = pair(f"{block}.attn.to_out.0")
+    for block in singles:
+        index = block.rsplit(".", 1)[1]
+        pairs[f"single_blocks.{index}.linear1"] = pair(f"{block}.attn.to_qkv_mlp_proj")
+        pairs[f"single_blocks.{index}.linear2"] = pair(f"{block}.attn.to_out")
+    return pairs, alpha, rank
+
+
+def to_bfl(lora: Path, out: Path) -> Path:
+    """The LoRA in BFL/ai-toolkit's layout (`diffusion_model.double_blocks.N.img_attn.qkv.lora_A.weight`); alpha
+    is baked into B, as that layout has no alpha."""
+    import safetensors.torch
+
+    pairs, alpha, rank = _bfl_pairs(lora)
+    tensors = {}
+    for name, (down, up) in pairs.items():
+        tensors[f"diffusion_model.{name}.lora_A.weight"] = down.contiguous()
+        tensors[f"diffusion_model.{name}.lora_B.weight"] = (up * (alpha / rank)).contiguous()
+    safetensors.torch.save_file(tensors, out)
+    return out
+
+
+def to_kohya(lora: Path, out: Path) -> Path:
+    """The LoRA in kohya's layout (`lora_unet_double_blocks_N_img_attn_qkv.lora_down.weight`, `.alpha`)."""
+    import safetensors.torch
+
+    pairs, alpha, rank = _bfl_pairs(lora)
+    tensors = {}
+    for name, (down, up) in pairs.items():
+        prefix = "lora_unet_" + name.replace(".", "_")
+        tensors[f"{prefix}.lora_down.weight"] = down.contiguous()
+        tensors[f"{prefix}.lora_up.weight"] = up.contiguous()
+        tensors[f"{prefix}.alpha"] = torch.tensor(alpha * down.shape[0] / rank)  # kohya scales by alpha / its rank
+    safetensors.torch.save_file(tensors, out)
+    return out

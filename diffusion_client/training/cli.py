@@ -1,0 +1,173 @@
+"""`flux2-train-lora`: train a FLUX.2 LoRA with captions encoded by a flux2-encoder server.
+
+flux2-train-lora --data ./my-dog --encoder encoder-box:50051 --model /models/FLUX.2-dev --out ./sks-dog \\
+    --rank 16 --steps 1000 --resolution 1024
+
+Everything that can be wrong with the data or the flags is found before any weights load, and said in one
+line (exit 2). Ctrl-C or SIGTERM writes a checkpoint and exits (130 / 143); `--resume` continues from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from diffusion_client.cli import exit_code, report
+from diffusion_client.encoder_flags import add_encoder_arguments, encoder_from_args, token_from_args
+from diffusion_client.errors import InputError
+from diffusion_client.training.config import TARGET_PRESETS, WEIGHTING_SCHEMES, TrainConfig, parse_target_modules
+from shared.one_line import OneLineParser
+from shared.quiet import quiet_library_loggers
+
+PROG = "flux2-train-lora"
+
+
+def finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+finite.__name__ = "finite number"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog=PROG, description="Train a FLUX.2 LoRA; captions are encoded by a flux2-encoder.")
+    parser.add_argument("--data", required=True, type=Path, help="images with .txt captions, or metadata.jsonl")
+    parser.add_argument("--model", required=True, type=Path, help="local FLUX.2 snapshot (transformer/, vae/)")
+    parser.add_argument("--out", required=True, type=Path, help="folder for the LoRA, checkpoints and caches")
+    add_encoder_arguments(parser)
+    parser.add_argument("--instance-prompt", help="caption for images without a .txt file (e.g. 'a photo of sks dog')")
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--alpha", type=finite, default=None, help="LoRA alpha (default: the rank, scale 1)")
+    parser.add_argument(
+        "--target-modules",
+        type=parse_target_modules,
+        default=TARGET_PRESETS["attention"],
+        help=f"a preset ({', '.join(TARGET_PRESETS)}; default attention, as diffusers' scripts) or a comma list",
+    )
+    parser.add_argument("--learning-rate", type=finite, default=1e-4)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--gradient-accumulation", type=int, default=1)
+    parser.add_argument("--resolution", type=int, default=1024, help="square side the images are cropped to")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--guidance", type=finite, default=1.0, help="guidance embedding during training")
+    parser.add_argument("--weighting-scheme", choices=WEIGHTING_SCHEMES, default="none")
+    parser.add_argument("--checkpoint-every", type=int, default=250)
+    parser.add_argument("--resume", type=Path, help="a checkpoint folder, or an --out folder (its newest)")
+    parser.add_argument("--validation-prompt", help="generate this (with the LoRA) at --validate-every and the end")
+    parser.add_argument("--validate-every", type=int, default=0)
+    parser.add_argument("--validation-steps", type=int, default=28)
+    parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    parser.add_argument(
+        "--quantize", choices=("auto", "nf4", "none"), default="auto", help="the DiT in nf4 (QLoRA; CUDA only)"
+    )
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--8bit-adam", dest="eight_bit_adam", action="store_true", help="bitsandbytes' AdamW8bit")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    quantize = args.quantize if args.quantize != "auto" else ("nf4" if device.startswith("cuda") else "none")
+    if args.validation_steps < 1:
+        raise InputError(f"--validation-steps must be at least 1, not {args.validation_steps}")
+    return TrainConfig(
+        data=args.data,
+        model=args.model,
+        encoder=args.encoder,
+        out=args.out,
+        instance_prompt=args.instance_prompt,
+        rank=args.rank,
+        alpha=args.alpha,
+        target_modules=args.target_modules,
+        learning_rate=args.learning_rate,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        gradient_accumulation=args.gradient_accumulation,
+        resolution=args.resolution,
+        seed=args.seed,
+        guidance=args.guidance,
+        weighting_scheme=args.weighting_scheme,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        validation_prompt=args.validation_prompt,
+        validate_every=args.validate_every,
+        validation_steps=args.validation_steps,
+        device=device,
+        quantize=quantize,
+        gradient_checkpointing=args.gradient_checkpointing,
+        eight_bit_adam=args.eight_bit_adam,
+        progress=not args.quiet,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from shared.quiet import quiet_model_libraries
+
+    token = token_from_args(args)
+    config = config_from_args(args)
+    quiet_model_libraries()
+    from diffusion_client.pipeline import read_component_config
+    from diffusion_client.training.data import find_examples
+    from diffusion_client.training.trainer import Interrupted, smoothed, train
+
+    examples = find_examples(config.data, config.instance_prompt)  # before any weights load
+    read_component_config(config.model, "transformer")
+    if len({len(example.references) for example in examples}) > 1 and config.batch_size > 1:
+        raise InputError("lines with different numbers of reference images need --batch-size 1")
+    losses: list[float] = []
+    started = time.perf_counter()
+
+    def progress(steps: Iterator[int], start: int, total: int) -> Iterator[int]:
+        from tqdm import tqdm
+
+        bar = tqdm(steps, initial=start, total=total, desc="training", disable=not config.progress, unit="step")
+        for step in bar:
+            yield step
+            bar.set_postfix(loss=f"{smoothed(losses):.4f}")  # tqdm shows the rate: s/step or step/s
+
+    with encoder_from_args(args, token) as encoder:
+        try:
+            result = train(config, examples, encoder, progress, lambda step, loss: losses.append(loss))
+        except Interrupted as stopped:
+            print(f"{PROG}: {stopped}", file=sys.stderr, flush=True)
+            return 128 + stopped.signum
+    seconds = time.perf_counter() - started
+    print(
+        f"LoRA written to {result.lora} ({result.steps} steps, rank {config.rank}, {len(examples)} images; "
+        f"{result.captions.fetched} captions encoded, {result.captions.from_disk} from disk; {seconds:.1f} s)",
+        flush=True,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_library_loggers()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else 2
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        report(error, PROG)
+        return exit_code(error)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
