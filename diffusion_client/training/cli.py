@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--guidance", type=finite, default=1.0, help="guidance embedding during training")
     parser.add_argument("--weighting-scheme", choices=WEIGHTING_SCHEMES, default="none")
     parser.add_argument("--checkpoint-every", type=int, default=250)
+    parser.add_argument("--cache-dir", type=Path, help="caption embeddings and latents (default: OUT/cache)")
     parser.add_argument("--resume", type=Path, help="a checkpoint folder, or an --out folder (its newest)")
     parser.add_argument("--validation-prompt", help="generate this (with the LoRA) at --validate-every and the end")
     parser.add_argument("--validate-every", type=int, default=0)
@@ -101,6 +102,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         weighting_scheme=args.weighting_scheme,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
+        cache_dir=args.cache_dir,
         validation_prompt=args.validation_prompt,
         validate_every=args.validate_every,
         validation_steps=args.validation_steps,
