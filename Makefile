@@ -46,6 +46,7 @@ bench-tiny: install
 	$(BIN)/python -m bench.upsample --tiny
 	$(BIN)/python -m bench.team --tiny
 	$(BIN)/python -m bench.wire --tiny
+	$(BIN)/python -m bench.train --tiny
 
 clean:
 	rm -rf $(VENV) .cache $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

@@ -262,3 +262,13 @@ def test_validation_images_are_written_beside_the_checkpoints(counting_server, t
     assert train(counting_server, tiny_snapshot, data, tmp_path / "out", *flags) == 0
     written = sorted(path.name for path in (tmp_path / "out" / "validation").iterdir())
     assert written == ["step-000001.png", "step-000002.png"]
+
+
+def test_training_that_diverges_stops_in_one_line_without_writing_nan_weights(
+    counting_server, tiny_snapshot, tmp_path, capsys
+):
+    data = flat_images(tmp_path / "data", [RED])
+    assert train(counting_server, tiny_snapshot, data, tmp_path / "out", "--steps", "5", "--learning-rate", "1e30") == 1
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("flux2-train-lora: error:")]
+    assert "lower --learning-rate" in line
+    assert not (tmp_path / "out" / "pytorch_lora_weights.safetensors").exists()

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from diffusion_client.errors import ClientError
 from diffusion_client.pipeline import PipelineConfig, load_transformer
 from diffusion_client.remote_encoder import RemoteTextEncoder
 from diffusion_client.training.captions import CaptionStats, caption_embeddings
@@ -32,6 +33,10 @@ from diffusion_client.training.validation import Validator
 from shared.fingerprint import weights_fingerprint
 
 LOSS_SMOOTHING = 0.9
+
+
+class TrainingDivergedError(ClientError):
+    """The loss is no longer a finite number; nothing of this step was applied."""
 
 
 class Interrupted(Exception):
@@ -157,6 +162,11 @@ def train(
                     loss = objective.loss(transformer, batch, _step_generator(config.seed, step, micro))
                 (loss / config.gradient_accumulation).backward()
                 total += float(loss.detach()) / config.gradient_accumulation
+            if not math.isfinite(total):  # stepping on it would turn every adapter weight into NaN
+                raise TrainingDivergedError(
+                    f"the loss became {total} at step {step + 1}; lower --learning-rate (now "
+                    f"{config.learning_rate:g}), or resume from an earlier checkpoint"
+                )
             torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
             optimizer.step()
             losses.append(total)
