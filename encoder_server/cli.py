@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -33,19 +32,8 @@ from encoder_server.config import (
 )
 from encoder_server.errors import EncoderError
 from shared.defaults import DEFAULT_PORT, SERVICE_NAME
-from shared.one_line import OneLineParser
+from shared.one_line import OneLineParser, finite_number
 from shared.quiet import quiet_library_loggers
-
-
-def _number(text: str) -> float:
-    """A finite number; argparse reports the ValueError as 'invalid _number value'."""
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(text)
-    return value
-
-
-_number.__name__ = "finite number"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     limits, batching = RequestLimits, BatchingConfig
     options: list[tuple[str, type | object, object, str]] = [
         ("--max-batch-size", int, batching.max_batch_size, "prompts per forward pass and per request"),
-        ("--batch-wait-ms", _number, batching.batch_wait_ms, "how long a request may wait for others (0 to 10000)"),
+        (
+            "--batch-wait-ms",
+            finite_number,
+            batching.batch_wait_ms,
+            "how long a request may wait for others (0 to 10000)",
+        ),
         ("--max-queued-prompts", int, batching.max_queued_prompts, "beyond it requests get RESOURCE_EXHAUSTED"),
         ("--max-layer", int, None, "load decoder layers 1..N only (default 30, the deepest FLUX.2 uses)"),
         ("--max-prompt-chars", int, limits.max_prompt_chars, "longest prompt accepted, in characters"),
@@ -80,13 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         (
             "--send-timeout-s",
-            _number,
+            finite_number,
             DEFAULT_SEND_TIMEOUT_S,
             "drop a reply the client has not read for this long",
         ),
         (
             "--shutdown-grace-s",
-            _number,
+            finite_number,
             DEFAULT_SHUTDOWN_GRACE_S,
             "on SIGTERM, how long queued and in-flight requests may take to finish",
         ),
@@ -157,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--caller-prompts-per-s",
-        type=_number,
+        type=finite_number,
         default=None,
         help="prompts per second one token name may send; a tokens-file line may set its own prompts_per_s=R "
         "(default: no limit)",
@@ -166,10 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, kind, default, meaning in (
         ("--max-http-connections", int, connections.max_http_connections, "open HTTP connections; past it 503"),
         ("--max-grpc-connections", int, connections.max_grpc_connections, "open gRPC connections"),
-        ("--http-header-timeout-s", _number, connections.http_header_timeout_s, "seconds for a request's headers"),
+        (
+            "--http-header-timeout-s",
+            finite_number,
+            connections.http_header_timeout_s,
+            "seconds for a request's headers",
+        ),
         (
             "--grpc-handshake-timeout-s",
-            _number,
+            finite_number,
             connections.grpc_handshake_timeout_s,
             "seconds for a gRPC connection's TLS and HTTP/2 set-up",
         ),
@@ -185,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-prompts", action="store_true", help="write prompt text in the per-request log line")
     health = commands.add_parser("health", help="print a server's health; exit 0 once it is SERVING")
     health.add_argument("target", help="HOST:PORT of the server")
-    health.add_argument("--wait", type=_number, default=0.0, help="keep polling up to this many seconds")
+    health.add_argument("--wait", type=finite_number, default=0.0, help="keep polling up to this many seconds")
     health.add_argument("--tls-ca", type=Path, default=None, help="PEM CA of a TLS server")
     health.add_argument("--tls-cert", type=Path, default=None, help="PEM client certificate, for an mTLS server")
     health.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")

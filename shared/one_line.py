@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import unicodedata
 from typing import NoReturn
@@ -33,3 +34,14 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {printable_line(message, MESSAGE_LIMIT)}; see {self.prog} --help\n")
+
+
+def finite_number(text: str) -> float:
+    """An argparse type: a finite number (argparse reports the ValueError as 'invalid finite number value')."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+finite_number.__name__ = "finite number"

@@ -8,16 +8,14 @@ from it, and a restart or a second run fetches nothing it already has. Files are
 from __future__ import annotations
 
 import hashlib
-import os
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import safetensors.torch
 import torch
 
 from diffusion_client.remote_encoder import RemoteTextEncoder
+from diffusion_client.training.disk_cache import read_cached, write_atomically
 
 KEY = "prompt_embeds"
 
@@ -32,19 +30,6 @@ def caption_file(folder: Path, caption: str) -> Path:
     return folder / f"{hashlib.sha256(caption.encode()).hexdigest()}.safetensors"
 
 
-def write_atomically(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """safetensors to a temporary file in the same folder, flushed, then renamed over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        safetensors.torch.save_file({k: v.contiguous() for k, v in tensors.items()}, temporary, metadata=metadata)
-        with temporary.open("rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def caption_embeddings(
     encoder: RemoteTextEncoder, captions: Sequence[str], cache: Path
 ) -> tuple[dict[str, torch.Tensor], CaptionStats]:
@@ -56,14 +41,11 @@ def caption_embeddings(
     embeds: dict[str, torch.Tensor] = {}
     missing = []
     for caption in distinct:
-        path = caption_file(folder, caption)
-        if path.is_file():
-            try:
-                embeds[caption] = safetensors.torch.load_file(path)[KEY]
-                continue
-            except Exception:  # a damaged cache file is fetched again, not trusted
-                path.unlink(missing_ok=True)
-        missing.append(caption)
+        cached = read_cached(caption_file(folder, caption), KEY)
+        if cached is None:
+            missing.append(caption)
+        else:
+            embeds[caption] = cached
     batch = max(info.max_prompts_per_request, 1)
     for start in range(0, len(missing), batch):
         chunk = missing[start : start + batch]

@@ -22,7 +22,7 @@ import safetensors.torch
 import torch
 
 from diffusion_client.errors import InputError
-from diffusion_client.training.captions import write_atomically
+from diffusion_client.training.disk_cache import write_atomically
 
 CHECKPOINTS = "checkpoints"
 LORA_FILE = "pytorch_lora_weights.safetensors"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 import time
 from collections.abc import Iterator
@@ -21,20 +20,10 @@ from diffusion_client.cli import exit_code, report
 from diffusion_client.encoder_flags import add_encoder_arguments, encoder_from_args, token_from_args
 from diffusion_client.errors import InputError
 from diffusion_client.training.config import TARGET_PRESETS, WEIGHTING_SCHEMES, TrainConfig, parse_target_modules
-from shared.one_line import OneLineParser
+from shared.one_line import OneLineParser, finite_number
 from shared.quiet import quiet_library_loggers
 
 PROG = "flux2-train-lora"
-
-
-def finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(text)
-    return value
-
-
-finite.__name__ = "finite number"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,20 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_encoder_arguments(parser)
     parser.add_argument("--instance-prompt", help="caption for images without a .txt file (e.g. 'a photo of sks dog')")
     parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--alpha", type=finite, default=None, help="LoRA alpha (default: the rank, scale 1)")
+    parser.add_argument("--alpha", type=finite_number, default=None, help="LoRA alpha (default: the rank, scale 1)")
     parser.add_argument(
         "--target-modules",
         type=parse_target_modules,
         default=TARGET_PRESETS["attention"],
         help=f"a preset ({', '.join(TARGET_PRESETS)}; default attention, as diffusers' scripts) or a comma list",
     )
-    parser.add_argument("--learning-rate", type=finite, default=1e-4)
+    parser.add_argument("--learning-rate", type=finite_number, default=1e-4)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--gradient-accumulation", type=int, default=1)
     parser.add_argument("--resolution", type=int, default=1024, help="square side the images are cropped to")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--guidance", type=finite, default=1.0, help="guidance embedding during training")
+    parser.add_argument("--guidance", type=finite_number, default=1.0, help="guidance embedding during training")
     parser.add_argument("--weighting-scheme", choices=WEIGHTING_SCHEMES, default="none")
     parser.add_argument("--checkpoint-every", type=int, default=250)
     parser.add_argument("--cache-dir", type=Path, help="caption embeddings and latents (default: OUT/cache)")

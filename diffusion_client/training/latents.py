@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors.torch
 import torch
 from PIL import Image
 
 from diffusion_client.images import load_reference_image
-from diffusion_client.training.captions import write_atomically
+from diffusion_client.training.disk_cache import read_cached, write_atomically
 from shared.fingerprint import weights_fingerprint
 
 KEY = "latents"
@@ -51,13 +50,11 @@ def image_latents(
     missing: dict[Path, Path] = {}
     for path in dict.fromkeys(paths):
         target = folder / f"{hashlib.sha256(path.read_bytes()).hexdigest()}-{resolution}.safetensors"
-        if target.is_file():
-            try:
-                found[path] = safetensors.torch.load_file(target)[KEY]
-                continue
-            except Exception:  # a damaged cache file is encoded again, not trusted
-                target.unlink(missing_ok=True)
-        missing[path] = target
+        cached = read_cached(target, KEY)
+        if cached is None:
+            missing[path] = target
+        else:
+            found[path] = cached
     if missing:
         pipeline = _vae_pipeline(model, device, dtype)
         try:
