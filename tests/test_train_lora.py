@@ -272,3 +272,13 @@ def test_training_that_diverges_stops_in_one_line_without_writing_nan_weights(
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("flux2-train-lora: error:")]
     assert "lower --learning-rate" in line
     assert not (tmp_path / "out" / "pytorch_lora_weights.safetensors").exists()
+
+
+def test_output_folder_that_cannot_be_written_is_one_line(counting_server, tiny_snapshot, tmp_path, capsys):
+    data = flat_images(tmp_path / "data", [RED])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "checkpoints").write_text("a file where the checkpoints folder goes")
+    assert train(counting_server, tiny_snapshot, data, out, "--steps", "2", "--checkpoint-every", "1") == 1
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("flux2-train-lora: error:")]
+    assert "cannot write checkpoint" in line

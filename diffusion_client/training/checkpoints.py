@@ -21,13 +21,17 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from diffusion_client.errors import InputError
+from diffusion_client.errors import ClientError, InputError
 from diffusion_client.training.disk_cache import write_atomically
 
 CHECKPOINTS = "checkpoints"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 STEP_FOLDER = re.compile(r"^step-(\d+)$")
 KEEP_CHECKPOINTS = 2
+
+
+class OutputError(ClientError):
+    """A checkpoint or the LoRA could not be written (a full disk, a folder without write access)."""
 
 
 def _sync(path: Path) -> None:
@@ -43,11 +47,11 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint `step` atomically and drop all but the newest `KEEP_CHECKPOINTS`."""
     folder = out / CHECKPOINTS
-    folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{step:06d}"
     staging = folder / f".step-{step:06d}.{secrets.token_hex(4)}.tmp"
-    staging.mkdir()
     try:
+        folder.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
         safetensors.torch.save_file(
             {k: v.detach().contiguous().cpu() for k, v in adapter.items()}, staging / "adapter.safetensors"
         )
@@ -59,6 +63,10 @@ def save_checkpoint(
             shutil.rmtree(final)
         os.replace(staging, final)
         _sync(folder)
+    except OSError as error:
+        raise OutputError(
+            f"cannot write checkpoint {final}: {error.strerror or error}; the previous checkpoint is intact"
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     for old in checkpoints(out)[:-KEEP_CHECKPOINTS]:
@@ -102,14 +110,17 @@ def save_lora(out: Path, adapter: dict[str, torch.Tensor], lora_config: dict[str
     """`pytorch_lora_weights.safetensors` as diffusers writes it, plus `made` in its metadata; atomic."""
     from diffusers import Flux2Pipeline
 
-    with tempfile.TemporaryDirectory(prefix=".lora-", dir=out) as staging:
-        Flux2Pipeline.save_lora_weights(
-            staging, transformer_lora_layers=adapter, transformer_lora_adapter_metadata=lora_config
-        )
-        written = Path(staging) / LORA_FILE
-        with safetensors.safe_open(written, framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
-        tensors = safetensors.torch.load_file(written)
     target = out / LORA_FILE
-    write_atomically(tensors, target, {**metadata, **{f"flux2_split.{k}": v for k, v in made.items()}})
+    try:
+        with tempfile.TemporaryDirectory(prefix=".lora-", dir=out) as staging:
+            Flux2Pipeline.save_lora_weights(
+                staging, transformer_lora_layers=adapter, transformer_lora_adapter_metadata=lora_config
+            )
+            written = Path(staging) / LORA_FILE
+            with safetensors.safe_open(written, framework="pt") as handle:
+                metadata = dict(handle.metadata() or {})
+            tensors = safetensors.torch.load_file(written)
+        write_atomically(tensors, target, {**metadata, **{f"flux2_split.{k}": v for k, v in made.items()}})
+    except OSError as error:
+        raise OutputError(f"cannot write {target}: {error.strerror or error}") from None
     return target
