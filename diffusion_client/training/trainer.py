@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -65,6 +66,8 @@ class _Stop:
     def installed(cls) -> tuple[_Stop, Callable[[], None]]:
         """Catch SIGINT and SIGTERM until the returned restore() is called."""
         stop = cls()
+        if threading.current_thread() is not threading.main_thread():  # only the main thread may take signals
+            return stop, lambda: None
         previous = {
             sig: signal.signal(sig, lambda signum, _frame: setattr(stop, "signum", signum))
             for sig in (signal.SIGINT, signal.SIGTERM)
