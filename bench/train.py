@@ -72,7 +72,7 @@ def tiny(args: argparse.Namespace, scratch: Path, snapshot: Path) -> dict[str, A
         hit_s = time.perf_counter() - started
         reset_peak_memory("cpu")
         training = TrainConfig(
-            data=data, model=snapshot, encoder=server.target, out=scratch / "out", rank=4, steps=args.steps,
+            data=data, model=snapshot, out=scratch / "out", rank=4, steps=args.steps,
             resolution=64, gradient_checkpointing=True, cache_dir=cache, progress=False,
         )  # fmt: skip
         result = train(training, examples, encoder)

@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -228,22 +229,29 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     return PipelineConfig(model_path=args.model, device=device, quantize=quantize)
 
 
-def main(argv: list[str] | None = None) -> int:
-    tune_allocator()  # before any channel or thread: 15.7 MB replies then reuse heap memory, not fresh pages
+def run_command(
+    prog: str, parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int], argv: list[str] | None
+) -> int:
+    """A command's whole life: flags parsed, `run` called, and any failure one line with its exit code."""
     quiet_library_loggers()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as stop:  # --help, or a bad flag already reported in one line
         return stop.code if isinstance(stop.code, int) else 2
     try:
         return run(args)
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # a bug or an unforeseen failure still gets one line, not a traceback
-        report(error)
+        report(error, prog)
         return exit_code(error)
+
+
+def main(argv: list[str] | None = None) -> int:
+    tune_allocator()  # before any channel or thread: 15.7 MB replies then reuse heap memory, not fresh pages
+    return run_command(PROG, build_parser(), run, argv)
 
 
 if __name__ == "__main__":

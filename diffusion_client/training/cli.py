@@ -10,18 +10,16 @@ line (exit 2). Ctrl-C or SIGTERM writes a checkpoint and exits (130 / 143); `--r
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from diffusion_client.cli import exit_code, report
+from diffusion_client.cli import run_command
 from diffusion_client.encoder_flags import add_encoder_arguments, encoder_from_args, token_from_args
 from diffusion_client.errors import InputError
 from diffusion_client.training.config import TARGET_PRESETS, WEIGHTING_SCHEMES, TrainConfig, parse_target_modules
 from shared.one_line import OneLineParser, finite_number
-from shared.quiet import quiet_library_loggers
 
 PROG = "flux2-train-lora"
 
@@ -70,12 +68,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     quantize = args.quantize if args.quantize != "auto" else ("nf4" if device.startswith("cuda") else "none")
-    if args.validation_steps < 1:
-        raise InputError(f"--validation-steps must be at least 1, not {args.validation_steps}")
     return TrainConfig(
         data=args.data,
         model=args.model,
-        encoder=args.encoder,
         out=args.out,
         instance_prompt=args.instance_prompt,
         rank=args.rank,
@@ -144,20 +139,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    quiet_library_loggers()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as stop:
-        return stop.code if isinstance(stop.code, int) else 2
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as error:
-        report(error, PROG)
-        return exit_code(error)
+    return run_command(PROG, build_parser(), run, argv)
 
 
 if __name__ == "__main__":

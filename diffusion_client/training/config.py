@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from diffusion_client.errors import InputError
@@ -49,7 +49,6 @@ MAX_RESOLUTION = 4096
 class TrainConfig:
     data: Path
     model: Path
-    encoder: str
     out: Path
     instance_prompt: str | None = None
     rank: int = 16
@@ -78,7 +77,6 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     eight_bit_adam: bool = False
     cache_dir: Path | None = None  # None: <out>/cache
-    encoder_options: dict[str, object] = field(default_factory=dict, compare=False)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -88,6 +86,7 @@ class TrainConfig:
             ("--batch-size", self.batch_size),
             ("--gradient-accumulation", self.gradient_accumulation),
             ("--checkpoint-every", self.checkpoint_every),
+            ("--validation-steps", self.validation_steps),
         ):
             if value < 1:
                 raise InputError(f"{flag} must be at least 1, not {value}")

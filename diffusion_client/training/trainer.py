@@ -86,11 +86,13 @@ def _step_generator(seed: int, step: int, micro: int = 0) -> torch.Generator:
 
 def _sample_order(examples: int, seed: int, start: int, count: int) -> list[int]:
     """Example indices for global samples start..start+count: a fresh permutation each epoch."""
+    permutations: dict[int, torch.Tensor] = {}  # one per epoch the samples fall in
     order = []
     for sample in range(start, start + count):
         epoch, position = divmod(sample, examples)
-        permutation = torch.randperm(examples, generator=torch.Generator().manual_seed(seed + epoch))
-        order.append(int(permutation[position]))
+        if epoch not in permutations:
+            permutations[epoch] = torch.randperm(examples, generator=torch.Generator().manual_seed(seed + epoch))
+        order.append(int(permutations[epoch][position]))
     return order
 
 
