@@ -8,38 +8,16 @@ from pathlib import Path
 
 from diffusion_client.errors import InputError
 
-# diffusers' FLUX.2 training scripts' default targets: attention of the double blocks' image stream and of the
-# single blocks (their `to_out` named per block, as a bare "to_out" would also match the double blocks' list).
+# Module names by part of the DiT. Single blocks' `to_out` is named per block (`single:`), as a bare "to_out" would
+# also match the double blocks' `to_out` list.
+IMAGE_ATTENTION = ("to_k", "to_q", "to_v", "to_out.0")
+TEXT_ATTENTION = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+FEED_FORWARD = ("ff.linear_in", "ff.linear_out", "ff_context.linear_in", "ff_context.linear_out")
+SINGLE_BLOCKS = ("to_qkv_mlp_proj", "single:attn.to_out")
 TARGET_PRESETS: dict[str, tuple[str, ...]] = {
-    "attention": ("to_k", "to_q", "to_v", "to_out.0", "to_qkv_mlp_proj", "single:attn.to_out"),
-    "attention-and-text": (
-        "to_k",
-        "to_q",
-        "to_v",
-        "to_out.0",
-        "add_q_proj",
-        "add_k_proj",
-        "add_v_proj",
-        "to_add_out",
-        "to_qkv_mlp_proj",
-        "single:attn.to_out",
-    ),  # fmt: skip
-    "all-blocks": (
-        "to_k",
-        "to_q",
-        "to_v",
-        "to_out.0",
-        "add_q_proj",
-        "add_k_proj",
-        "add_v_proj",
-        "to_add_out",
-        "ff.linear_in",
-        "ff.linear_out",
-        "ff_context.linear_in",
-        "ff_context.linear_out",
-        "to_qkv_mlp_proj",
-        "single:attn.to_out",
-    ),  # fmt: skip
+    "attention": IMAGE_ATTENTION + SINGLE_BLOCKS,  # diffusers' FLUX.2 training scripts' default
+    "attention-and-text": IMAGE_ATTENTION + TEXT_ATTENTION + SINGLE_BLOCKS,
+    "all-blocks": IMAGE_ATTENTION + TEXT_ATTENTION + FEED_FORWARD + SINGLE_BLOCKS,
 }
 WEIGHTING_SCHEMES = ("none", "sigma_sqrt", "logit_normal", "mode", "cosmap")
 MAX_RESOLUTION = 4096
