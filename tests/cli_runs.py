@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.rlimits import limited
+
 PREFIX = "flux2-generate:"
 
 
@@ -25,18 +27,11 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def run_cli(
-    *args: str, timeout: float = 180, preexec_fn: Callable[[], Any] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """`python -m diffusion_client.cli ARGS` in a fresh process, offline."""
-    command = [sys.executable, "-m", "diffusion_client.cli", *args]
+def run_cli(*args: str, timeout: float = 180, limits: dict[str, int] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m diffusion_client.cli ARGS` in a fresh process, offline; `limits` as `tests.rlimits` takes them."""
+    command = limited([sys.executable, "-m", "diffusion_client.cli", *args], **(limits or {}))
     return subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        preexec_fn=preexec_fn,
+        command, capture_output=True, text=True, timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"}
     )
 
 
@@ -99,12 +94,12 @@ class EncoderProcess:
 
 
 def serve_encoder(
-    *flags: str, preexec_fn: Callable[[], Any] | None = None, env: dict[str, str] | None = None
+    *flags: str, limits: dict[str, int] | None = None, env: dict[str, str] | None = None
 ) -> EncoderProcess:
     """`python -m encoder_server.cli serve FLAGS` in a fresh process, offline; `env` adds to the environment."""
-    command = [sys.executable, "-m", "encoder_server.cli", "serve", *flags]
+    command = limited([sys.executable, "-m", "encoder_server.cli", "serve", *flags], **(limits or {}))
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=environment, preexec_fn=preexec_fn)
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=environment)
     return EncoderProcess(process)
 
 

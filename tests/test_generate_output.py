@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import resource
-import signal
 import time
 from pathlib import Path
 
@@ -59,12 +57,6 @@ def test_png_replaces_an_older_one_and_leaves_no_temporary_file(tmp_path):
         assert (image.size, image.text["prompt"]) == ((8, 8), "new")
 
 
-def limit_file_size_to_4_kib() -> None:
-    """In the child: files may not grow past 4 KiB, and going past fails the write (EFBIG) instead of killing."""
-    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-
-
 def test_full_disk_keeps_the_old_png_valid_and_leaves_no_partial_file(encoder_server, tiny_snapshot, tmp_path):
     folder = tmp_path / "out"
     folder.mkdir()
@@ -80,7 +72,7 @@ def test_full_disk_keeps_the_old_png_valid_and_leaves_no_partial_file(encoder_se
         "--out",
         str(out),
         *SIZE,
-        preexec_fn=limit_file_size_to_4_kib,
+        limits={"FSIZE": 4096},  # a write past 4 KiB fails (EFBIG)
     )
     assert finished.returncode != 0
     assert_one_line_error(finished.stderr, f"cannot write {out}", "too large")

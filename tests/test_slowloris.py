@@ -123,8 +123,7 @@ def test_bad_connection_limits_are_refused_at_start(limits):
         ConnectionLimits(**limits)
 
 
-def _low_descriptor_limit() -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))  # the hard limit too: nothing to raise
+LOW_DESCRIPTOR_LIMIT = {"NOFILE": 256}  # the hard limit too: nothing to raise
 
 
 @pytest.fixture
@@ -132,7 +131,7 @@ def server_with_few_descriptors(tiny_snapshot) -> Iterator[tuple[EncoderProcess,
     server = serve_encoder(
         "--model", str(tiny_snapshot), "--host", "127.0.0.1", "--port", "0", "--http-port", "0",
         "--http-header-timeout-s", "30", "--max-batch-size", "2",
-        preexec_fn=_low_descriptor_limit,
+        limits=LOW_DESCRIPTOR_LIMIT,
     )  # fmt: skip
     try:
         grpc_port = server.ready_port()
@@ -167,7 +166,7 @@ def test_tls_handshakes_that_never_start_count_against_the_cap_and_time_out(tiny
         "--model", str(tiny_snapshot), "--host", "127.0.0.1", "--port", "0", "--http-port", "0",
         "--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key),
         "--http-header-timeout-s", "1", "--max-batch-size", "2",
-        preexec_fn=_low_descriptor_limit,
+        limits=LOW_DESCRIPTOR_LIMIT,
     )  # fmt: skip
     try:
         grpc_port = server.ready_port()
