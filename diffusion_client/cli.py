@@ -32,6 +32,7 @@ from diffusion_client.errors import (
 )
 from diffusion_client.jobs import GenerationJob, jobs_from_file
 from diffusion_client.lora.specs import parse_lora_spec
+from diffusion_client.provenance.flags import add_marking_arguments, marking_from_args
 from diffusion_client.upsampling import DEFAULT_UPSAMPLE_TEMPERATURE, TEMPERATURE_RANGE, check_temperature
 from shared.allocator import tune_allocator
 from shared.one_line import OneLineParser
@@ -56,6 +57,11 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
 
 def exit_code(error: BaseException) -> int:
     return next((code for kind, code in EXIT_CODES if isinstance(error, kind)), 1)
+
+
+def note(text: str, prog: str = PROG) -> None:
+    """Something the user should know that is not a failure, as one line on stderr."""
+    print(f"{prog}: note: {printable_line(text, MESSAGE_LIMIT)}", file=sys.stderr, flush=True)
 
 
 def report(failure: object, prog: str = PROG) -> None:
@@ -122,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=Path("image.png"),
-        help="output PNG; with --prompts, image.png becomes image-000.png, image-001.png, ...",
+        help="output image, by extension .png, .jpg/.jpeg or .webp; with --prompts, image.png becomes "
+        "image-000.png, image-001.png, ...",
     )
     parser.add_argument(
         "--quantize",
@@ -152,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default %(default)s)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_marking_arguments(parser)
     return parser
 
 
@@ -177,6 +185,7 @@ def _jobs(args: argparse.Namespace) -> list[GenerationJob]:
 def run(args: argparse.Namespace) -> int:
     jobs = _jobs(args)
     token = token_from_args(args)
+    marking = marking_from_args(args)
     from shared.quiet import quiet_model_libraries
 
     quiet_model_libraries()  # before diffusers and transformers are first imported below
@@ -184,6 +193,11 @@ def run(args: argparse.Namespace) -> int:
     from diffusion_client.generator import FailedJob, ImageGenerator
     from diffusion_client.pipeline import load_pipeline, read_component_config
     from diffusion_client.preflight import preflight
+    from diffusion_client.provenance.marking import Marker
+
+    marker = Marker.start(marking)  # a certificate c2pa refuses fails here, before anything loads
+    for text in marker.start_notes():
+        note(text)
 
     config = _pipeline_config(args)
     started = time.perf_counter()
@@ -196,8 +210,11 @@ def run(args: argparse.Namespace) -> int:
             encoder=encoder,
         )
         pipeline = load_pipeline(config)
-        generator = ImageGenerator(pipeline, encoder, model_name=args.model.resolve().name, progress=not args.quiet)
+        generator = ImageGenerator(
+            pipeline, encoder, model_name=args.model.resolve().name, progress=not args.quiet, marker=marker
+        )
         first_failure = written = 0
+        noted: set[str] = set()
         try:
             for outcome in generator.run(prepared):
                 if isinstance(outcome, FailedJob):
@@ -205,6 +222,9 @@ def run(args: argparse.Namespace) -> int:
                     first_failure = first_failure or exit_code(outcome.error)
                 else:
                     written += 1
+                    for text in set(outcome.notes) - noted:
+                        note(text)
+                        noted.add(text)
                     if outcome.upsampled_prompt is not None:
                         print(f"upsampled: {one_line(outcome.upsampled_prompt)}", flush=True)
                     print(f"wrote {outcome.path}", flush=True)

@@ -5,7 +5,9 @@ for outcome in generator.run(generator.prepare(jobs)):
     ...  # GeneratedImage, or FailedJob for a job that failed on its own
 
 For a list of jobs, the next prompt's embedding (and, for a job that upsamples, its rewritten prompt first)
-is fetched on a background thread while the current image denoises, so the server's work hides behind GPU work.
+is fetched on a background thread while the current image denoises, so the server's work hides behind GPU work;
+and each image is marked (`diffusion_client.provenance`) and written on another thread while the next one
+denoises, so an outcome is yielded once the image after it has been generated (or the run has ended).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from diffusion_client.atomic_files import write_bytes
 from diffusion_client.errors import (
     BadReplyError,
     ClientError,
@@ -27,10 +30,10 @@ from diffusion_client.errors import (
     EncoderRejectedError,
     InputError,
 )
-from diffusion_client.images import save_png
 from diffusion_client.jobs import GenerationJob
 from diffusion_client.lora.adapters import LoraAdapters
 from diffusion_client.preflight import PreparedJob, preflight
+from diffusion_client.provenance.marking import ImageRecord, Marker, MarkingOptions
 from diffusion_client.remote_encoder import RemoteTextEncoder
 from diffusion_client.upsampling import max_new_tokens_for
 
@@ -45,6 +48,7 @@ class GeneratedImage:
     job: GenerationJob
     path: Path
     upsampled_prompt: str | None = None  # what the image was generated from, for a job that upsamples
+    notes: tuple[str, ...] = ()  # marks that could not be made, and why
 
 
 @dataclass(frozen=True)
@@ -65,12 +69,24 @@ class FailedJob:
 
 
 class ImageGenerator:
-    """Generates prepared jobs with `pipeline`, a `Flux2Pipeline` loaded without its text encoder."""
+    """Generates prepared jobs with `pipeline`, a `Flux2Pipeline` loaded without its text encoder.
 
-    def __init__(self, pipeline: Any, encoder: RemoteTextEncoder, *, model_name: str, progress: bool = True) -> None:
+    `marker` marks each image before it is written; by default with every mark (`MarkingOptions()`).
+    """
+
+    def __init__(
+        self,
+        pipeline: Any,
+        encoder: RemoteTextEncoder,
+        *,
+        model_name: str,
+        progress: bool = True,
+        marker: Marker | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.encoder = encoder
         self.model_name = model_name
+        self.marker = marker or Marker.start(MarkingOptions())
         self.pipeline.set_progress_bar_config(disable=not progress, desc="denoising", leave=False)
         self.adapters = LoraAdapters(pipeline)
 
@@ -140,7 +156,7 @@ class ImageGenerator:
         return image
 
     def run(self, prepared_jobs: Sequence[PreparedJob]) -> Iterator[GeneratedImage | FailedJob]:
-        """Generate and save each job in order, prefetching the next job's embedding.
+        """Generate, mark and save each job in order, prefetching the next job's embedding.
 
         A job that fails on its own (`JOB_FAILURES`) is yielded as a `FailedJob` and the run goes on;
         any other error stops it.
@@ -151,6 +167,8 @@ class ImageGenerator:
         if not prepared_jobs:
             return
         prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch-embeds")
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mark-and-write")
+        writing: Future[GeneratedImage | FailedJob] | None = None  # the previous image, marked and written meanwhile
         try:
             upcoming: Future[Conditioning] = prefetcher.submit(self.fetch_conditioning, prepared_jobs[0])
             for index, prepared in enumerate(prepared_jobs):
@@ -159,17 +177,51 @@ class ImageGenerator:
                     upcoming = prefetcher.submit(self.fetch_conditioning, prepared_jobs[index + 1])
                 try:
                     conditioning = current.result()
-                    upsampled = conditioning.upsampled_prompt
                     image = self.generate(prepared, conditioning.prompt_embeds)
-                    path = save_png(image, prepared.job.out, self.metadata(prepared, upsampled))
                 except JOB_FAILURES as error:
+                    if writing is not None:
+                        yield writing.result()
+                        writing = None
                     yield FailedJob(prepared.job, error)
                     continue
-                yield GeneratedImage(prepared.job, path, upsampled)
+                written = writer.submit(self._save_or_fail, prepared, image, conditioning.upsampled_prompt)
+                if writing is not None:
+                    yield writing.result()
+                writing = written
+            if writing is not None:
+                yield writing.result()
+                writing = None
         finally:
             # Do not wait for a fetch in flight (Ctrl-C would hang up to its deadline); closing the encoder
-            # cancels it.
+            # cancels it. An image being written is finished: its file is then whole or absent, never partial.
             prefetcher.shutdown(wait=False, cancel_futures=True)
+            writer.shutdown(wait=True)
+
+    def _save_or_fail(
+        self, prepared: PreparedJob, image: Image.Image, upsampled_prompt: str | None
+    ) -> GeneratedImage | FailedJob:
+        try:
+            return self.save(prepared, image, upsampled_prompt)
+        except JOB_FAILURES as error:
+            return FailedJob(prepared.job, error)
+
+    def save(self, prepared: PreparedJob, image: Image.Image, upsampled_prompt: str | None = None) -> GeneratedImage:
+        """Mark `image` and write it to the job's output, atomically; a write that fails is the job's failure."""
+        job = prepared.job
+        parameters = self.metadata(prepared, upsampled_prompt)
+        record = ImageRecord(
+            model=self.model_name,
+            parameters=parameters,
+            prompt=parameters["prompt"],
+            references=job.images,
+            decoded_references=prepared.references,
+        )
+        marked = self.marker.mark(image, job.out, record)
+        try:
+            write_bytes(job.out, marked.data)
+        except OSError as error:
+            raise InputError(f"cannot write {job.out}: {error.strerror or error}") from error
+        return GeneratedImage(job, job.out, upsampled_prompt, marked.notes)
 
     def metadata(self, prepared: PreparedJob, upsampled_prompt: str | None = None) -> dict[str, Any]:
         """How the image was made; `prompt` is what it was generated from, the rewrite if one was made."""

@@ -27,6 +27,7 @@ from diffusion_client.jobs import GenerationJob
 from diffusion_client.lora.adapters import AppliedLora
 from diffusion_client.lora.files import CheckedLora, check_lora, layer_shapes
 from diffusion_client.pipeline import joint_attention_dim, size_multiple
+from diffusion_client.provenance.formats import format_for
 from diffusion_client.remote_encoder import RemoteTextEncoder
 from diffusion_client.upsampling import (
     ReferenceFile,
@@ -165,10 +166,14 @@ def check_settings(job: GenerationJob, multiple: int) -> None:
 
 
 def check_outputs(jobs: Sequence[GenerationJob]) -> None:
-    """Each output is a file path whose folder exists or can be made, and no two jobs write one file."""
+    """Each output is a file path in a format we write, whose folder exists or can be made; no two jobs share one."""
     first_writer: dict[Path, str] = {}  # resolved output -> the job that writes it, as messages name it
     for number, job in enumerate(jobs, start=1):
         out = job.out
+        try:
+            format_for(out)
+        except InputError as error:
+            raise InputError(job.describe(str(error))) from None
         if out.is_dir():
             raise InputError(job.describe(f"cannot write {out}: it is a directory; give a file name"))
         folder = _nearest_existing(out.absolute().parent)

@@ -42,8 +42,8 @@ def error_lines(stderr: str) -> list[str]:
 
 
 def assert_one_line_error(stderr: str, *fragments: str) -> str:
-    """Exactly one `flux2-generate:` line, an error holding every fragment; returns it."""
-    ours = [line for line in stderr.splitlines() if line.startswith(PREFIX)]
+    """Exactly one `flux2-generate:` line besides notes, an error holding every fragment; returns it."""
+    ours = [line for line in stderr.splitlines() if line.startswith(PREFIX) and not line.startswith(f"{PREFIX} note:")]
     errors = error_lines(stderr)
     assert len(ours) == len(errors) == 1, stderr
     for fragment in fragments:

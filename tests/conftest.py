@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Generating signs C2PA manifests with a local authority made in the user's config folder: the tests' own
+# (one per test process, shared by the CLIs it starts), never the user's.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="flux2-split-test-config-")
 
 from shared.quiet import quiet_library_loggers  # noqa: E402
 

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from diffusion_client.cli import main as generate_main
+from diffusion_client.provenance.watermark import too_small_note
 
 SIZE = ["--height", "64", "--width", "64", "--steps", "3"]
 
@@ -139,7 +140,7 @@ def test_generator_prepare_then_run_matches_monolithic_diffusers(
         generator = ImageGenerator(tiny_pipeline, encoder, model_name="tiny", progress=False)
         assert (generator.device, generator.dtype) == (torch.device("cpu"), torch.float32)
         outcomes = list(generator.run(generator.prepare([job])))
-    assert outcomes == [GeneratedImage(job, job.out)]
+    assert outcomes == [GeneratedImage(job, job.out, notes=(too_small_note(64, 64),))]  # under the watermark's size
     np.testing.assert_array_equal(pixels(job.out), monolithic_image(monolithic_pipeline, "a fox in the snow", seed=7))
 
 

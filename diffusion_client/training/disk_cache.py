@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
 
 import safetensors.torch
 import torch
 
+from diffusion_client.atomic_files import write_bytes
+
 
 def write_atomically(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """safetensors to a temporary file in the same folder, flushed, then renamed over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        safetensors.torch.save_file({k: v.contiguous() for k, v in tensors.items()}, temporary, metadata=metadata)
-        with temporary.open("rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    """safetensors to `path`, whole or not at all."""
+    write_bytes(path, safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
 
 
 def read_cached(path: Path, key: str) -> torch.Tensor | None:

@@ -1,0 +1,248 @@
+"""Credentials that sign C2PA manifests: the user's certificate chain and key, or a local signing authority.
+
+Without `--c2pa-cert/--c2pa-key`, a local authority is made once in the user's config directory
+(`$XDG_CONFIG_HOME/flux2-split/c2pa`, else `~/.config/flux2-split/c2pa`): a root certificate and an ES256
+end-entity certificate it issued (c2pa refuses a self-signed CA as a signer, and only accepts end-entity
+certificates with an allowed extended key usage and an authority key identifier). Only the signer's key is
+kept, mode 0600; the root's key is thrown away once it has signed, so nothing else can be issued under it.
+Verifiers show that signer as untrusted unless they add `root.pem` to their trust anchors.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diffusion_client.errors import InputError
+
+AUTHORITY_FOLDER = "c2pa"
+SIGNER_CHAIN = "signer.pem"  # the end-entity certificate, then the root
+SIGNER_KEY = "signer.key"  # PKCS#8, mode 0600
+ROOT_CERT = "root.pem"  # what a verifier adds to its trust anchors to trust this authority
+VALID_YEARS = 10
+MAX_PEM_BYTES = 1 << 20  # a chain of a few certificates is a few KiB
+
+
+@dataclass(frozen=True)
+class SigningCredentials:
+    """A PEM certificate chain (signer first) and its PKCS#8 private key, with the algorithm they sign with."""
+
+    chain_pem: bytes
+    key_pem: bytes
+    algorithm: str  # c2pa's name: "es256", "es384", "es512", "ps256" or "ed25519"
+    source: str  # how messages name where they came from
+    local_authority: Path | None = None  # the folder, when they are the local authority's
+
+
+def config_folder() -> Path:
+    """`$XDG_CONFIG_HOME/flux2-split`, else `~/.config/flux2-split`."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "flux2-split"
+
+
+def _algorithm(key: Any, source: str) -> str:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        by_curve = {"secp256r1": "es256", "secp384r1": "es384", "secp521r1": "es512"}
+        if key.curve.name in by_curve:
+            return by_curve[key.curve.name]
+    if isinstance(key, rsa.RSAPrivateKey) and key.key_size >= 2048:
+        return "ps256"
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return "ed25519"
+    raise InputError(f"{source}: C2PA signs with EC P-256/P-384/P-521, RSA of 2048 bits or more, or Ed25519 keys")
+
+
+def _read_pem(path: Path, what: str) -> bytes:
+    try:
+        if not path.is_file():
+            raise InputError(f"{what} {path} is not a file")
+        if path.stat().st_size > MAX_PEM_BYTES:
+            raise InputError(f"{what} {path} is larger than {MAX_PEM_BYTES:,} bytes; is it really a PEM file?")
+        return path.read_bytes()
+    except OSError as error:
+        raise InputError(f"cannot read {what} {path}: {error.strerror or error}") from error
+
+
+def check_credentials(chain_pem: bytes, key_pem: bytes, source: str) -> SigningCredentials:
+    """Parse and cross-check a chain and key: the key must be the first certificate's, which must be in date."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        chain = x509.load_pem_x509_certificates(chain_pem)
+    except ValueError as error:
+        raise InputError(f"{source}: the certificate file holds no readable PEM certificate ({error})") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError:
+        raise InputError(f"{source}: the key is encrypted; give an unencrypted PEM key (mode 0600)") from None
+    except ValueError as error:
+        raise InputError(f"{source}: the key file holds no readable PEM private key ({error})") from None
+    public = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if chain[0].public_key().public_bytes(*public) != key.public_key().public_bytes(*public):
+        raise InputError(f"{source}: the key does not match the certificate (the chain's first certificate)")
+    now = datetime.datetime.now(datetime.UTC)
+    if not chain[0].not_valid_before_utc <= now <= chain[0].not_valid_after_utc:
+        raise InputError(
+            f"{source}: the certificate is valid from {chain[0].not_valid_before_utc:%Y-%m-%d} to "
+            f"{chain[0].not_valid_after_utc:%Y-%m-%d}, not today"
+        )
+    pkcs8 = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return SigningCredentials(chain_pem, pkcs8, _algorithm(key, source), source)
+
+
+def load_credentials(cert: Path, key: Path) -> SigningCredentials:
+    """The user's chain (`--c2pa-cert`) and key (`--c2pa-key`), checked."""
+    source = f"--c2pa-cert {cert} / --c2pa-key {key}"
+    return check_credentials(_read_pem(cert, "certificate"), _read_pem(key, "key"), source)
+
+
+def local_authority(folder: Path | None = None) -> SigningCredentials:
+    """The local authority's credentials, made on first use; several processes starting at once make one."""
+    folder = folder or config_folder() / AUTHORITY_FOLDER
+    if not folder.exists():
+        _create_authority(folder)
+    source = f"the local signing authority in {folder}"
+    try:
+        chain_pem, key_pem = (folder / SIGNER_CHAIN).read_bytes(), (folder / SIGNER_KEY).read_bytes()
+    except OSError as error:
+        raise InputError(
+            f"{source} cannot be read ({error.strerror or error}); remove the folder to make a new one"
+        ) from error
+    try:
+        credentials = check_credentials(chain_pem, key_pem, source)
+    except InputError as error:
+        raise InputError(f"{error}; remove the folder to make a new one") from None
+    return SigningCredentials(
+        credentials.chain_pem, credentials.key_pem, credentials.algorithm, source, local_authority=folder
+    )
+
+
+def _create_authority(folder: Path) -> None:
+    """Write a root and a signer it issued into a new folder beside `folder`, then rename it into place."""
+    from cryptography.hazmat.primitives import serialization
+
+    root_key, root = _root_certificate()
+    signer_key, signer = _signer_certificate(root_key, root)
+    staging = folder.with_name(f".{folder.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir(mode=0o700)
+        pem = serialization.Encoding.PEM
+        (staging / ROOT_CERT).write_bytes(root.public_bytes(pem))
+        (staging / SIGNER_CHAIN).write_bytes(signer.public_bytes(pem) + root.public_bytes(pem))
+        key_bytes = signer_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        descriptor = os.open(staging / SIGNER_KEY, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(key_bytes)
+        try:
+            os.rename(staging, folder)  # fails if another process made it first: theirs is used
+        except OSError:
+            if not folder.is_dir():
+                raise
+    except OSError as error:
+        raise InputError(
+            f"cannot make a local C2PA signing authority in {folder}: {error.strerror or error}; "
+            "give --c2pa-cert and --c2pa-key, or --no-c2pa"
+        ) from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _name(common_name: str) -> Any:
+    import getpass
+    import socket
+
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        owner = f"{getpass.getuser()}@{socket.gethostname()}"
+    except Exception:  # no user name in a container: the host still says where it was made
+        owner = socket.gethostname()
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"flux2-split local signing authority ({owner})"[:64]),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _root_certificate() -> tuple[Any, Any]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = _name("flux2-split local root")
+    identifier = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    usage = dict.fromkeys(
+        ("content_commitment", "key_encipherment", "data_encipherment", "key_agreement", "encipher_only"), False
+    )
+    certificate = (
+        _validity(x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key()))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(digital_signature=False, key_cert_sign=True, crl_sign=True, decipher_only=False, **usage),
+            critical=True,
+        )
+        .add_extension(identifier, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(identifier), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, certificate
+
+
+def _signer_certificate(root_key: Any, root: Any) -> tuple[Any, Any]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    root_identifier = root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    usage = dict.fromkeys(
+        ("content_commitment", "key_encipherment", "data_encipherment", "key_agreement", "encipher_only"), False
+    )
+    certificate = (
+        _validity(
+            x509.CertificateBuilder()
+            .subject_name(_name("flux2-split C2PA signer"))
+            .issuer_name(root.subject)
+            .public_key(key.public_key())
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False, decipher_only=False, **usage),
+            critical=True,
+        )
+        # c2pa takes emailProtection or documentSigning; its own claim-signing OID alone fails its verify-after-sign
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION, x509.ObjectIdentifier("1.3.6.1.5.5.7.3.36")]),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(root_identifier), critical=False)
+        .sign(root_key, hashes.SHA256())
+    )
+    return key, certificate
+
+
+def _validity(builder: Any) -> Any:
+    from cryptography import x509
+
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        builder.serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=365 * VALID_YEARS))
+    )

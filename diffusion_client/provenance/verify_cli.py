@@ -1,0 +1,73 @@
+"""`flux2-verify FILE...`: which provenance marks each image carries, one line per file (or `--json`).
+
+Exit status: 0 when every file carries at least one mark, 1 when one carries none, 2 when one cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from shared.one_line import OneLineParser
+
+PROG = "flux2-verify"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog=PROG,
+        description="Check images for provenance marks: the flux2-split (or BFL) invisible watermark, a C2PA "
+        "manifest and whether it validates, and IPTC/EXIF metadata.",
+    )
+    parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    parser.add_argument("--json", action="store_true", help="print a JSON array, one object per file")
+    parser.add_argument(
+        "--trust-anchors",
+        type=Path,
+        metavar="PEM",
+        help="root certificates whose C2PA signers count as trusted (e.g. a team's root.pem)",
+    )
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from diffusion_client.cli import report
+    from diffusion_client.errors import InputError
+    from diffusion_client.provenance.verify import UnreadableFileError, check_file
+
+    anchors = None
+    if args.trust_anchors is not None:
+        try:
+            anchors = args.trust_anchors.read_bytes()
+        except OSError as error:
+            raise InputError(f"cannot read --trust-anchors {args.trust_anchors}: {error.strerror or error}") from None
+    results: list[dict[str, Any]] = []
+    unreadable = unmarked = False
+    for path in args.files:
+        try:
+            marks = check_file(path, anchors)
+        except UnreadableFileError as error:
+            unreadable = True
+            report(str(error), PROG)
+            results.append({"path": str(path), "error": str(error)})
+            continue
+        unmarked = unmarked or not marks.marked
+        results.append(marks.as_dict())
+        if not args.json:
+            print(marks.describe(), flush=True)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    return 2 if unreadable else 1 if unmarked else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from diffusion_client.cli import run_command
+
+    return run_command(PROG, build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
