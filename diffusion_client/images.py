@@ -1,18 +1,12 @@
-"""Reading reference images (size capped before decoding) and writing PNGs atomically, with how they were made."""
+"""Reading reference images: their size capped before any pixel is decoded, every failure one line naming the file."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import re
-import secrets
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from diffusion_client.errors import InputError
 
@@ -56,43 +50,3 @@ def load_reference_image(path: Path, what: str = "reference image") -> Image.Ima
     except (OSError, ValueError, SyntaxError) as error:  # PIL: SyntaxError for some broken files
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise InputError(f"cannot read {what} {path}: {reason or 'not a readable image file'}") from error
-
-
-def save_png(image: Image.Image, out: Path, metadata: Mapping[str, Any]) -> Path:
-    """Write `image` with one tEXt chunk per field, plus all fields as JSON under `flux2-split`.
-
-    The write is atomic: the PNG goes to a temporary file in the same folder, is flushed to disk, then
-    renamed over `out`. On failure (a full disk) the temporary file is removed and an older `out` is intact.
-    """
-    info = PngImagePlugin.PngInfo()
-    for key, value in metadata.items():
-        info.add_text(key, value if isinstance(value, str) else json.dumps(value))
-    info.add_text("flux2-split", json.dumps(dict(metadata), sort_keys=True))
-    temporary = out.with_name(f".{out.stem[:64]}.{secrets.token_hex(4)}.tmp")  # short: any valid `out` fits
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        # O_EXCL: never write through someone else's file; mode 0o666 lets the umask decide, as open() would.
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            with os.fdopen(descriptor, "wb") as file:
-                image.save(file, format="PNG", pnginfo=info)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, out)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
-        _sync_folder(out.parent)
-    except OSError as error:
-        raise InputError(f"cannot write {out}: {error.strerror or error}") from error
-    return out
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make the rename itself durable; best effort, as not every filesystem lets a folder be fsynced."""
-    with contextlib.suppress(OSError):
-        descriptor = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)

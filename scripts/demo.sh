@@ -29,5 +29,6 @@ fi
 kill -TERM "$SERVER_PID"
 wait "$SERVER_PID" || true
 trap - EXIT
-echo "image written to $OUT/demo.png"
+echo "image written to $OUT/demo.png; its provenance marks:"
+"$BIN/flux2-verify" "$OUT/demo.png"
 echo "(the tiny model has random weights, so the image is noise; see README for a real FLUX.2-dev snapshot)"

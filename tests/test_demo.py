@@ -67,7 +67,7 @@ def test_building_the_tiny_model_prints_only_its_own_line(built):
     assert (snapshot / "model_index.json").is_file()
 
 
-def test_demo_script_starts_server_generates_image_and_stops_without_library_noise(
+def test_demo_script_starts_server_generates_a_marked_image_and_stops_without_library_noise(
     built, claimed_avx512_bf16_env, tmp_path
 ):
     snapshot, _ = built
@@ -77,7 +77,7 @@ def test_demo_script_starts_server_generates_image_and_stops_without_library_noi
         "PYTHON": sys.executable,
         "MODEL": str(snapshot),
         "OUT": str(tmp_path),
-        "GENERATE_ARGS": "--height 64 --width 64 --steps 2 --quiet",
+        "GENERATE_ARGS": "--height 256 --width 256 --steps 2 --quiet",  # 256x256: the watermark's minimum
     }
     finished = subprocess.run(
         ["bash", "scripts/demo.sh"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
@@ -86,7 +86,11 @@ def test_demo_script_starts_server_generates_image_and_stops_without_library_noi
     assert f"image written to {tmp_path}/demo.png" in finished.stdout
     assert "SERVING" in finished.stdout
     with Image.open(tmp_path / "demo.png") as image:
-        assert image.size == (64, 64)
+        assert image.size == (256, 256)
+    (verdict,) = [line for line in finished.stdout.splitlines() if line.startswith(f"{tmp_path}/demo.png: ")]
+    assert "marked: flux2-split watermark found (64 of 64 bits)" in verdict
+    assert "C2PA valid but untrusted signer (flux2-split" in verdict
+    assert "IPTC source type trainedAlgorithmicMedia" in verdict
     server_log = (tmp_path / "encoder.log").read_text()
     assert "shutting down" in server_log
     everything = finished.stdout + finished.stderr + server_log

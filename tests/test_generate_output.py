@@ -7,10 +7,11 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pytest
 from PIL import Image
 
+from diffusion_client.atomic_files import replacing, write_bytes
 from diffusion_client.cli import main as generate_main
-from diffusion_client.images import save_png
 from tests.cli_runs import assert_one_line_error, error_lines, free_port, run_cli
 from tests.fake_encoder import FakeEncoder, embeds_for, fake_server
 from tests.helpers import TINY_EMBED_DIM
@@ -48,13 +49,22 @@ def test_output_under_a_file_fails_in_preflight(tiny_snapshot, tmp_path):
     assert_one_line_error(finished.stderr, f"cannot write {out}", "is not a directory")
 
 
-def test_png_replaces_an_older_one_and_leaves_no_temporary_file(tmp_path):
+def test_a_new_file_replaces_an_older_one_and_leaves_no_temporary_file(tmp_path):
     out = tmp_path / "x.png"
     noise_png(out)
-    save_png(Image.new("RGB", (8, 8)), out, {"prompt": "new"})
+    write_bytes(out, b"new")
     assert [path.name for path in tmp_path.iterdir()] == ["x.png"]
-    with Image.open(out) as image:
-        assert (image.size, image.text["prompt"]) == ((8, 8), "new")
+    assert out.read_bytes() == b"new"
+
+
+def test_an_interrupted_write_leaves_the_older_file_and_no_temporary_file(tmp_path):
+    out = tmp_path / "x.png"
+    old = noise_png(out)
+    with pytest.raises(RuntimeError), replacing(out) as file:
+        file.write(b"half an image")
+        raise RuntimeError("the process is told to stop")
+    assert [path.name for path in tmp_path.iterdir()] == ["x.png"]
+    assert out.read_bytes() == old
 
 
 def test_full_disk_keeps_the_old_png_valid_and_leaves_no_partial_file(encoder_server, tiny_snapshot, tmp_path):

@@ -145,7 +145,9 @@ class ManifestReading:
             untrusted = "signingCredential.untrusted" in self.failures
             return f"C2PA valid{' but untrusted signer' if untrusted else ''}{generator}"
         if self.state == "invalid":
-            reasons = ", ".join(_plain(code) for code in self.failures) or "no reason given"
+            # what broke first, then (if so) that nobody vouches for the signer either
+            ordered = sorted(self.failures, key=lambda code: code == "signingCredential.untrusted")
+            reasons = ", ".join(_plain(code) for code in ordered) or "no reason given"
             return f"C2PA invalid: {reasons}{generator}"
         if self.state == "unreadable":
             return f"C2PA unreadable: {self.detail}"
@@ -162,9 +164,12 @@ class ManifestReading:
 
 
 def _plain(code: str) -> str:
-    return {"assertion.dataHash.mismatch": "hash mismatch", "claimSignature.mismatch": "signature mismatch"}.get(
-        code, code
-    )
+    plain = {
+        "assertion.dataHash.mismatch": "hash mismatch",
+        "claimSignature.mismatch": "signature mismatch",
+        "signingCredential.untrusted": "untrusted signer",
+    }
+    return plain.get(code, code)
 
 
 def read_manifest(data: bytes, mime_type: str, trust_anchors: bytes | None = None) -> ManifestReading:

@@ -99,15 +99,21 @@ def check_file(path: Path, trust_anchors: bytes | None = None) -> FileMarks:
                 if width * height > MAX_CHECK_PIXELS:
                     note = f"{width}x{height} is past the {MAX_CHECK_PIXELS:,}-pixel limit for decoding"
                 else:
-                    pixels = image.convert("RGB")
-                    watermark, bfl = detect_watermark(pixels), detect_bfl_watermark(pixels)
-                    if watermark is None:
-                        note = f"{width}x{height} is too small to carry one"
+                    try:
+                        pixels = image.convert("RGB")
+                    except (OSError, ValueError, SyntaxError) as error:  # damaged pixel data: the rest still counts
+                        note = f"the pixels cannot be decoded: {error}"
+                    else:
+                        watermark, bfl = detect_watermark(pixels), detect_bfl_watermark(pixels)
+                        if watermark is None:
+                            note = f"{width}x{height} is too small to carry one"
     except Image.DecompressionBombError as error:  # opening alone refuses it: read what the bytes say
         mime_type = _sniff(data)
         source_type, software = source_type_in(data), None
         note = f"the image claims too many pixels to decode ({error})"
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+    except UnidentifiedImageError:
+        raise UnreadableFileError(f"{path}: not an image file PIL can read") from None
+    except (OSError, ValueError, SyntaxError) as error:
         raise UnreadableFileError(f"{path}: not a readable image ({str(error) or type(error).__name__})") from None
     manifest = read_manifest(data, mime_type, trust_anchors) if mime_type else ManifestReading("absent")
     return FileMarks(path, watermark, bfl, manifest, source_type, software, note)
