@@ -47,6 +47,7 @@ bench-tiny: install
 	$(BIN)/python -m bench.team --tiny
 	$(BIN)/python -m bench.wire --tiny
 	$(BIN)/python -m bench.train --tiny
+	$(BIN)/python -m bench.marking --tiny
 
 clean:
 	rm -rf $(VENV) .cache $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache
