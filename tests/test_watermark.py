@@ -113,3 +113,10 @@ def test_saturated_colours_do_not_wrap_around():
     magenta = Image.new("RGB", (256, 256), (255, 0, 255))
     marked = np.asarray(embed_watermark(magenta), dtype=int)
     assert np.abs(marked - np.asarray(magenta, dtype=int)).max() <= 16
+
+
+def test_upscaled_copy_is_read_back_at_a_fraction_of_its_size():
+    marked = embed_watermark(natural_scene(512, seed=4))
+    for factor, scale in ((2, 0.5), (4, 0.25)):  # what 2x and 4x upscalers make of it
+        reading = detect_watermark(marked.resize((512 * factor, 512 * factor), Image.Resampling.BICUBIC))
+        assert reading is not None and reading.found and reading.scale == scale, reading

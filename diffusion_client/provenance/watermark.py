@@ -78,7 +78,7 @@ class WatermarkReading:
     scale: float = 1.0  # the image was read at this multiple of its size (2.0: it had been halved)
 
     def describe(self) -> str:
-        at = "" if self.scale == 1.0 else f", read at {self.scale:g}x size"
+        at = "" if self.scale == 1.0 else f", read at {self.scale:g}x its size"
         verdict = "found" if self.found else "not found"
         return f"{self.name} watermark {verdict} ({self.matched} of {self.bits} bits{at})"
 
@@ -98,9 +98,9 @@ def _matched(image: Image.Image, method: str, expected: tuple[int, ...], scales:
 
 
 def _candidates(image: Image.Image) -> list[tuple[float, Image.Image]]:
-    """The image as it is, and scaled back up in case it was halved, where each is large enough to read."""
+    """The image read at its own size, at twice it (a halved copy) and at a half and a quarter (an upscaled one)."""
     candidates = []
-    for scale in (1.0, 2.0):
+    for scale in (1.0, 2.0, 0.5, 0.25):
         width, height = round(image.width * scale), round(image.height * scale)
         if MIN_PIXELS <= width * height <= MAX_DETECTION_PIXELS:
             resized = image if scale == 1.0 else image.resize((width, height), Image.Resampling.BICUBIC)
@@ -130,7 +130,7 @@ def _best(
     readings = [
         WatermarkReading(name, matched, len(expected), matched >= found_at, scale)
         for scale, candidate in _candidates(image)
-        if rescale or scale == 1.0
+        if rescale or scale <= 1.0
         for matched in [_matched(candidate, method, expected, scales)]
     ]
     if not readings:
