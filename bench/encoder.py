@@ -30,9 +30,9 @@ from bench import harness
 from bench.random_models import random_prompt_encoder, random_text_encoder
 from diffusion_client.errors import ClientError
 from diffusion_client.remote_encoder import RemoteTextEncoder
-from encoder_server import loading
 from encoder_server.config import QUANTIZE_CHOICES, BatchingConfig, ModelConfig, RequestLimits, ServerConfig
 from encoder_server.errors import EncoderError
+from encoder_server.model import loading
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS, DEFAULT_MAX_SEQUENCE_LENGTH
 from shared.tiny_snapshot import build_tokenizer
 from shared.wire import DTYPES
@@ -133,7 +133,7 @@ def measure_mode(args: argparse.Namespace, snapshot: Path | None, mode: str, dif
     """One mode: its serving encoder timed in process at batch 1, then at each level through a real server; the
     report, and its embeddings of `DRIFT_PROMPTS` (`[8, 512, 3 * H]`) for the drift."""
     from encoder_server.background import serve_in_thread
-    from encoder_server.prompt_encoder import PromptEncoder
+    from encoder_server.model.prompt_encoder import PromptEncoder
 
     log.info("quantize %s: the serving encoder as `flux2-encoder serve` loads it, timed in process", mode)
     model = ModelConfig(snapshot or Path("(random)"), args.device, args.dtype, max_layer=args.max_layer, quantize=mode)

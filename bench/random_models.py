@@ -27,7 +27,7 @@ from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS
 from shared.tiny_snapshot import build_scheduler, build_tokenizer, built_on
 
 if TYPE_CHECKING:
-    from encoder_server.prompt_encoder import PromptEncoder
+    from encoder_server.model.prompt_encoder import PromptEncoder
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def random_prompt_encoder(device: str, max_layer: int, quantize: str = "none") -
     """The server's `PromptEncoder` over a random `MistralModel`, layers 1..`max_layer`, alike for every `quantize`."""
     from transformers import Mistral3Config, MistralModel
 
-    from encoder_server.prompt_encoder import ModelInfo, PromptEncoder
+    from encoder_server.model.prompt_encoder import ModelInfo, PromptEncoder
 
     text_config = Mistral3Config().text_config
     num_layers, text_config.num_hidden_layers = int(text_config.num_hidden_layers), max_layer

@@ -20,8 +20,8 @@ from bench import harness
 from bench.wire import MAX_BATCH_SIZE, Embedding, process_usage
 from encoder_server.background import serve_in_thread
 from encoder_server.config import BatchingConfig, ModelConfig, RequestLimits, ServerConfig
-from encoder_server.prompt_encoder import ModelInfo, PromptEncoder
-from encoder_server.request import EncodeRequest
+from encoder_server.model.prompt_encoder import ModelInfo, PromptEncoder
+from encoder_server.model.request import EncodeRequest
 from shared.allocator import tune_allocator
 from shared.wire import DTYPES
 

@@ -161,7 +161,7 @@ def served(started: list[BackgroundServer]) -> dict[str, Any]:
 
 
 def benchmark(args: argparse.Namespace, scratch: Path, snapshot: Path | None) -> dict[str, Any]:
-    from encoder_server.prompt_encoder import PromptEncoder
+    from encoder_server.model.prompt_encoder import PromptEncoder
     from tests.certs import make_certificates  # test-time certificates: the bench needs a CA it controls
 
     args.model = snapshot

@@ -13,11 +13,11 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from encoder_server.cache import CacheStats
 from encoder_server.config import ServerConfig
-from encoder_server.engine import EncoderLoader
-from encoder_server.prompt_encoder import PromptEncoder
+from encoder_server.model.prompt_encoder import PromptEncoder
 from encoder_server.server import EncoderServer, create_server
+from encoder_server.serving.cache import CacheStats
+from encoder_server.serving.engine import EncoderLoader
 
 T = TypeVar("T")
 

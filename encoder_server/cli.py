@@ -303,7 +303,7 @@ def _health_tls(args: argparse.Namespace) -> tuple[bytes | None, bytes | None, b
 def run_serve(args: argparse.Namespace) -> None:
     import asyncio
 
-    from encoder_server.loading import resolve_snapshot
+    from encoder_server.model.loading import resolve_snapshot
     from encoder_server.server import serve
     from shared.allocator import tune_allocator
     from shared.quiet import quiet_model_libraries

@@ -1,4 +1,4 @@
-"""Exceptions the encoder raises; `encoder_server.status` maps each to one gRPC status code.
+"""Exceptions the encoder raises; `encoder_server.api.status` maps each to one gRPC status code.
 
 EncoderError
 ├── InvalidRequestError   the request breaks a documented limit, or is not a valid message (INVALID_ARGUMENT)

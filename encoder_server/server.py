@@ -18,17 +18,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from encoder_server.calls import CallLog
+from encoder_server.api.http_api import HttpAccess, HttpServer, start_http_server
+from encoder_server.api.interceptors import BearerTokenInterceptor, ParseRequestsInterceptor
+from encoder_server.api.servicer import TextEncoderServicer, add_servicer_to_server
 from encoder_server.config import CallerLimits, ConfigError, ServerConfig
 from encoder_server.descriptors import DescriptorBudget, plan_descriptors
-from encoder_server.engine import EncoderEngine, EncoderLoader
-from encoder_server.http_api import HttpAccess, HttpServer, start_http_server
-from encoder_server.interceptors import BearerTokenInterceptor, ParseRequestsInterceptor
-from encoder_server.models import load_models
-from encoder_server.prompt_encoder import PromptEncoder
-from encoder_server.quotas import CallerQuotas
-from encoder_server.servicer import TextEncoderServicer, add_servicer_to_server
-from encoder_server.tokens import ANONYMOUS, TokenRegistry
+from encoder_server.model.loaded import load_models
+from encoder_server.model.prompt_encoder import PromptEncoder
+from encoder_server.serving.engine import EncoderEngine, EncoderLoader
+from encoder_server.serving.quotas import CallerQuotas
+from encoder_server.team.calls import CallLog
+from encoder_server.team.tokens import ANONYMOUS, TokenRegistry
 from shared.defaults import SERVICE_NAME
 from shared.protocol import encoder_pb2
 

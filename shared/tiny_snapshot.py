@@ -192,7 +192,10 @@ def build_text_encoder(shape: TinySnapshotShape):  # type: ignore[no-untyped-def
     return model.eval()
 
 
-def build_transformer(shape: TinySnapshotShape, joint_attention_dim: int):  # type: ignore[no-untyped-def]
+def build_transformer(  # type: ignore[no-untyped-def]
+    shape: TinySnapshotShape, joint_attention_dim: int, *, guidance_embeds: bool = True
+):
+    """A tiny `Flux2Transformer2DModel`; FLUX.2-dev embeds a guidance scale, [klein] has no guidance embedder."""
     from diffusers import Flux2Transformer2DModel
 
     with built_on("cpu"):
@@ -206,6 +209,7 @@ def build_transformer(shape: TinySnapshotShape, joint_attention_dim: int):  # ty
             joint_attention_dim=joint_attention_dim,
             timestep_guidance_channels=256,
             axes_dims_rope=(shape.dit_head_dim // 4,) * 4,  # they must sum to the head dim
+            guidance_embeds=guidance_embeds,
         )
 
 
@@ -255,16 +259,26 @@ def build_tiny_snapshot(out_dir: str | os.PathLike[str], shape: TinySnapshotShap
         tokenizer=build_processor(),
         transformer=transformer,
     )
+    with replaced_atomically(out) as staging:
+        pipeline.save_pretrained(staging, safe_serialization=True)
+    return out
+
+
+@contextlib.contextmanager
+def replaced_atomically(out: Path) -> Iterator[Path]:
+    """Yield an empty staging folder beside `out`; if the block succeeds, it replaces `out` by a rename.
+
+    A reader never sees a half-written snapshot, and a failed build leaves the previous one in place.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-snapshot-", dir=out.parent))
     try:
-        pipeline.save_pretrained(staging, safe_serialization=True)
+        yield staging
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return out
 
 
 def snapshot_digest(snapshot_dir: str | os.PathLike[str]) -> str:
@@ -283,8 +297,19 @@ def main(argv: list[str] | None = None) -> int:
         description="Write a tiny FLUX.2-shaped snapshot (random weights, real tokenizer) for tests and demos.",
     )
     parser.add_argument("out_dir", help="directory to write the snapshot into (replaced if it exists)")
+    parser.add_argument(
+        "--klein",
+        choices=("distilled", "base"),
+        help="write a FLUX.2 [klein] snapshot (Qwen3 text encoder) instead of a FLUX.2-dev one",
+    )
     args = parser.parse_args(argv)
     quiet_model_libraries()  # before diffusers imports bitsandbytes, whose import may warn; no progress bars
+    if args.klein:
+        from shared.tiny_klein import build_tiny_klein_snapshot  # it builds on this module
+
+        path = build_tiny_klein_snapshot(Path(args.out_dir), distilled=args.klein == "distilled")
+        print(f"tiny FLUX.2 [klein] {args.klein} snapshot written to {path} (sha256 {snapshot_digest(path)[:16]})")
+        return 0
     path = build_tiny_snapshot(args.out_dir)
     print(f"tiny FLUX.2 snapshot written to {path} (sha256 {snapshot_digest(path)[:16]})")
     return 0

@@ -13,7 +13,7 @@ import torch
 
 from encoder_server.background import BackgroundServer, serve_in_thread
 from encoder_server.config import BatchingConfig, ModelConfig, RequestLimits, ServerConfig, UpsampleLimits
-from encoder_server.prompt_encoder import PromptEncoder
+from encoder_server.model.prompt_encoder import PromptEncoder
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS
 from shared.info import ServerInfo
 from shared.protocol import encoder_pb2, encoder_pb2_grpc

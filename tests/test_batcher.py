@@ -8,10 +8,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from encoder_server.batcher import DynamicBatcher
 from encoder_server.config import BatchingConfig
 from encoder_server.errors import NotReadyError
-from encoder_server.request import EncodeRequest
+from encoder_server.model.request import EncodeRequest
+from encoder_server.serving.batcher import DynamicBatcher
 
 
 def _request(*prompts: str, length: int = 512) -> EncodeRequest:

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from encoder_server.cache import CacheStats
+from encoder_server.serving.cache import CacheStats
 from shared.protocol import encoder_pb2
 from shared.wire import WIRE_ENCODE_METHOD
 from tests.helpers import TINY_EMBED_DIM, RunningServer, sample_value, start_server

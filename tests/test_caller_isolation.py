@@ -11,7 +11,7 @@ import requests
 import torch
 
 from diffusion_client.remote_encoder import RemoteTextEncoder
-from encoder_server.cache import EmbeddingCache
+from encoder_server.serving.cache import EmbeddingCache
 from shared.lru import CacheKey
 from shared.wire import encode_row
 from tests.helpers import RunningServer, prompts_encoded, sample_value, start_server

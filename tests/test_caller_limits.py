@@ -14,8 +14,8 @@ import requests
 
 from encoder_server.config import CallerLimits, ConfigError
 from encoder_server.errors import OverloadedError
-from encoder_server.quotas import CallerQuotas
-from encoder_server.tokens import parse_tokens
+from encoder_server.serving.quotas import CallerQuotas
+from encoder_server.team.tokens import parse_tokens
 from shared.protocol import encoder_pb2
 from tests.helpers import RunningServer, start_server
 

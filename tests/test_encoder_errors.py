@@ -7,7 +7,7 @@ import threading
 import grpc
 import pytest
 
-from encoder_server.prompt_encoder import PromptEncoder
+from encoder_server.model.prompt_encoder import PromptEncoder
 from shared.protocol import encoder_pb2
 from tests.cli_runs import wait_until
 from tests.helpers import TINY_EMBED_DIM, start_server

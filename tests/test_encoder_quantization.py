@@ -77,7 +77,7 @@ def test_fingerprints_differ_between_quantizations(tiny_snapshot, encoder_server
 def test_prequantized_snapshot_serves_what_quantizing_while_loading_serves(tiny_snapshot, tmp_path, mode):
     from transformers import BitsAndBytesConfig, Mistral3ForConditionalGeneration
 
-    from encoder_server.quantization import bitsandbytes_config
+    from encoder_server.model.quantization import bitsandbytes_config
 
     saved = tmp_path / f"tiny-{mode}"
     shutil.copytree(tiny_snapshot, saved, ignore=shutil.ignore_patterns("text_encoder"))

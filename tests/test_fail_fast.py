@@ -25,7 +25,7 @@ from diffusion_client.channel import unreached_error
 from diffusion_client.cli import main as generate_main
 from diffusion_client.errors import EncoderUnavailableError
 from encoder_server.config import ModelConfig, TlsConfig
-from encoder_server.prompt_encoder import PromptEncoder
+from encoder_server.model.prompt_encoder import PromptEncoder
 from tests.certs import Certificates, make_certificates
 from tests.cli_runs import assert_one_line_error, free_port, run_cli
 from tests.fake_encoder import FakeEncoder, fake_server

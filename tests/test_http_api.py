@@ -17,8 +17,8 @@ import safetensors.torch
 import torch
 
 from diffusion_client import RemoteTextEncoder
+from encoder_server.api.status import RETRY_AFTER_S
 from encoder_server.config import TlsConfig
-from encoder_server.status import RETRY_AFTER_S
 from tests.certs import Certificates, make_certificates
 from tests.cli_runs import wait_until
 from tests.helpers import RunningServer, sample_value, start_server

@@ -12,8 +12,8 @@ from safetensors.torch import load_file, save_file
 
 from encoder_server.config import ModelConfig
 from encoder_server.errors import ModelLoadError
-from encoder_server.loading import load_tokenizer, model_display_name
-from encoder_server.prompt_encoder import PromptEncoder
+from encoder_server.model.loading import load_tokenizer, model_display_name
+from encoder_server.model.prompt_encoder import PromptEncoder
 
 
 def _copy_snapshot(snapshot: Path, target: Path) -> Path:

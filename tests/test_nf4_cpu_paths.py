@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 
-from encoder_server.loading import load_language_model
+from encoder_server.model.loading import load_language_model
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS
 from shared.tiny_snapshot import TinySnapshotShape, build_text_encoder
 

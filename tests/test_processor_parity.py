@@ -14,7 +14,7 @@ import torch
 
 from encoder_server.config import ModelConfig
 from encoder_server.errors import ModelLoadError
-from encoder_server.prompt_encoder import PromptEncoder
+from encoder_server.model.prompt_encoder import PromptEncoder
 from shared.tiny_snapshot import build_tokenizer
 
 

@@ -15,9 +15,9 @@ import requests
 import torch
 
 from encoder_server.config import ConfigError, TlsConfig
-from encoder_server.prompt_encoder import PromptEncoder
-from encoder_server.request import EncodeRequest
-from encoder_server.tokens import TokenRegistry, parse_tokens
+from encoder_server.model.prompt_encoder import PromptEncoder
+from encoder_server.model.request import EncodeRequest
+from encoder_server.team.tokens import TokenRegistry, parse_tokens
 from shared.protocol import encoder_pb2
 from tests.certs import make_certificates
 from tests.helpers import TINY_EMBED_DIM, RunningServer, start_server
@@ -171,8 +171,8 @@ def test_tls_key_that_does_not_match_the_certificate_is_refused_at_start_naming_
 
 
 def test_logged_prompt_text_is_bounded_whatever_a_request_carried(caplog):
-    from encoder_server.calls import MAX_LOGGED_CHARS, MAX_LOGGED_PROMPTS, CallLog
-    from encoder_server.metrics import ServerMetrics
+    from encoder_server.team.calls import MAX_LOGGED_CHARS, MAX_LOGGED_PROMPTS, CallLog
+    from encoder_server.team.metrics import ServerMetrics
 
     calls = CallLog(ServerMetrics(), log_prompts=True)
     with caplog.at_level("INFO", logger="flux2-encoder.calls"), calls.track("predict", "alice") as call:

@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from encoder_server.upsampler import UpsampleRequest
+from encoder_server.model.upsampler import UpsampleRequest
 from shared.protocol import encoder_pb2
 from tests.helpers import TINY_EMBED_DIM, RunningServer, start_server
 

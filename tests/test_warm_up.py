@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from encoder_server.errors import ModelLoadError
-from encoder_server.prompt_encoder import PromptEncoder
+from encoder_server.model.prompt_encoder import PromptEncoder
 from shared.tiny_snapshot import TinySnapshotShape, build_tiny_snapshot
 from tests.cli_runs import serve_encoder
 from tests.helpers import start_server

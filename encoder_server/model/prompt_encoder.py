@@ -19,8 +19,8 @@ from diffusers.pipelines.flux2.pipeline_flux2 import format_input
 from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
 
 from encoder_server.config import ModelConfig, RequestLimits
-from encoder_server.layer_capture import LayerCapture
-from encoder_server.request import EncodeRequest, RequestBounds, validate_request
+from encoder_server.model.layer_capture import LayerCapture
+from encoder_server.model.request import EncodeRequest, RequestBounds, validate_request
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS, DEFAULT_MAX_SEQUENCE_LENGTH
 from shared.wire import DTYPES
 
@@ -57,7 +57,7 @@ class PromptEncoder:
     @classmethod
     def load(cls, config: ModelConfig, limits: RequestLimits | None = None) -> PromptEncoder:
         """Load from a local snapshot; raises `ModelLoadError` with a message saying what to fix."""
-        from encoder_server.models import load_models
+        from encoder_server.model.loaded import load_models
 
         return load_models(config, limits).encoder
 

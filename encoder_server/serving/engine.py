@@ -26,17 +26,17 @@ from typing import TypeVar
 import torch
 
 from encoder_server import __version__
-from encoder_server.batcher import BatcherStats, DynamicBatcher
-from encoder_server.cache import CacheStats, EmbeddingCache, ScopedKey
 from encoder_server.config import MIB, ServerConfig
 from encoder_server.errors import NotEnabledError, NotReadyError, OverloadedError, StalledReaderError
-from encoder_server.metrics import ServerMetrics
-from encoder_server.models import LoadedModels
-from encoder_server.prompt_encoder import PromptEncoder
-from encoder_server.request import EncodeRequest, RequestBounds, validate_request
-from encoder_server.tokens import ANONYMOUS
-from encoder_server.upsampler import PromptUpsampler, UpsampleRequest, validate_upsample_request
-from encoder_server.warm_up import warm_up
+from encoder_server.model.loaded import LoadedModels
+from encoder_server.model.prompt_encoder import PromptEncoder
+from encoder_server.model.request import EncodeRequest, RequestBounds, validate_request
+from encoder_server.model.upsampler import PromptUpsampler, UpsampleRequest, validate_upsample_request
+from encoder_server.serving.batcher import BatcherStats, DynamicBatcher
+from encoder_server.serving.cache import CacheStats, EmbeddingCache, ScopedKey
+from encoder_server.serving.warm_up import warm_up
+from encoder_server.team.metrics import ServerMetrics
+from encoder_server.team.tokens import ANONYMOUS
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS, DEFAULT_MAX_SEQUENCE_LENGTH
 from shared.info import ServerInfo
 from shared.lru import CacheKey

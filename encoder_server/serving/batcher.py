@@ -20,7 +20,7 @@ from typing import Generic, TypeVar
 
 from encoder_server.config import BatchingConfig
 from encoder_server.errors import NotReadyError, OverloadedError
-from encoder_server.request import EncodeRequest
+from encoder_server.model.request import EncodeRequest
 
 log = logging.getLogger(__name__)
 

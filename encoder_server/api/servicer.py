@@ -10,15 +10,15 @@ from typing import Any, TypeVar
 
 import grpc
 
-from encoder_server.calls import Call, CallLog
-from encoder_server.engine import EncoderEngine, send_within
+from encoder_server.api.interceptors import MalformedRequest
+from encoder_server.api.status import status_for
 from encoder_server.errors import EncoderError, InvalidRequestError, UnauthenticatedError
-from encoder_server.interceptors import MalformedRequest
-from encoder_server.quotas import CallerQuotas
-from encoder_server.request import EncodeRequest
-from encoder_server.status import status_for
-from encoder_server.tokens import DENIED_MESSAGE, UNKNOWN, current_caller
-from encoder_server.upsampler import UpsampleRequest
+from encoder_server.model.request import EncodeRequest
+from encoder_server.model.upsampler import UpsampleRequest
+from encoder_server.serving.engine import EncoderEngine, send_within
+from encoder_server.serving.quotas import CallerQuotas
+from encoder_server.team.calls import Call, CallLog
+from encoder_server.team.tokens import DENIED_MESSAGE, UNKNOWN, current_caller
 from shared.defaults import DEFAULT_MAX_NEW_TOKENS, DEFAULT_UPSAMPLE_TEMPERATURE, SERVICE_NAME
 from shared.protocol import encoder_pb2, encoder_pb2_grpc
 

@@ -9,11 +9,11 @@ GET  /health   → 200 {"status": "SERVING"} once the model is loaded; 503 while
 GET  /metrics  → the Prometheus text of the whole server, gRPC and HTTP calls together: without per-caller or
                cache detail, unless the server has a metrics token (`--metrics-token-file`), which it then requires.
 
-Errors are JSON `{"error": "<what to fix>"}` with the status `encoder_server.status.http_status_for` gives
+Errors are JSON `{"error": "<what to fix>"}` with the status `encoder_server.api.status.http_status_for` gives
 (a 503 carries Retry-After). /predict shares the engine (limits, batching, cache, reply budget), the tokens
 and the call log with gRPC: its reply stays reserved until it is sent, and a reader that stops reading for
 `send_timeout_s` loses it; a body must arrive within the same time. Slow or idle connections are bounded by
-`encoder_server.http_guard` (a deadline for headers, a cap on connections). uvicorn installs no signal handlers
+`encoder_server.api.http_guard` (a deadline for headers, a cap on connections). uvicorn installs no signal handlers
 and configures no logging here: the gRPC serve loop owns SIGINT, SIGTERM and SIGHUP. With TLS configured the
 port speaks HTTPS only.
 """
@@ -42,16 +42,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from encoder_server.calls import Call, CallLog
+from encoder_server.api.http_guard import ConnectionCount, accept_connections, guarded_protocol
+from encoder_server.api.status import RETRY_AFTER_S, http_status_for
 from encoder_server.config import ServerConfig
-from encoder_server.engine import EncoderEngine, EncodeResult, send_within
 from encoder_server.errors import EncoderError, InvalidRequestError, NotReadyError
-from encoder_server.http_guard import ConnectionCount, accept_connections, guarded_protocol
-from encoder_server.metrics import CONTENT_TYPE
-from encoder_server.quotas import CallerQuotas
-from encoder_server.request import EncodeRequest
-from encoder_server.status import RETRY_AFTER_S, http_status_for
-from encoder_server.tokens import ANONYMOUS, HTTP_DENIED_MESSAGE, UNKNOWN, TokenRegistry
+from encoder_server.model.request import EncodeRequest
+from encoder_server.serving.engine import EncoderEngine, EncodeResult, send_within
+from encoder_server.serving.quotas import CallerQuotas
+from encoder_server.team.calls import Call, CallLog
+from encoder_server.team.metrics import CONTENT_TYPE
+from encoder_server.team.tokens import ANONYMOUS, HTTP_DENIED_MESSAGE, UNKNOWN, TokenRegistry
 
 log = logging.getLogger("flux2-encoder.http")
 
@@ -407,7 +407,7 @@ async def start_http_server(
     loop = asyncio.get_running_loop()
     try:
         # What `uvicorn.Server.serve` does, less `capture_signals` (the gRPC serve loop owns the signals) and with
-        # our own accept loop (`encoder_server.http_guard`) where `Server.startup` would call `create_server`.
+        # our own accept loop (`encoder_server.api.http_guard`) where `Server.startup` would call `create_server`.
         uvicorn_config.load()
         server.lifespan = uvicorn_config.lifespan_class(uvicorn_config)
         server.servers = []  # no asyncio server: `shutdown` closes `sock` itself

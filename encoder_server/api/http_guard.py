@@ -27,7 +27,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from encoder_server.status import RETRY_AFTER_S
+from encoder_server.api.status import RETRY_AFTER_S
 
 log = logging.getLogger("flux2-encoder.http")
 

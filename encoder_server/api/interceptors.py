@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from encoder_server.tokens import TokenRegistry, current_caller
+from encoder_server.team.tokens import TokenRegistry, current_caller
 from shared.defaults import SERVICE_NAME
 
 PROTECTED_PREFIX = f"/{SERVICE_NAME}/"

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from encoder_server.cache import CacheStats
+from encoder_server.serving.cache import CacheStats
 
 PREFIX = "flux2_encoder"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

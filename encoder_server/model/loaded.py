@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from encoder_server import loading
 from encoder_server.config import ModelConfig, RequestLimits, UpsampleLimits
 from encoder_server.errors import ModelLoadError
-from encoder_server.prompt_encoder import ModelInfo, PromptEncoder
-from encoder_server.upsampler import PromptUpsampler
+from encoder_server.model import loading
+from encoder_server.model.prompt_encoder import ModelInfo, PromptEncoder
+from encoder_server.model.upsampler import PromptUpsampler
 from shared.wire import DTYPES
 
 

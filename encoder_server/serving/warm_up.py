@@ -11,9 +11,9 @@ import time
 
 from encoder_server.config import ServerConfig
 from encoder_server.errors import ModelLoadError
-from encoder_server.models import LoadedModels
-from encoder_server.request import EncodeRequest
-from encoder_server.upsampler import UpsampleRequest
+from encoder_server.model.loaded import LoadedModels
+from encoder_server.model.request import EncodeRequest
+from encoder_server.model.upsampler import UpsampleRequest
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS
 
 WARM_UP_PROMPT = "warm-up: a red fox in fresh snow"

@@ -18,7 +18,12 @@ from typing import Any
 import torch
 
 from encoder_server.errors import ModelLoadError
-from encoder_server.quantization import Quantization, bitsandbytes_config, resolve_quantization, saved_quantization
+from encoder_server.model.quantization import (
+    Quantization,
+    bitsandbytes_config,
+    resolve_quantization,
+    saved_quantization,
+)
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS
 from shared.fingerprint import weights_fingerprint
 

@@ -1,0 +1,1 @@
+"""What callers speak: the gRPC servicer and interceptors, HTTP `/predict` and its connection guard, status codes."""

@@ -1,0 +1,1 @@
+"""Model families and loading: the prompt encoder, layer capture, quantisation, upsampling."""

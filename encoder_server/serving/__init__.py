@@ -1,0 +1,1 @@
+"""The serving core: the engine, dynamic batcher, embedding cache, per-caller quotas, warm-up."""

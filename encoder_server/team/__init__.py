@@ -1,0 +1,1 @@
+"""A service shared by a team: tokens, the call log, metrics."""
