@@ -12,6 +12,23 @@ from shared.wire import TensorSpec
 
 
 @dataclass(frozen=True)
+class ServedModel:
+    """One model a server serves: what a client needs to pick the one that fits its transformer."""
+
+    name: str
+    family: str  # "mistral3" or "qwen3"
+    pipeline: str  # "Flux2Pipeline" or "Flux2KleinPipeline"
+    hidden_size: int
+    default_hidden_state_layers: tuple[int, ...]
+    fingerprint: str
+    quantization: str = "none"
+    upsampling_available: bool = False
+
+    def embedding_dim(self, layers: Sequence[int] | None = None) -> int:
+        return len(layers or self.default_hidden_state_layers) * self.hidden_size
+
+
+@dataclass(frozen=True)
 class ServerInfo:
     """Every field of `GetInfoResponse`, as plain Python."""
 
@@ -39,6 +56,9 @@ class ServerInfo:
     max_upsample_image_bytes: int = 0
     max_upsample_image_pixels: int = 0
     max_new_tokens: int = 0
+    family: str = "mistral3"  # of the model described
+    pipeline: str = "Flux2Pipeline"
+    models: tuple[ServedModel, ...] = ()  # every model served, the first being the default
 
     def embedding_dim(self, layers: Sequence[int] = DEFAULT_HIDDEN_STATE_LAYERS) -> int:
         return len(layers) * self.hidden_size
@@ -48,10 +68,37 @@ class ServerInfo:
         return TensorSpec(self.dtype, (prompts, max_sequence_length, self.embedding_dim(layers)))
 
     def to_pb(self) -> encoder_pb2.GetInfoResponse:
-        return encoder_pb2.GetInfoResponse(**dataclasses.asdict(self))
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self) if field.name != "models"}
+        models = [encoder_pb2.ServedModel(**dataclasses.asdict(model)) for model in self.models]
+        return encoder_pb2.GetInfoResponse(**values, models=models)
 
     @classmethod
     def from_pb(cls, reply: encoder_pb2.GetInfoResponse) -> ServerInfo:
         values = {field.name: getattr(reply, field.name) for field in dataclasses.fields(cls)}
         values["default_hidden_state_layers"] = tuple(values["default_hidden_state_layers"])
+        values["models"] = tuple(
+            ServedModel(
+                **{
+                    **{field.name: getattr(model, field.name) for field in dataclasses.fields(ServedModel)},
+                    "default_hidden_state_layers": tuple(model.default_hidden_state_layers),
+                }
+            )
+            for model in reply.models
+        )
         return cls(**values)
+
+    def served(self) -> ServedModel:
+        """This reply's model as a `ServedModel` (servers from before `models` existed list none)."""
+        for model in self.models:
+            if model.name == self.model_name:
+                return model
+        return ServedModel(
+            self.model_name,
+            self.family or "mistral3",
+            self.pipeline or "Flux2Pipeline",
+            self.hidden_size,
+            self.default_hidden_state_layers,
+            self.fingerprint,
+            self.quantization,
+            self.upsampling_available,
+        )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,6 +26,7 @@ from shared.tiny_snapshot import (
 
 # Widths as the dev tiny snapshot's (multiples of 64); 28 layers so that hidden_states[27] is a raw layer output,
 # as in the real 36-layer Qwen3-4B, not the final-normed one transformers puts at hidden_states[-1].
+# Its vision sizes and Tekken `vocab_size` are unused: the vocabulary is the tokenizer's, padded.
 KLEIN_SHAPE = TinySnapshotShape(text_num_layers=28)
 
 # Qwen3's added tokens in their real order (ids 151643-151668 in Qwen3), each with whether it is special.
@@ -185,11 +187,11 @@ def byte_level_alphabet() -> list[str]:
     return [chr(byte) for byte in printable] + [chr(256 + n) for n in range(len(others))]
 
 
-def build_qwen3_tokenizer():  # type: ignore[no-untyped-def]
+def build_qwen3_tokenizer() -> Any:
     """A `Qwen2TokenizerFast` over 256 byte tokens and TINY_MERGES, with Qwen3's added tokens and chat template.
 
-    The constructor supplies Qwen's pre-tokenizer regex, byte-level decoder and NFC normaliser itself; its
-    settings are Qwen3-4B's tokenizer_config.json.
+    Its settings are those of Qwen3-4B's tokenizer_config.json; the constructor supplies Qwen's pre-tokenizer
+    regex, byte-level decoder and NFC normaliser itself.
     """
     from tokenizers import AddedToken
     from transformers import Qwen2TokenizerFast
@@ -222,7 +224,7 @@ def build_qwen3_tokenizer():  # type: ignore[no-untyped-def]
     return tokenizer
 
 
-def build_qwen3_text_encoder(shape: TinySnapshotShape, tokenizer) -> torch.nn.Module:  # type: ignore[no-untyped-def]
+def build_qwen3_text_encoder(shape: TinySnapshotShape, tokenizer: Any) -> Any:
     """A randomly initialised `Qwen3ForCausalLM` with Qwen3-4B's settings at `shape`'s sizes."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 

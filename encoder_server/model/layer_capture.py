@@ -1,7 +1,8 @@
-"""Run transformers' `MistralModel.forward` up to the deepest layer asked for, keeping the outputs of chosen layers.
+"""Run a transformers decoder stack's own `forward` (`MistralModel`, `Qwen3Model`) up to the deepest layer asked for,
+keeping the outputs of chosen layers.
 
 The decoder layers may be shared with a model that is generating text on another thread (prompt upsampling),
-so nothing is registered on them: the capture runs a second `MistralModel` container, built empty, whose
+so nothing is registered on them: the capture runs a second container of the same class, built empty, whose
 embedding, rotary embedding and norm are the shared ones and whose layers are thin wrappers around the shared
 layers. Generation never passes through the wrappers; the same modules and weights give bitwise the same
 numbers as before.
@@ -49,14 +50,12 @@ class _CapturingLayer(torch.nn.Module):
 
 
 class LayerCapture:
-    """Outputs of chosen 1-based decoder layers of `language_model` (a `MistralModel`), one pass at a time."""
+    """Outputs of chosen 1-based decoder layers of `language_model` (a bare decoder stack), one pass at a time."""
 
     def __init__(self, language_model: Any) -> None:
-        from transformers import MistralModel
-
         config = copy.deepcopy(language_model.config)
         with torch.device("meta"):  # an empty container: every module in it is replaced by a shared one below
-            view = MistralModel(config)
+            view = type(language_model)(config)
         view.embed_tokens = language_model.embed_tokens
         view.rotary_emb = language_model.rotary_emb
         view.norm = language_model.norm

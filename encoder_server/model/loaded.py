@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from encoder_server.config import ModelConfig, RequestLimits, UpsampleLimits
 from encoder_server.errors import ModelLoadError
 from encoder_server.model import loading
+from encoder_server.model.families import detect_family
 from encoder_server.model.prompt_encoder import ModelInfo, PromptEncoder
 from encoder_server.model.upsampler import PromptUpsampler
 from shared.wire import DTYPES
@@ -27,11 +28,18 @@ def load_models(
     encodes (every layer available). Otherwise only the language model's layers up to `max_layer` load.
     """
     text_encoder_dir, tokenizer_dir = loading.resolve_snapshot(config.model_path)
+    family = detect_family(text_encoder_dir)
+    if config.enable_upsampling and not family.can_upsample:
+        raise ModelLoadError(
+            f"{config.model_path} holds a {family.name} text encoder, which does not upsample prompts; "
+            "upsampling needs FLUX.2-dev's Mistral3: drop --enable-upsampling for this model"
+        )
     try:
         tokenizer = loading.load_tokenizer(tokenizer_dir)
         processor = loading.load_processor(tokenizer_dir) if config.enable_upsampling else None
         model, language_model, num_layers, quantization = loading.load_language_model(
             text_encoder_dir,
+            family=family,
             max_layer=config.max_layer,
             device=config.device,
             dtype=DTYPES[config.resolved_dtype],
@@ -53,6 +61,7 @@ def load_models(
         fingerprint=loading.snapshot_fingerprint(text_encoder_dir, tokenizer.chat_template, quantization),
         quantization=quantization,
         weight_bytes=int(model.get_memory_footprint()),
+        family=family,
     )
     encoder = PromptEncoder(language_model, tokenizer, info, limits or RequestLimits())
     if processor is None:

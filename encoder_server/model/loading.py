@@ -1,7 +1,7 @@
 """Load the FLUX.2 text encoder's decoder stack and tokenizer from a local diffusers snapshot.
 
-Only what embeddings need is loaded: the token embeddings and decoder layers 1..max_layer (by default
-1..30, the deepest layer FLUX.2 stacks) of the Mistral3 language model, optionally quantised to int8 or
+Only what embeddings need is loaded: the token embeddings and decoder layers 1..max_layer (by default up to
+the deepest layer the family stacks: 30 of Mistral3's 40, 27 of Qwen3's 36), optionally quantised to int8 or
 nf4. The vision tower, projector, layers beyond `max_layer` and the LM head stay on disk (safetensors reads
 tensors lazily, so they are never materialised).
 """
@@ -18,20 +18,16 @@ from typing import Any
 import torch
 
 from encoder_server.errors import ModelLoadError
+from encoder_server.model.families import MISTRAL3, Family
 from encoder_server.model.quantization import (
     Quantization,
     bitsandbytes_config,
     resolve_quantization,
     saved_quantization,
 )
-from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS
 from shared.fingerprint import weights_fingerprint
 
 log = logging.getLogger(__name__)
-
-# Checkpoint key prefixes of the language model inside Mistral3ForConditionalGeneration, in the layout
-# transformers writes today and in the older one; both map onto a bare MistralModel.
-LANGUAGE_MODEL_KEY_MAPPING = {r"^model\.language_model\.": "", r"^language_model\.model\.": ""}
 
 
 def resolve_snapshot(model_path: Path) -> tuple[Path, Path]:
@@ -68,7 +64,7 @@ def load_tokenizer(tokenizer_dir: Path) -> Any:
         if template_json.is_file():
             tokenizer.chat_template = json.loads(template_json.read_text())["chat_template"]
     if not getattr(tokenizer, "chat_template", None):
-        raise ModelLoadError(f"{tokenizer_dir} has no chat template; FLUX.2 embeddings need Mistral's template")
+        raise ModelLoadError(f"{tokenizer_dir} has no chat template; FLUX.2 embeddings are built through it")
     if tokenizer.pad_token_id is None:
         raise ModelLoadError(f"{tokenizer_dir} defines no pad token; prompts cannot be padded to a fixed length")
     return tokenizer
@@ -90,19 +86,21 @@ def _quiet_transformers() -> Iterator[None]:
 def load_language_model(
     text_encoder_dir: Path,
     *,
+    family: Family = MISTRAL3,
     max_layer: int | None,
     device: str,
     dtype: torch.dtype,
     quantize: Quantization | None,
     whole: bool = False,
 ) -> tuple[Any, Any, int, str]:
-    """Load the decoder stack: `(model, its MistralModel, num_layers in the checkpoint, quantization served)`.
+    """Load the decoder stack: `(model, its bare decoder stack, num_layers in the checkpoint, quantization served)`.
 
-    `max_layer=None` loads up to the deepest default layer (30), the most FLUX.2's embeddings use. `whole`
-    loads the entire `Mistral3ForConditionalGeneration` instead (every layer, vision tower, LM head), for
-    upsampling; its language model is the one returned for encoding, so the weights are held once.
+    `max_layer=None` loads up to the family's deepest default layer, the most FLUX.2's embeddings use. `whole`
+    (Mistral3 only) loads the entire `Mistral3ForConditionalGeneration` instead (every layer, vision tower, LM
+    head), for upsampling; its language model is the one returned for encoding, so the weights are held once.
     """
-    from transformers import AutoConfig, Mistral3ForConditionalGeneration, MistralModel
+    import transformers
+    from transformers import AutoConfig, Mistral3ForConditionalGeneration
 
     config = AutoConfig.from_pretrained(text_encoder_dir)
     text_config = config.get_text_config()
@@ -117,18 +115,21 @@ def load_language_model(
     if whole:
         model_class, model_config = Mistral3ForConditionalGeneration, config
     else:
-        text_config.num_hidden_layers = max_layer or min(max(DEFAULT_HIDDEN_STATE_LAYERS), num_layers)
-        if saved != "none":
+        text_config.num_hidden_layers = max_layer or min(max(family.default_layers), num_layers)
+        if getattr(text_config, "layer_types", None):  # Qwen3: one attention type per layer loaded
+            text_config.layer_types = text_config.layer_types[: text_config.num_hidden_layers]
+        if saved != "none" and text_config is not config:
             # The language model's config is a part of Mistral3's; the saved quantisation is on the whole.
             text_config.quantization_config = config.quantization_config
-        model_class, model_config = MistralModel, text_config
-        extra["key_mapping"] = LANGUAGE_MODEL_KEY_MAPPING
+        model_class, model_config = getattr(transformers, family.bare_model), text_config
+        extra["key_mapping"] = family.key_mapping
     with _quiet_transformers():
         model, loading_info = model_class.from_pretrained(text_encoder_dir, config=model_config, **extra)
     missing = sorted(loading_info.get("missing_keys", ()))
     if missing:
         raise ModelLoadError(
-            f"{text_encoder_dir} lacks {len(missing)} weights (first: {missing[0]}); is it a Mistral3 text encoder?"
+            f"{text_encoder_dir} lacks {len(missing)} weights (first: {missing[0]}); "
+            f"is it a {family.name} text encoder?"
         )
     model.eval().requires_grad_(False)
     language_model = model.model.language_model if whole else model

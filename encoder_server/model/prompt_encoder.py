@@ -1,9 +1,9 @@
-"""FLUX.2 prompt embeddings, computed exactly as diffusers' `Flux2Pipeline` computes them.
+"""FLUX.2 prompt embeddings, computed exactly as diffusers' `Flux2Pipeline` (or `Flux2KleinPipeline`) computes them.
 
-Tokenisation reuses diffusers' own `format_input` and system message with the snapshot's chat
-template; the forward pass runs transformers' `MistralModel` and stops after the deepest requested
-layer (`layer_capture.py`), so the decoder layers can be shared with a model generating text on another
-thread. This object knows nothing of gRPC: it takes prompts and returns tensors.
+Tokenisation is the family's diffusers code (`families.py`) with the snapshot's chat template; the forward pass
+runs transformers' bare decoder stack (`MistralModel`, `Qwen3Model`) and stops after the deepest requested layer
+(`layer_capture.py`), so the decoder layers can be shared with a model generating text on another thread. This
+object knows nothing of gRPC: it takes prompts and returns tensors.
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers.pipelines.flux2.pipeline_flux2 import format_input
-from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
 
 from encoder_server.config import ModelConfig, RequestLimits
+from encoder_server.model.families import MISTRAL3, Family
 from encoder_server.model.layer_capture import LayerCapture
 from encoder_server.model.request import EncodeRequest, RequestBounds, validate_request
-from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS, DEFAULT_MAX_SEQUENCE_LENGTH
+from shared.defaults import DEFAULT_MAX_SEQUENCE_LENGTH
 from shared.wire import DTYPES
 
 
@@ -39,6 +38,7 @@ class ModelInfo:
     fingerprint: str
     quantization: str = "none"  # "none", "int8" or "nf4"
     weight_bytes: int = 0  # resident size of the loaded weights
+    family: Family = MISTRAL3
 
 
 class PromptEncoder:
@@ -75,11 +75,13 @@ class PromptEncoder:
         self,
         prompts: str | Sequence[str],
         max_sequence_length: int = DEFAULT_MAX_SEQUENCE_LENGTH,
-        hidden_state_layers: Sequence[int] = DEFAULT_HIDDEN_STATE_LAYERS,
+        hidden_state_layers: Sequence[int] = (),
     ) -> torch.Tensor:
-        """Embeddings for `prompts` in one forward pass, validated against this encoder's limits."""
+        """Embeddings for `prompts` in one forward pass, validated against this encoder's limits; layers default
+        to the family's."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        request = EncodeRequest(tuple(prompts), max_sequence_length, tuple(hidden_state_layers))
+        layers = tuple(hidden_state_layers) or self.info.family.default_layers
+        request = EncodeRequest(tuple(prompts), max_sequence_length, layers)
         validate_request(request, self.bounds(self.limits))
         return self.encode_many([request])[0]
 
@@ -102,18 +104,9 @@ class PromptEncoder:
         return outputs
 
     def _tokenize(self, prompts: list[str], max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs = self._tokenizer.apply_chat_template(
-            format_input(prompts=prompts, system_message=SYSTEM_MESSAGE),
-            add_generation_prompt=False,
-            tokenize=True,
-            return_dict=True,
-            return_tensors="pt",
-            padding="max_length",
-            truncation=True,
-            max_length=max_sequence_length,
-        )
+        input_ids, attention_mask = self.info.family.tokenize(self._tokenizer, prompts, max_sequence_length)
         device = self._model.device
-        return inputs["input_ids"].to(device), inputs["attention_mask"].to(device)
+        return input_ids.to(device), attention_mask.to(device)
 
     def _hidden_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[int]

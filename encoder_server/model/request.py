@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,7 +15,11 @@ from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS, DEFAULT_MAX_SEQUENCE_LE
 class EncodeRequest:
     prompts: tuple[str, ...]
     max_sequence_length: int = DEFAULT_MAX_SEQUENCE_LENGTH
-    hidden_state_layers: tuple[int, ...] = DEFAULT_HIDDEN_STATE_LAYERS
+    hidden_state_layers: tuple[int, ...] = DEFAULT_HIDDEN_STATE_LAYERS  # () until `with_layers` gives the model's
+
+    def with_layers(self, default_layers: tuple[int, ...]) -> EncodeRequest:
+        """This request with the model's default layers if it named none."""
+        return self if self.hidden_state_layers else dataclasses.replace(self, hidden_state_layers=default_layers)
 
     @classmethod
     def with_defaults(
@@ -26,7 +31,7 @@ class EncodeRequest:
         return cls(
             prompts=tuple(prompts),
             max_sequence_length=DEFAULT_MAX_SEQUENCE_LENGTH if max_sequence_length is None else max_sequence_length,
-            hidden_state_layers=tuple(hidden_state_layers) or DEFAULT_HIDDEN_STATE_LAYERS,
+            hidden_state_layers=tuple(hidden_state_layers),  # the model's defaults are applied where it is known
         )
 
 

@@ -37,8 +37,8 @@ from encoder_server.serving.cache import CacheStats, EmbeddingCache, ScopedKey
 from encoder_server.serving.warm_up import warm_up
 from encoder_server.team.metrics import ServerMetrics
 from encoder_server.team.tokens import ANONYMOUS
-from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS, DEFAULT_MAX_SEQUENCE_LENGTH
-from shared.info import ServerInfo
+from shared.defaults import DEFAULT_MAX_SEQUENCE_LENGTH
+from shared.info import ServedModel, ServerInfo
 from shared.lru import CacheKey
 from shared.wire import WireRow, encode_row, reply_frames, rows_to_tensor
 
@@ -146,7 +146,7 @@ def _server_info(models: LoadedModels, config: ServerConfig) -> ServerInfo:
         hidden_size=model.hidden_size,
         num_layers=model.num_layers,
         max_layer=model.max_layer,
-        default_hidden_state_layers=DEFAULT_HIDDEN_STATE_LAYERS,
+        default_hidden_state_layers=model.family.default_layers,
         default_max_sequence_length=DEFAULT_MAX_SEQUENCE_LENGTH,
         max_sequence_length=limits.max_sequence_length,
         dtype=model.dtype,
@@ -165,6 +165,24 @@ def _server_info(models: LoadedModels, config: ServerConfig) -> ServerInfo:
         max_upsample_image_bytes=upsampling.max_image_bytes if available else 0,
         max_upsample_image_pixels=upsampling.max_image_pixels if available else 0,
         max_new_tokens=upsampling.max_new_tokens if available else 0,
+        family=model.family.name,
+        pipeline=model.family.pipeline,
+        models=(served_model(models),),
+    )
+
+
+def served_model(models: LoadedModels) -> ServedModel:
+    """How `GetInfo` lists this model among those a server serves."""
+    model = models.encoder.info
+    return ServedModel(
+        name=model.model_name,
+        family=model.family.name,
+        pipeline=model.family.pipeline,
+        hidden_size=model.hidden_size,
+        default_hidden_state_layers=model.family.default_layers,
+        fingerprint=model.fingerprint,
+        quantization=model.quantization,
+        upsampling_available=models.upsampler is not None,
     )
 
 
@@ -232,6 +250,7 @@ class EncoderEngine:
         """Validate, then serve `request` from `caller`'s cache or a forward pass; its bytes stay reserved in the
         block."""
         ready = self._get()
+        request = request.with_layers(ready.info.default_hidden_state_layers)
         validate_request(request, ready.bounds)
         size = ready.bounds.reply_bytes(request)
         self.budget.reserve(size)
@@ -328,6 +347,12 @@ class EncoderEngine:
         """Rewrite prompts on the generation thread; cancelling the wait stops the generation at its next token."""
         ready = self._get()
         if ready.upsampler is None:
+            family = ready.encoder.info.family
+            if not family.can_upsample:
+                raise NotEnabledError(
+                    f"{ready.info.model_name} ({family.name}, for {family.pipeline}) does not upsample prompts; "
+                    "upsampling needs FLUX.2-dev's Mistral3: serve a FLUX.2-dev snapshot with --enable-upsampling"
+                )
             raise NotEnabledError("this server does not upsample prompts; start it with --enable-upsampling")
         limits = self.config.upsampling
         validate_upsample_request(request, limits, self.config.limits)

@@ -14,7 +14,6 @@ from encoder_server.errors import ModelLoadError
 from encoder_server.model.loaded import LoadedModels
 from encoder_server.model.request import EncodeRequest
 from encoder_server.model.upsampler import UpsampleRequest
-from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS
 
 WARM_UP_PROMPT = "warm-up: a red fox in fresh snow"
 
@@ -26,7 +25,7 @@ def warm_up(models: LoadedModels, config: ServerConfig) -> float:
     encoder = models.encoder
     batch = config.batching.max_batch_size
     deepest = encoder.info.max_layer
-    layers = tuple(layer for layer in DEFAULT_HIDDEN_STATE_LAYERS if layer <= deepest) or (deepest,)
+    layers = tuple(layer for layer in encoder.info.family.default_layers if layer <= deepest) or (deepest,)
     request = EncodeRequest((WARM_UP_PROMPT,) * batch, config.limits.max_sequence_length, layers)
     try:
         (prompt_embeds,) = encoder.encode_many([request])  # [batch, max_sequence_length, width]

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66lux2/encoder/v1/encoder.proto\x12\x10\x66lux2.encoder.v1\"0\n\x0eUpsamplePrompt\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x0e\n\x06images\x18\x02 \x03(\x0c\"\xba\x01\n\x0fUpsampleRequest\x12\x31\n\x07prompts\x18\x01 \x03(\x0b\x32 .flux2.encoder.v1.UpsamplePrompt\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x1b\n\x0emax_new_tokens\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x02\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x11\n\x0f_max_new_tokensB\x07\n\x05_seed\"#\n\x10UpsampleResponse\x12\x0f\n\x07prompts\x18\x01 \x03(\t\"w\n\rEncodeRequest\x12\x0f\n\x07prompts\x18\x01 \x03(\t\x12 \n\x13max_sequence_length\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x1b\n\x13hidden_state_layers\x18\x03 \x03(\rB\x16\n\x14_max_sequence_length\"\x9c\x01\n\x0cTensorHeader\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12\x13\n\x0b\x62yte_length\x18\x03 \x01(\x04\x12\x1b\n\x13hidden_state_layers\x18\x05 \x03(\r\x12\x1b\n\x13max_sequence_length\x18\x06 \x01(\r\x12\x12\n\nrow_crc32c\x18\x07 \x03(\x07J\x04\x08\x04\x10\x05R\x05\x63rc32\"[\n\x0e\x45ncodeResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32\x1e.flux2.encoder.v1.TensorHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x10\n\x0eGetInfoRequest\"\xff\x04\n\x0fGetInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\nmodel_path\x18\x02 \x01(\t\x12\x13\n\x0bhidden_size\x18\x03 \x01(\r\x12\x12\n\nnum_layers\x18\x04 \x01(\r\x12\x11\n\tmax_layer\x18\x05 \x01(\r\x12#\n\x1b\x64\x65\x66\x61ult_hidden_state_layers\x18\x06 \x03(\r\x12#\n\x1b\x64\x65\x66\x61ult_max_sequence_length\x18\x07 \x01(\r\x12\x1b\n\x13max_sequence_length\x18\x08 \x01(\r\x12\r\n\x05\x64type\x18\t \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\n \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x0b \x01(\t\x12\x16\n\x0eserver_version\x18\x0c \x01(\t\x12\x1f\n\x17max_prompts_per_request\x18\r \x01(\r\x12\x18\n\x10max_prompt_chars\x18\x0e \x01(\r\x12\x1f\n\x17max_hidden_state_layers\x18\x0f \x01(\r\x12\x17\n\x0fmax_reply_bytes\x18\x10 \x01(\x04\x12\x14\n\x0cquantization\x18\x11 \x01(\t\x12\x14\n\x0cweight_bytes\x18\x12 \x01(\x04\x12\x1c\n\x14upsampling_available\x18\x13 \x01(\x08\x12\x1c\n\x14max_upsample_prompts\x18\x14 \x01(\r\x12\x1b\n\x13max_upsample_images\x18\x15 \x01(\r\x12 \n\x18max_upsample_image_bytes\x18\x16 \x01(\x04\x12!\n\x19max_upsample_image_pixels\x18\x17 \x01(\x04\x12\x16\n\x0emax_new_tokens\x18\x18 \x01(\r2\xff\x01\n\x0bTextEncoder\x12M\n\x06\x45ncode\x12\x1f.flux2.encoder.v1.EncodeRequest\x1a .flux2.encoder.v1.EncodeResponse0\x01\x12N\n\x07GetInfo\x12 .flux2.encoder.v1.GetInfoRequest\x1a!.flux2.encoder.v1.GetInfoResponse\x12Q\n\x08Upsample\x12!.flux2.encoder.v1.UpsampleRequest\x1a\".flux2.encoder.v1.UpsampleResponseB\x1c\n\x18\x61i.flux2split.encoder.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66lux2/encoder/v1/encoder.proto\x12\x10\x66lux2.encoder.v1\"0\n\x0eUpsamplePrompt\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x0e\n\x06images\x18\x02 \x03(\x0c\"\xd8\x01\n\x0fUpsampleRequest\x12\x31\n\x07prompts\x18\x01 \x03(\x0b\x32 .flux2.encoder.v1.UpsamplePrompt\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x1b\n\x0emax_new_tokens\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x02\x88\x01\x01\x12\x12\n\x05model\x18\x05 \x01(\tH\x03\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x11\n\x0f_max_new_tokensB\x07\n\x05_seedB\x08\n\x06_model\"#\n\x10UpsampleResponse\x12\x0f\n\x07prompts\x18\x01 \x03(\t\"\x95\x01\n\rEncodeRequest\x12\x0f\n\x07prompts\x18\x01 \x03(\t\x12 \n\x13max_sequence_length\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x1b\n\x13hidden_state_layers\x18\x03 \x03(\r\x12\x12\n\x05model\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\x16\n\x14_max_sequence_lengthB\x08\n\x06_model\"\x9c\x01\n\x0cTensorHeader\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12\x13\n\x0b\x62yte_length\x18\x03 \x01(\x04\x12\x1b\n\x13hidden_state_layers\x18\x05 \x03(\r\x12\x1b\n\x13max_sequence_length\x18\x06 \x01(\r\x12\x12\n\nrow_crc32c\x18\x07 \x03(\x07J\x04\x08\x04\x10\x05R\x05\x63rc32\"[\n\x0e\x45ncodeResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32\x1e.flux2.encoder.v1.TensorHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\".\n\x0eGetInfoRequest\x12\x12\n\x05model\x18\x01 \x01(\tH\x00\x88\x01\x01\x42\x08\n\x06_model\"\xc0\x01\n\x0bServedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\x10\n\x08pipeline\x18\x03 \x01(\t\x12\x13\n\x0bhidden_size\x18\x04 \x01(\r\x12#\n\x1b\x64\x65\x66\x61ult_hidden_state_layers\x18\x05 \x03(\r\x12\x13\n\x0b\x66ingerprint\x18\x06 \x01(\t\x12\x14\n\x0cquantization\x18\x07 \x01(\t\x12\x1c\n\x14upsampling_available\x18\x08 \x01(\x08\"\xd0\x05\n\x0fGetInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\nmodel_path\x18\x02 \x01(\t\x12\x13\n\x0bhidden_size\x18\x03 \x01(\r\x12\x12\n\nnum_layers\x18\x04 \x01(\r\x12\x11\n\tmax_layer\x18\x05 \x01(\r\x12#\n\x1b\x64\x65\x66\x61ult_hidden_state_layers\x18\x06 \x03(\r\x12#\n\x1b\x64\x65\x66\x61ult_max_sequence_length\x18\x07 \x01(\r\x12\x1b\n\x13max_sequence_length\x18\x08 \x01(\r\x12\r\n\x05\x64type\x18\t \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\n \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x0b \x01(\t\x12\x16\n\x0eserver_version\x18\x0c \x01(\t\x12\x1f\n\x17max_prompts_per_request\x18\r \x01(\r\x12\x18\n\x10max_prompt_chars\x18\x0e \x01(\r\x12\x1f\n\x17max_hidden_state_layers\x18\x0f \x01(\r\x12\x17\n\x0fmax_reply_bytes\x18\x10 \x01(\x04\x12\x14\n\x0cquantization\x18\x11 \x01(\t\x12\x14\n\x0cweight_bytes\x18\x12 \x01(\x04\x12\x1c\n\x14upsampling_available\x18\x13 \x01(\x08\x12\x1c\n\x14max_upsample_prompts\x18\x14 \x01(\r\x12\x1b\n\x13max_upsample_images\x18\x15 \x01(\r\x12 \n\x18max_upsample_image_bytes\x18\x16 \x01(\x04\x12!\n\x19max_upsample_image_pixels\x18\x17 \x01(\x04\x12\x16\n\x0emax_new_tokens\x18\x18 \x01(\r\x12\x0e\n\x06\x66\x61mily\x18\x19 \x01(\t\x12\x10\n\x08pipeline\x18\x1a \x01(\t\x12-\n\x06models\x18\x1b \x03(\x0b\x32\x1d.flux2.encoder.v1.ServedModel2\xff\x01\n\x0bTextEncoder\x12M\n\x06\x45ncode\x12\x1f.flux2.encoder.v1.EncodeRequest\x1a .flux2.encoder.v1.EncodeResponse0\x01\x12N\n\x07GetInfo\x12 .flux2.encoder.v1.GetInfoRequest\x1a!.flux2.encoder.v1.GetInfoResponse\x12Q\n\x08Upsample\x12!.flux2.encoder.v1.UpsampleRequest\x1a\".flux2.encoder.v1.UpsampleResponseB\x1c\n\x18\x61i.flux2split.encoder.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,19 +35,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPSAMPLEPROMPT']._serialized_start=52
   _globals['_UPSAMPLEPROMPT']._serialized_end=100
   _globals['_UPSAMPLEREQUEST']._serialized_start=103
-  _globals['_UPSAMPLEREQUEST']._serialized_end=289
-  _globals['_UPSAMPLERESPONSE']._serialized_start=291
-  _globals['_UPSAMPLERESPONSE']._serialized_end=326
-  _globals['_ENCODEREQUEST']._serialized_start=328
-  _globals['_ENCODEREQUEST']._serialized_end=447
-  _globals['_TENSORHEADER']._serialized_start=450
-  _globals['_TENSORHEADER']._serialized_end=606
-  _globals['_ENCODERESPONSE']._serialized_start=608
-  _globals['_ENCODERESPONSE']._serialized_end=699
-  _globals['_GETINFOREQUEST']._serialized_start=701
-  _globals['_GETINFOREQUEST']._serialized_end=717
-  _globals['_GETINFORESPONSE']._serialized_start=720
-  _globals['_GETINFORESPONSE']._serialized_end=1359
-  _globals['_TEXTENCODER']._serialized_start=1362
-  _globals['_TEXTENCODER']._serialized_end=1617
+  _globals['_UPSAMPLEREQUEST']._serialized_end=319
+  _globals['_UPSAMPLERESPONSE']._serialized_start=321
+  _globals['_UPSAMPLERESPONSE']._serialized_end=356
+  _globals['_ENCODEREQUEST']._serialized_start=359
+  _globals['_ENCODEREQUEST']._serialized_end=508
+  _globals['_TENSORHEADER']._serialized_start=511
+  _globals['_TENSORHEADER']._serialized_end=667
+  _globals['_ENCODERESPONSE']._serialized_start=669
+  _globals['_ENCODERESPONSE']._serialized_end=760
+  _globals['_GETINFOREQUEST']._serialized_start=762
+  _globals['_GETINFOREQUEST']._serialized_end=808
+  _globals['_SERVEDMODEL']._serialized_start=811
+  _globals['_SERVEDMODEL']._serialized_end=1003
+  _globals['_GETINFORESPONSE']._serialized_start=1006
+  _globals['_GETINFORESPONSE']._serialized_end=1726
+  _globals['_TEXTENCODER']._serialized_start=1729
+  _globals['_TEXTENCODER']._serialized_end=1984
 # @@protoc_insertion_point(module_scope)

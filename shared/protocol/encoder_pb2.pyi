@@ -15,16 +15,18 @@ class UpsamplePrompt(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class UpsampleRequest(_message.Message):
-    __slots__ = ("prompts", "temperature", "max_new_tokens", "seed")
+    __slots__ = ("prompts", "temperature", "max_new_tokens", "seed", "model")
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     prompts: _containers.RepeatedCompositeFieldContainer[UpsamplePrompt]
     temperature: float
     max_new_tokens: int
     seed: int
-    def __init__(self, prompts: _Optional[_Iterable[_Union[UpsamplePrompt, _Mapping]]] = ..., temperature: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    model: str
+    def __init__(self, prompts: _Optional[_Iterable[_Union[UpsamplePrompt, _Mapping]]] = ..., temperature: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., seed: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...
 
 class UpsampleResponse(_message.Message):
     __slots__ = ("prompts",)
@@ -33,14 +35,16 @@ class UpsampleResponse(_message.Message):
     def __init__(self, prompts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EncodeRequest(_message.Message):
-    __slots__ = ("prompts", "max_sequence_length", "hidden_state_layers")
+    __slots__ = ("prompts", "max_sequence_length", "hidden_state_layers", "model")
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
     MAX_SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_STATE_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     prompts: _containers.RepeatedScalarFieldContainer[str]
     max_sequence_length: int
     hidden_state_layers: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, prompts: _Optional[_Iterable[str]] = ..., max_sequence_length: _Optional[int] = ..., hidden_state_layers: _Optional[_Iterable[int]] = ...) -> None: ...
+    model: str
+    def __init__(self, prompts: _Optional[_Iterable[str]] = ..., max_sequence_length: _Optional[int] = ..., hidden_state_layers: _Optional[_Iterable[int]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class TensorHeader(_message.Message):
     __slots__ = ("dtype", "shape", "byte_length", "hidden_state_layers", "max_sequence_length", "row_crc32c")
@@ -67,11 +71,33 @@ class EncodeResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[TensorHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class GetInfoRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class ServedModel(_message.Message):
+    __slots__ = ("name", "family", "pipeline", "hidden_size", "default_hidden_state_layers", "fingerprint", "quantization", "upsampling_available")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_HIDDEN_STATE_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLING_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    family: str
+    pipeline: str
+    hidden_size: int
+    default_hidden_state_layers: _containers.RepeatedScalarFieldContainer[int]
+    fingerprint: str
+    quantization: str
+    upsampling_available: bool
+    def __init__(self, name: _Optional[str] = ..., family: _Optional[str] = ..., pipeline: _Optional[str] = ..., hidden_size: _Optional[int] = ..., default_hidden_state_layers: _Optional[_Iterable[int]] = ..., fingerprint: _Optional[str] = ..., quantization: _Optional[str] = ..., upsampling_available: _Optional[bool] = ...) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("model_name", "model_path", "hidden_size", "num_layers", "max_layer", "default_hidden_state_layers", "default_max_sequence_length", "max_sequence_length", "dtype", "device", "fingerprint", "server_version", "max_prompts_per_request", "max_prompt_chars", "max_hidden_state_layers", "max_reply_bytes", "quantization", "weight_bytes", "upsampling_available", "max_upsample_prompts", "max_upsample_images", "max_upsample_image_bytes", "max_upsample_image_pixels", "max_new_tokens")
+    __slots__ = ("model_name", "model_path", "hidden_size", "num_layers", "max_layer", "default_hidden_state_layers", "default_max_sequence_length", "max_sequence_length", "dtype", "device", "fingerprint", "server_version", "max_prompts_per_request", "max_prompt_chars", "max_hidden_state_layers", "max_reply_bytes", "quantization", "weight_bytes", "upsampling_available", "max_upsample_prompts", "max_upsample_images", "max_upsample_image_bytes", "max_upsample_image_pixels", "max_new_tokens", "family", "pipeline", "models")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +122,9 @@ class GetInfoResponse(_message.Message):
     MAX_UPSAMPLE_IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_UPSAMPLE_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_path: str
     hidden_size: int
@@ -120,4 +149,7 @@ class GetInfoResponse(_message.Message):
     max_upsample_image_bytes: int
     max_upsample_image_pixels: int
     max_new_tokens: int
-    def __init__(self, model_name: _Optional[str] = ..., model_path: _Optional[str] = ..., hidden_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., max_layer: _Optional[int] = ..., default_hidden_state_layers: _Optional[_Iterable[int]] = ..., default_max_sequence_length: _Optional[int] = ..., max_sequence_length: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., fingerprint: _Optional[str] = ..., server_version: _Optional[str] = ..., max_prompts_per_request: _Optional[int] = ..., max_prompt_chars: _Optional[int] = ..., max_hidden_state_layers: _Optional[int] = ..., max_reply_bytes: _Optional[int] = ..., quantization: _Optional[str] = ..., weight_bytes: _Optional[int] = ..., upsampling_available: _Optional[bool] = ..., max_upsample_prompts: _Optional[int] = ..., max_upsample_images: _Optional[int] = ..., max_upsample_image_bytes: _Optional[int] = ..., max_upsample_image_pixels: _Optional[int] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
+    family: str
+    pipeline: str
+    models: _containers.RepeatedCompositeFieldContainer[ServedModel]
+    def __init__(self, model_name: _Optional[str] = ..., model_path: _Optional[str] = ..., hidden_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., max_layer: _Optional[int] = ..., default_hidden_state_layers: _Optional[_Iterable[int]] = ..., default_max_sequence_length: _Optional[int] = ..., max_sequence_length: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., fingerprint: _Optional[str] = ..., server_version: _Optional[str] = ..., max_prompts_per_request: _Optional[int] = ..., max_prompt_chars: _Optional[int] = ..., max_hidden_state_layers: _Optional[int] = ..., max_reply_bytes: _Optional[int] = ..., quantization: _Optional[str] = ..., weight_bytes: _Optional[int] = ..., upsampling_available: _Optional[bool] = ..., max_upsample_prompts: _Optional[int] = ..., max_upsample_images: _Optional[int] = ..., max_upsample_image_bytes: _Optional[int] = ..., max_upsample_image_pixels: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., family: _Optional[str] = ..., pipeline: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ...) -> None: ...
