@@ -27,6 +27,7 @@ from diffusion_client.errors import (
     EncoderRejectedError,
     InputError,
     ModelMismatchError,
+    PipelineMismatchError,
     TransportError,
     printable_line,
 )
@@ -47,6 +48,7 @@ DEFAULT_CACHE_MIB = 256  # about 16 FLUX.2-dev prompts in bf16: a prompts file t
 # The one place failures become exit codes: the first matching class wins; anything else exits 1.
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (InputError, 2),
+    (PipelineMismatchError, 2),  # a klein snapshot with a dev-only server, or the reverse: the pairing given is wrong
     (EncoderRejectedError, 2),
     (TransportError, 3),
     (EncoderFailedError, 3),
@@ -119,8 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH[:SCALE]",
         help="apply a LoRA (diffusers, kohya or BFL/ai-toolkit safetensors) at SCALE (default 1); repeat for several",
     )
-    parser.add_argument("--steps", type=int, default=28)
-    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument(
+        "--steps", type=int, help="denoising steps (default: FLUX.2-dev 28, klein distilled 4, klein base 50)"
+    )
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        help="guidance scale (default: FLUX.2-dev 4.0, klein distilled 1.0, klein base 4.0 with the empty prompt "
+        "as the negative)",
+    )
+    parser.add_argument(
+        "--encoder-model",
+        metavar="NAME",
+        help="which of the encoder server's models to use (default: the one that fits this snapshot)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--width", type=int, default=1024)
@@ -164,14 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _jobs(args: argparse.Namespace) -> list[GenerationJob]:
+    from diffusion_client.pipeline import model_kind
+
     if (args.prompt is None) == (args.prompts is None):
         raise InputError("give either a PROMPT or --prompts FILE, not both or neither")
+    kind = model_kind(args.model)  # the recommended steps and guidance differ between FLUX.2-dev and klein
     defaults = GenerationJob(
         prompt=args.prompt or "",
         out=args.out,
         seed=args.seed,
-        steps=args.steps,
-        guidance=args.guidance,
+        steps=kind.steps if args.steps is None else args.steps,
+        guidance=kind.guidance if args.guidance is None else args.guidance,
         height=args.height,
         width=args.width,
         images=tuple(args.images),
@@ -191,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
     quiet_model_libraries()  # before diffusers and transformers are first imported below
 
     from diffusion_client.generator import FailedJob, ImageGenerator
-    from diffusion_client.pipeline import load_pipeline, read_component_config
+    from diffusion_client.pipeline import load_pipeline, model_kind, read_component_config
     from diffusion_client.preflight import preflight
     from diffusion_client.provenance.marking import Marker
 
@@ -202,12 +219,14 @@ def run(args: argparse.Namespace) -> int:
     config = _pipeline_config(args)
     started = time.perf_counter()
     with encoder_from_args(args, token, cache_bytes=args.cache_mib * 2**20) as encoder:
+        encoder.model = args.encoder_model
         # Everything a job can fail is checked before loading gigabytes of weights.
         prepared = preflight(
             jobs,
             vae_config=read_component_config(config.model_path, "vae"),
             transformer_config=read_component_config(config.model_path, "transformer"),
             encoder=encoder,
+            pipeline=model_kind(config.model_path).pipeline,
         )
         pipeline = load_pipeline(config)
         generator = ImageGenerator(

@@ -10,6 +10,7 @@ ClientError                         base; str() is one printable line
 │   │   └── EncoderFailedError      INTERNAL, UNKNOWN, ... (server failed on a valid request)
 │   ├── BadReplyError               reply failed its checks (header dtype/shape, bytes, checksum; upsampled prompts)
 │   └── ModelMismatchError          server's model does not fit this transformer, or not the pinned fingerprint
+│       └── PipelineMismatchError   no model it serves feeds this pipeline (a klein DiT, a dev-only server)
 └── InputError                      bad job settings, reference image, prompts file, output path, device, TLS file
 
 Exit codes are the CLI's business (`diffusion_client.cli.EXIT_CODES`), not these classes'. This module
@@ -81,6 +82,10 @@ class BadReplyError(EncoderError):
 
 class ModelMismatchError(EncoderError):
     """The server's model cannot feed this transformer, or is not the pinned set of weights."""
+
+
+class PipelineMismatchError(ModelMismatchError):
+    """No model the server serves feeds this pipeline: FLUX.2-dev's and klein's text encoders differ."""
 
 
 class InputError(ClientError):

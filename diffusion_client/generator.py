@@ -1,4 +1,5 @@
-"""Make images from remote embeddings: a plain object over `Flux2Pipeline` and `RemoteTextEncoder`.
+"""Make images from remote embeddings: a plain object over `Flux2Pipeline` (or `Flux2KleinPipeline`) and
+`RemoteTextEncoder`.
 
 generator = ImageGenerator(pipeline, encoder, model_name="FLUX.2-dev")
 for outcome in generator.run(generator.prepare(jobs)):
@@ -13,6 +14,7 @@ denoises, so an outcome is yielded once the image after it has been generated (o
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -87,6 +89,8 @@ class ImageGenerator:
         self.encoder = encoder
         self.model_name = model_name
         self.marker = marker or Marker.start(MarkingOptions())
+        self._negative_embeds: torch.Tensor | None = None
+        self._negative_lock = threading.Lock()
         self.pipeline.set_progress_bar_config(disable=not progress, desc="denoising", leave=False)
         self.adapters = LoraAdapters(pipeline)
 
@@ -109,6 +113,7 @@ class ImageGenerator:
             vae_config=self.pipeline.vae.config,
             transformer_config=self.pipeline.transformer.config,
             encoder=self.encoder,
+            pipeline=type(self.pipeline).__name__,
         )
 
     def fetch_embeds(self, job: GenerationJob) -> torch.Tensor:
@@ -134,23 +139,40 @@ class ImageGenerator:
     def fetch_conditioning(self, prepared: PreparedJob) -> Conditioning:
         """The prompt to generate from (upsampled first if the job asks) and its embedding."""
         job = prepared.job
+        if self.runs_negative_prompt and job.guidance > 1:
+            self.negative_embeds()  # fetched here, beside the first prompt, not on the denoising thread
         if not job.upsample:
             return Conditioning(self.fetch_embeds(job))
         prompt = self.upsample_prompt(prepared)
         return Conditioning(self.fetch_embeds(dataclasses.replace(job, prompt=prompt)), prompt)
 
+    @property
+    def runs_negative_prompt(self) -> bool:
+        """klein's base (undistilled) variants run classifier-free guidance against the embedding of ""."""
+        return type(self.pipeline).__name__ == "Flux2KleinPipeline" and not self.pipeline.config.is_distilled
+
+    def negative_embeds(self) -> torch.Tensor:
+        """The embedding of "", diffusers' negative prompt for klein's guidance: fetched once, then kept."""
+        with self._negative_lock:  # the prefetch thread and the denoising one may both ask first
+            if self._negative_embeds is None:
+                self._negative_embeds = self.encoder.encode([""], device=self.device, dtype=self.dtype)  # [1, 512, D]
+            return self._negative_embeds
+
     def generate(self, prepared: PreparedJob, prompt_embeds: torch.Tensor) -> Image.Image:
         """One image from already-fetched embeddings; the same seed gives the same pixels."""
         job = prepared.job
         self.adapters.activate(prepared.loras)
+        guidance: dict[str, Any] = {"guidance_scale": job.guidance}
+        if self.runs_negative_prompt and job.guidance > 1:
+            guidance["negative_prompt_embeds"] = self.negative_embeds()
         result = self.pipeline(
             image=list(prepared.references) or None,
             prompt_embeds=prompt_embeds,
             height=job.height,
             width=job.width,
             num_inference_steps=job.steps,
-            guidance_scale=job.guidance,
             generator=torch.Generator("cpu").manual_seed(job.seed),
+            **guidance,
         )
         image: Image.Image = result.images[0]
         return image

@@ -1,7 +1,9 @@
-"""Load `Flux2Pipeline` without its text encoder: the DiT (NF4 on CUDA) and the VAE only.
+"""Load `Flux2Pipeline` (FLUX.2-dev) or `Flux2KleinPipeline` (FLUX.2 [klein]) without its text encoder: the DiT
+(NF4 on CUDA) and the VAE only.
 
-NF4 quantisation goes through diffusers' bitsandbytes integration, either while loading a bf16
-snapshot or by loading a snapshot saved pre-quantised. The VAE stays in bf16 (float32 on CPU).
+Which pipeline a snapshot holds is read from its `model_index.json`, as diffusers' `DiffusionPipeline` would.
+NF4 quantisation goes through diffusers' bitsandbytes integration, either while loading a bf16 snapshot or by
+loading a snapshot saved pre-quantised. The VAE stays in bf16 (float32 on CPU).
 """
 
 from __future__ import annotations
@@ -17,6 +19,39 @@ import torch
 from diffusion_client.errors import InputError
 
 Quantize = Literal["nf4", "none"]
+PIPELINES = ("Flux2Pipeline", "Flux2KleinPipeline")
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """Which FLUX.2 pipeline a snapshot is, and the settings its makers recommend."""
+
+    pipeline: str  # "Flux2Pipeline" or "Flux2KleinPipeline"
+    distilled: bool  # klein's distilled variants run without classifier-free guidance
+    steps: int
+    guidance: float
+
+    @property
+    def uses_negative_prompt(self) -> bool:
+        """Whether guidance above 1 runs classifier-free guidance with the embedding of "" as the negative."""
+        return self.pipeline == "Flux2KleinPipeline" and not self.distilled
+
+
+def model_kind(model_path: Path) -> ModelKind:
+    """Read `model_index.json`: FLUX.2-dev (28 steps, guidance 4), klein distilled (4, 1.0) or klein base (50, 4.0)."""
+    _check_snapshot(model_path)
+    path = model_path / "model_index.json"
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+        pipeline = index["_class_name"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise InputError(f"cannot read the pipeline class from {path}: {error}") from error
+    if pipeline not in PIPELINES:
+        raise InputError(f"{model_path} holds a {pipeline}; flux2-generate runs {' and '.join(PIPELINES)} snapshots")
+    if pipeline == "Flux2Pipeline":
+        return ModelKind(pipeline, distilled=True, steps=28, guidance=4.0)
+    distilled = bool(index.get("is_distilled", False))
+    return ModelKind(pipeline, distilled, steps=4 if distilled else 50, guidance=1.0 if distilled else 4.0)
 
 
 @dataclass(frozen=True)
@@ -77,12 +112,12 @@ def load_transformer(config: PipelineConfig) -> Any:
 
 
 def load_pipeline(config: PipelineConfig) -> Any:
-    """`Flux2Pipeline` with `text_encoder=None, tokenizer=None`: prompts must come as `prompt_embeds`."""
-    from diffusers import Flux2Pipeline
+    """The snapshot's pipeline with `text_encoder=None, tokenizer=None`: prompts must come as `prompt_embeds`."""
+    import diffusers
 
-    _check_snapshot(config.model_path)
+    pipeline_class = getattr(diffusers, model_kind(config.model_path).pipeline)
     transformer = load_transformer(config)
-    pipeline = Flux2Pipeline.from_pretrained(
+    pipeline = pipeline_class.from_pretrained(
         config.model_path,
         transformer=transformer,
         text_encoder=None,

@@ -36,7 +36,6 @@ from diffusion_client.upsampling import (
     max_new_tokens_for,
     read_reference_file,
 )
-from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS
 
 MAX_SIDE = 4096
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit value
@@ -58,12 +57,14 @@ def preflight(
     vae_config: Mapping[str, Any],
     transformer_config: Mapping[str, Any],
     encoder: RemoteTextEncoder,
-    layers: Sequence[int] = DEFAULT_HIDDEN_STATE_LAYERS,
+    pipeline: str = "Flux2Pipeline",
+    layers: Sequence[int] = (),
 ) -> list[PreparedJob]:
     """Check `jobs` (local checks first, then the encoder) and decode their reference images.
 
-    Raises `InputError` for a bad job, `ModelMismatchError` for an encoder that cannot feed this
-    transformer, and the encoder's call errors if it cannot be asked.
+    The encoder is pointed at the served model that feeds `pipeline` at the transformer's width (layers: the
+    model's defaults). Raises `InputError` for a bad job, `ModelMismatchError` for an encoder that cannot feed
+    this transformer, and the encoder's call errors if it cannot be asked.
     """
     multiple = size_multiple(vae_config)
     for job in jobs:
@@ -80,7 +81,7 @@ def preflight(
                     raise InputError(job.describe(str(error))) from error
         prepared.append(PreparedJob(job, tuple(decoded[path] for path in job.images)))
     prepared = _with_loras(prepared, transformer_config)
-    encoder.check_fits(joint_attention_dim(transformer_config), layers)
+    encoder.select_model(pipeline, joint_attention_dim(transformer_config), layers)
     return _with_upsampling(prepared, encoder)
 
 

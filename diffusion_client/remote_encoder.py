@@ -41,7 +41,9 @@ from diffusion_client.errors import (
     EncoderRejectedError,
     EncoderTimeoutError,
     EncoderUnavailableError,
+    InputError,
     ModelMismatchError,
+    PipelineMismatchError,
     printable_line,
 )
 from diffusion_client.upsampling import (
@@ -52,8 +54,8 @@ from diffusion_client.upsampling import (
     check_upsampled,
     read_reference_files,
 )
-from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS, DEFAULT_MAX_SEQUENCE_LENGTH
-from shared.info import ServerInfo
+from shared.defaults import DEFAULT_MAX_SEQUENCE_LENGTH
+from shared.info import ServedModel, ServerInfo
 from shared.lru import CacheKey
 from shared.protocol import encoder_pb2, encoder_pb2_grpc
 from shared.wire import WIRE_ENCODE_METHOD, TensorSpec, WireFormatError, parse_frame, responses_to_tensor
@@ -119,6 +121,8 @@ class RemoteTextEncoder:
             that require client certificates (mTLS).
         cache_bytes: keep up to this many bytes of embeddings and fetch each (prompt, length, layers) once;
             0 (the default) keeps none.
+        model: which of the server's models to use (a name `GetInfo` lists); None: the server's first, until
+            `select_model` picks the one a pipeline needs.
     """
 
     def __init__(
@@ -138,6 +142,7 @@ class RemoteTextEncoder:
         tls_cert: PemSource | None = None,
         tls_key: PemSource | None = None,
         cache_bytes: int = 0,
+        model: str | None = None,
     ) -> None:
         for name, seconds in (("timeout", timeout), ("connect_timeout", connect_timeout)):
             if not (isinstance(seconds, int | float) and math.isfinite(seconds) and seconds > 0):
@@ -170,6 +175,7 @@ class RemoteTextEncoder:
         )
         self._info: ServerInfo | None = None
         self._expected_fingerprint = expected_fingerprint
+        self.model = model
 
     def __enter__(self) -> RemoteTextEncoder:
         return self
@@ -184,9 +190,44 @@ class RemoteTextEncoder:
         """The server's model description (fetched once, then cached); checks a pinned fingerprint."""
         return self._info_by(time.monotonic() + self.timeout)
 
-    def check_fits(self, joint_attention_dim: int, layers: Sequence[int] = DEFAULT_HIDDEN_STATE_LAYERS) -> None:
+    def select_model(self, pipeline: str, joint_attention_dim: int, layers: Sequence[int] = ()) -> ServedModel:
+        """Use the served model that feeds `pipeline` at `joint_attention_dim` (or check the one named at start).
+
+        Raises `PipelineMismatchError` when none serves embeddings for that pipeline, naming both sides, and
+        `ModelMismatchError` when the width or depth does not fit.
+        """
+        info = self.info()
+        served = info.models or (info.served(),)
+        if self.model is not None:
+            chosen = [model for model in served if model.name == self.model]
+            if not chosen:
+                names = ", ".join(printable_line(model.name) for model in served)
+                raise InputError(
+                    f"the encoder at {self.target} serves no model named {self.model!r}; it serves {names}"
+                )
+        else:
+            chosen = [model for model in served if model.pipeline == pipeline]
+            chosen.sort(key=lambda model: model.embedding_dim(layers or None) != joint_attention_dim)  # fitting first
+        if not chosen or chosen[0].pipeline != pipeline:
+            offered = "; ".join(_describe(model) for model in served)
+            raise PipelineMismatchError(
+                f"this {pipeline} transformer needs {_family_of(pipeline)} embeddings {joint_attention_dim} wide, "
+                f"but the encoder at {self.target} serves {offered}; point --encoder at a server with the matching "
+                "text encoder, or pick one with --encoder-model",
+                target=self.target,
+            )
+        model = chosen[0]
+        if model.name != info.model_name:
+            self.model, self._info = model.name, None  # the next GetInfo describes the chosen model
+        else:
+            self.model = model.name
+        self.check_fits(joint_attention_dim, layers or model.default_hidden_state_layers)
+        return model
+
+    def check_fits(self, joint_attention_dim: int, layers: Sequence[int] = ()) -> None:
         """Raise `ModelMismatchError` unless these layers' embeddings fit a transformer of that width."""
         info = self.info()
+        layers = tuple(layers) or info.default_hidden_state_layers
         produced = info.embedding_dim(layers)
         model = printable_line(info.model_name)
         if produced != joint_attention_dim:
@@ -208,11 +249,12 @@ class RemoteTextEncoder:
         prompts: str | Sequence[str],
         *,
         max_sequence_length: int = DEFAULT_MAX_SEQUENCE_LENGTH,
-        layers: Sequence[int] = DEFAULT_HIDDEN_STATE_LAYERS,
+        layers: Sequence[int] = (),
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
-        """`prompt_embeds` `[B, max_sequence_length, len(layers) * hidden]`, on `device` in `dtype` if given."""
+        """`prompt_embeds` `[B, max_sequence_length, len(layers) * hidden]`, on `device` in `dtype` if given; layers
+        default to the model's (10, 20, 30 for FLUX.2-dev, 9, 18, 27 for klein)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         deadline = time.monotonic() + self.timeout  # one deadline for GetInfo (first time) and Encode
         info = self._info_by(deadline)
@@ -230,7 +272,7 @@ class RemoteTextEncoder:
     ) -> torch.Tensor:
         expected = info.embedding_spec(len(prompts), max_sequence_length, layers)
         request = encoder_pb2.EncodeRequest(
-            prompts=prompts, max_sequence_length=max_sequence_length, hidden_state_layers=list(layers)
+            prompts=prompts, max_sequence_length=max_sequence_length, hidden_state_layers=list(layers), model=self.model
         )
         return self._call(lambda options: self._receive(request, expected, options), deadline)  # [B, L, D]
 
@@ -293,13 +335,15 @@ class RemoteTextEncoder:
             temperature=temperature,
             max_new_tokens=max_new_tokens,
             seed=seed,
+            model=self.model,
         )
         reply = self._call(lambda options: self._stub.Upsample(request, **options), deadline)
         return check_upsampled(reply.prompts, len(prompts), max_new_tokens, self.target)
 
     def _info_by(self, deadline: float) -> ServerInfo:
         if self._info is None:
-            reply = self._call(lambda options: self._stub.GetInfo(encoder_pb2.GetInfoRequest(), **options), deadline)
+            asked = encoder_pb2.GetInfoRequest(model=self.model)
+            reply = self._call(lambda options: self._stub.GetInfo(asked, **options), deadline)
             self._info = ServerInfo.from_pb(reply)
         expected = self._expected_fingerprint
         if expected and not self._info.fingerprint.startswith(expected):
@@ -418,3 +462,15 @@ class RemoteTextEncoder:
         return EncoderFailedError(
             f"the encoder at {target} failed: {said} ({code.name}); see the server log", target=target, code=code
         )
+
+
+FAMILY_OF_PIPELINE = {"Flux2Pipeline": "Mistral3 (FLUX.2-dev)", "Flux2KleinPipeline": "Qwen3 (FLUX.2 [klein])"}
+
+
+def _family_of(pipeline: str) -> str:
+    return FAMILY_OF_PIPELINE.get(pipeline, pipeline)
+
+
+def _describe(model: ServedModel) -> str:
+    """`FLUX.2-dev (mistral3 for Flux2Pipeline, 15360 wide)`."""
+    return f"{printable_line(model.name)} ({model.family} for {model.pipeline}, {model.embedding_dim()} wide)"

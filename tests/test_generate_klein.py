@@ -1,0 +1,130 @@
+"""`flux2-generate` with FLUX.2 [klein] snapshots: pixel-identical to `Flux2KleinPipeline`, and refused with the
+wrong encoder before any weights load."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffusion_client.cli import main as generate_main
+from shared.tiny_klein import build_tiny_klein_snapshot
+from tests.cli_runs import assert_one_line_error, run_cli
+from tests.helpers import RunningServer, start_server
+
+SIZE = ["--height", "64", "--width", "64"]
+
+
+@pytest.fixture(scope="module")
+def klein_distilled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_klein_snapshot(tmp_path_factory.mktemp("klein") / "tiny-klein", distilled=True)
+
+
+@pytest.fixture(scope="module")
+def klein_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_klein_snapshot(tmp_path_factory.mktemp("klein-base") / "tiny-klein-base", distilled=False)
+
+
+@pytest.fixture(scope="module")
+def klein_server(klein_distilled: Path) -> Iterator[RunningServer]:
+    """A klein-only encoder server: the distilled and base variants share one Qwen3 text encoder."""
+    with start_server(klein_distilled) as server:
+        yield server
+
+
+def monolithic(snapshot: Path, prompt: str, *, seed: int, steps: int, guidance: float, image=None) -> np.ndarray:  # type: ignore[no-untyped-def]
+    from diffusers import Flux2KleinPipeline
+
+    pipeline = Flux2KleinPipeline.from_pretrained(snapshot, dtype=torch.float32)
+    pipeline.set_progress_bar_config(disable=True)
+    result = pipeline(
+        prompt=prompt,
+        image=image,
+        height=64,
+        width=64,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=torch.Generator("cpu").manual_seed(seed),
+    )
+    return np.asarray(result.images[0])
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def generate(server: RunningServer, snapshot: Path, *args: str) -> int:
+    return generate_main(["--encoder", server.target, "--model", str(snapshot), "--quiet", *SIZE, *args])
+
+
+def test_distilled_klein_image_is_pixel_identical_to_monolithic_diffusers(klein_server, klein_distilled, tmp_path):
+    out = tmp_path / "fox.png"
+    assert generate(klein_server, klein_distilled, "a fox in the snow", "--seed", "7", "--out", str(out)) == 0
+    expected = monolithic(klein_distilled, "a fox in the snow", seed=7, steps=4, guidance=1.0)
+    np.testing.assert_array_equal(pixels(out), expected)
+
+
+def test_distilled_klein_runs_its_recommended_4_steps_at_guidance_1_by_default(klein_server, klein_distilled, tmp_path):
+    out = tmp_path / "fox.png"
+    assert generate(klein_server, klein_distilled, "a fox", "--out", str(out)) == 0
+    with Image.open(out) as image:
+        settings = json.loads(image.text["flux2-split"])
+    assert (settings["steps"], settings["guidance"]) == (4, 1.0)
+
+
+def test_base_klein_uses_guidance_against_the_empty_prompt_like_diffusers(klein_server, klein_base, tmp_path):
+    out = tmp_path / "owl.png"
+    assert generate(klein_server, klein_base, "an owl at night", "--seed", "3", "--steps", "3", "--out", str(out)) == 0
+    expected = monolithic(klein_base, "an owl at night", seed=3, steps=3, guidance=4.0)  # 4.0: the base default
+    np.testing.assert_array_equal(pixels(out), expected)
+    unguided = monolithic(klein_base, "an owl at night", seed=3, steps=3, guidance=1.0)
+    assert not np.array_equal(expected, unguided)  # the negative prompt does change the image
+
+
+def test_klein_edit_with_a_reference_image_matches_diffusers(klein_server, klein_distilled, tmp_path):
+    reference = tmp_path / "cat.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(reference)
+    out = tmp_path / "edit.png"
+    args = ("make it blue", "--image", str(reference), "--seed", "5", "--out", str(out))
+    assert generate(klein_server, klein_distilled, *args) == 0
+    with Image.open(reference) as image:
+        expected = monolithic(
+            klein_distilled, "make it blue", seed=5, steps=4, guidance=1.0, image=[image.convert("RGB")]
+        )
+    np.testing.assert_array_equal(pixels(out), expected)
+
+
+def test_klein_snapshot_with_a_dev_only_server_exits_2_naming_both(encoder_server, klein_distilled, tmp_path):
+    finished = run_cli(
+        "a fox", "--encoder", encoder_server.target, "--model", str(klein_distilled), "--out", str(tmp_path / "x.png")
+    )
+    assert finished.returncode == 2, finished.stderr
+    line = assert_one_line_error(finished.stderr, "Flux2KleinPipeline transformer needs Qwen3", "192 wide")
+    assert "(mistral3 for Flux2Pipeline, 192 wide)" in line  # what the server offers (the tiny dev is 192 wide too)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_dev_snapshot_with_a_klein_only_server_exits_2_naming_both(klein_server, tiny_snapshot, tmp_path):
+    finished = run_cli(
+        "a fox", "--encoder", klein_server.target, "--model", str(tiny_snapshot), "--out", str(tmp_path / "x.png")
+    )
+    assert finished.returncode == 2, finished.stderr
+    line = assert_one_line_error(finished.stderr, "Flux2Pipeline transformer needs Mistral3")
+    assert "(qwen3 for Flux2KleinPipeline, 192 wide)" in line
+
+
+def test_encoder_model_naming_a_model_the_server_lacks_exits_2_listing_what_it_serves(
+    klein_server, klein_distilled, tmp_path
+):
+    finished = run_cli(
+        "a fox", "--encoder", klein_server.target, "--model", str(klein_distilled),
+        "--encoder-model", "FLUX.2-klein-9B", "--out", str(tmp_path / "x.png"),
+    )  # fmt: skip
+    assert finished.returncode == 2, finished.stderr
+    assert_one_line_error(finished.stderr, "serves no model named 'FLUX.2-klein-9B'; it serves tiny-klein")
