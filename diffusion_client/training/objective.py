@@ -74,7 +74,9 @@ class Objective:
             reference_ids = Flux2Pipeline._prepare_image_ids([reference[:1] for reference in batch.references])
             tokens = torch.cat([tokens, *references], dim=1)
             image_ids = torch.cat([image_ids, reference_ids.to(device).expand(size, -1, -1)], dim=1)
-        guidance = torch.full((size,), self.guidance, device=device, dtype=torch.float32)
+        guidance = None  # klein's transformers have no guidance embedding
+        if transformer.config.guidance_embeds:
+            guidance = torch.full((size,), self.guidance, device=device, dtype=torch.float32)
         prediction = transformer(
             hidden_states=tokens,
             encoder_hidden_states=batch.prompt_embeds,

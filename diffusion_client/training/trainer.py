@@ -22,7 +22,13 @@ from typing import Any
 import torch
 
 from diffusion_client.errors import ClientError
-from diffusion_client.pipeline import PipelineConfig, load_transformer
+from diffusion_client.pipeline import (
+    PipelineConfig,
+    joint_attention_dim,
+    load_transformer,
+    model_kind,
+    read_component_config,
+)
 from diffusion_client.remote_encoder import RemoteTextEncoder
 from diffusion_client.training.captions import CaptionStats, caption_embeddings
 from diffusion_client.training.checkpoints import load_checkpoint, resolve_checkpoint, save_checkpoint, save_lora
@@ -109,6 +115,9 @@ def train(
 
     device = config.device
     compute_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    # The served model that feeds this DiT (FLUX.2-dev's Mistral3, or klein's Qwen3), before any caption is encoded.
+    transformer_config = read_component_config(config.model, "transformer")
+    encoder.select_model(model_kind(config.model).pipeline, joint_attention_dim(transformer_config))
     config.out.mkdir(parents=True, exist_ok=True)
     embeds, caption_stats = caption_embeddings(encoder, [example.caption for example in examples], config.caches)
     paths = [path for example in examples for path in (example.image, *example.references)]

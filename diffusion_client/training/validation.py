@@ -23,7 +23,10 @@ class Validator:
         self._vae: Any = None
 
     def __call__(self, transformer: Any, step: int) -> Path:
-        from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Pipeline
+        import diffusers
+        from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler
+
+        from diffusion_client.pipeline import model_kind
 
         config = self._config
         assert config.validation_prompt is not None
@@ -31,18 +34,22 @@ class Validator:
         if self._vae is None:
             self._vae = AutoencoderKLFlux2.from_pretrained(config.model / "vae", dtype=dtype)
         self._vae.to(config.device)
-        pipeline = Flux2Pipeline(
+        kind = model_kind(config.model)  # Flux2Pipeline, or Flux2KleinPipeline and whether it is distilled
+        klein = {"is_distilled": kind.distilled} if kind.pipeline == "Flux2KleinPipeline" else {}
+        pipeline = getattr(diffusers, kind.pipeline)(
             scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(config.model / "scheduler"),
             vae=self._vae,
             text_encoder=None,
             tokenizer=None,
             transformer=transformer,
+            **klein,
         )
         job = GenerationJob(
             prompt=config.validation_prompt,
             out=config.out / "validation" / f"step-{step:06d}.png",
             seed=config.seed,
             steps=config.validation_steps,
+            guidance=kind.guidance,
             height=config.resolution,
             width=config.resolution,
         )
