@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TINY_MODEL := .cache/tiny-flux2
+TINY_KLEIN := .cache/tiny-klein
 DEMO_OUT := out
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -34,10 +35,13 @@ proto: install
 $(TINY_MODEL)/model_index.json: $(STAMP) shared/tiny_snapshot.py
 	$(BIN)/flux2-tiny-model $(TINY_MODEL)
 
-tiny-model: $(TINY_MODEL)/model_index.json
+$(TINY_KLEIN)/model_index.json: $(STAMP) shared/tiny_klein.py shared/tiny_snapshot.py
+	$(BIN)/flux2-tiny-model $(TINY_KLEIN) --klein distilled
+
+tiny-model: $(TINY_MODEL)/model_index.json $(TINY_KLEIN)/model_index.json
 
 demo: install tiny-model
-	PYTHON=$(BIN)/python BIN=$(BIN) MODEL=$(TINY_MODEL) OUT=$(DEMO_OUT) bash scripts/demo.sh
+	PYTHON=$(BIN)/python BIN=$(BIN) MODEL=$(TINY_MODEL) KLEIN_MODEL=$(TINY_KLEIN) OUT=$(DEMO_OUT) bash scripts/demo.sh
 
 bench-tiny: install
 	$(BIN)/python -m bench.encoder --tiny

@@ -5,8 +5,13 @@ concurrency level is measured over a window after a warmup. Baselines in process
 `Flux2Pipeline._get_mistral_3_small_prompt_embeds` (every layer) and `PromptEncoder.encode` (stops at layer 30).
 `--quantize none,int8,nf4` serves each mode in turn; bf16 ("none") is the top level, the others' reference.
 
-    python -m bench.encoder --tiny        # tiny random snapshot on CPU, well under a minute
-    python -m bench.encoder --full-size   # random Mistral Small 3.1 on CUDA, or --model SNAPSHOT
+FLUX.2 [klein]'s Qwen3 is measured the same way under "klein" (against `Flux2KleinPipeline._get_qwen3_prompt_embeds`):
+the tiny [klein] snapshot in tiny mode, random Qwen3-4B and Qwen3-8B (27 of 36 layers) at full size, or
+`--klein-model SNAPSHOT`. Tiny mode also serves both models from one server ("two_models": prompts/s per model, half
+the clients asking each).
+
+    python -m bench.encoder --tiny        # tiny random snapshots on CPU, about a minute
+    python -m bench.encoder --full-size   # random Mistral Small 3.1 and Qwen3 on CUDA, or --model SNAPSHOT
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import logging
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,18 +33,20 @@ import numpy as np
 import torch
 
 from bench import harness
-from bench.random_models import random_prompt_encoder, random_text_encoder
+from bench.random_models import quantize_linears, random_prompt_encoder, random_text_encoder
 from diffusion_client.errors import ClientError
 from diffusion_client.remote_encoder import RemoteTextEncoder
 from encoder_server.config import QUANTIZE_CHOICES, BatchingConfig, ModelConfig, RequestLimits, ServerConfig
 from encoder_server.errors import EncoderError
 from encoder_server.model import loading
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS, DEFAULT_MAX_SEQUENCE_LENGTH
-from shared.tiny_snapshot import build_tokenizer
+from shared.tiny_klein import build_qwen3_tokenizer, build_tiny_klein_snapshot
+from shared.tiny_snapshot import build_tokenizer, built_on
 from shared.wire import DTYPES
 
 if TYPE_CHECKING:
     from encoder_server.background import BackgroundServer
+    from encoder_server.model.prompt_encoder import PromptEncoder
 
 log = logging.getLogger("bench.encoder")
 
@@ -54,6 +62,28 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "full-size": {"device": "cuda", "warmup_s": 3, "duration_s": 10, "batch_wait_ms": 2.0, "warmup": 3, "repeats": 10},
 }
 REQUEST_TIMEOUT_S = 300.0  # generous: a CPU run on a busy machine can queue for seconds
+KLEIN_MAX_LAYER = 27  # the deepest layer [klein] stacks, what the server loads by default
+
+
+@dataclass(frozen=True)
+class Qwen3Shape:
+    """A Qwen3 text encoder's shape, from its released config.json (random weights are built at this shape)."""
+
+    name: str
+    hidden_size: int
+    intermediate_size: int
+    tie_word_embeddings: bool
+    num_layers: int = 36
+    num_heads: int = 32
+    num_kv_heads: int = 8
+    head_dim: int = 128
+    vocab_size: int = 151936
+
+
+QWEN3_SHAPES = (  # FLUX.2-klein-4B's and FLUX.2-klein-9B's text encoders
+    Qwen3Shape("random-qwen3-4b", hidden_size=2560, intermediate_size=9728, tie_word_embeddings=True),
+    Qwen3Shape("random-qwen3-8b", hidden_size=4096, intermediate_size=12288, tie_word_embeddings=False),
+)
 PROMPT = harness.make_prompt(random.Random(-1))  # timed in process at batch 1
 DRIFT_PROMPTS = [harness.make_prompt(random.Random(-2 - index)) for index in range(8)]
 
@@ -72,42 +102,56 @@ def client_calls(encoder: RemoteTextEncoder, seed: int, start: float, end: float
     return calls, None
 
 
-def measure_level(server: BackgroundServer, concurrency: int, warmup_s: float, duration_s: float) -> dict[str, Any]:
-    """Throughput and latency of `concurrency` clients over the completions inside the window, which opens `warmup_s`
-    after all have connected and stretches until each has finished one request in it. Batching is counted over the
-    whole level (a pass counts when it starts)."""
-    with contextlib.ExitStack() as stack, ThreadPoolExecutor(concurrency) as pool:
+def measure_clients(
+    server: BackgroundServer, models: Sequence[str | None], warmup_s: float, duration_s: float
+) -> dict[str | None, dict[str, Any]]:
+    """Throughput and latency of one client per entry of `models` (each asking that model; None: the server's first),
+    per model, over the completions inside one window, which opens `warmup_s` after all have connected and stretches
+    until each has finished one request in it. Batching is counted over the whole run (a pass counts when it starts)."""
+    names = list(dict.fromkeys(models))
+    with contextlib.ExitStack() as stack, ThreadPoolExecutor(len(models)) as pool:
         options: dict[str, Any] = {
             "timeout": REQUEST_TIMEOUT_S,
             "retries": 0,
             "channel_options": harness.OWN_CONNECTION,
         }
-        encoders = [stack.enter_context(RemoteTextEncoder(server.target, **options)) for _ in range(concurrency)]
+        encoders = [stack.enter_context(RemoteTextEncoder(server.target, model=m, **options)) for m in models]
         for encoder in encoders:
             encoder.info()  # connects and caches GetInfo, so each measured call is one Encode
-        passes_before, prompts_before = server.batch_counts()
+        before = {name: server.batch_counts(name) for name in names}
         start = time.perf_counter() + warmup_s
         end = start + duration_s
-        seeds = [concurrency * 1000 + index for index in range(concurrency)]
+        seeds = [len(models) * 1000 + index for index in range(len(models))]
         outcomes = list(pool.map(lambda encoder, seed: client_calls(encoder, seed, start, end), encoders, seeds))
-        passes_after, prompts_after = server.batch_counts()
-    if errors := [error for _, error in outcomes if error]:
-        log.error("concurrency %d: %d clients failed, first: %s", concurrency, len(errors), errors[0])
+        after = {name: server.batch_counts(name) for name in names}
     in_window = [[call for call in calls if call[1] >= start] for calls, _ in outcomes]
     end = max([end, *(calls[0][1] for calls in in_window if calls)])
-    latencies = [(done - sent) * 1000 for calls in in_window for sent, done in calls if done <= end]
-    passes, prompts = passes_after - passes_before, prompts_after - prompts_before
-    result = {
-        "concurrency": concurrency,
-        "requests": len(latencies),
-        "window_s": round(end - start, 3),
-        "prompts_per_s": len(latencies) / (end - start),
-        "latency_ms_p50": float(np.percentile(latencies, 50)) if latencies else None,
-        "latency_ms_p95": float(np.percentile(latencies, 95)) if latencies else None,
-        "forward_passes": passes,
-        "mean_batch_size": prompts / passes if passes else None,
-        "errors": len(errors),
-    }
+    measured = {}
+    for name in names:
+        mine = [index for index, model in enumerate(models) if model == name]
+        if errors := [error for index in mine if (error := outcomes[index][1])]:
+            log.error("model %s, %d clients: %d failed, first: %s", name, len(mine), len(errors), errors[0])
+        latencies = [(done - sent) * 1000 for index in mine for sent, done in in_window[index] if done <= end]
+        passes, prompts = (after[name][field] - before[name][field] for field in (0, 1))
+        measured[name] = {
+            "clients": len(mine),
+            "requests": len(latencies),
+            "window_s": round(end - start, 3),
+            "prompts_per_s": len(latencies) / (end - start),
+            "latency_ms_p50": float(np.percentile(latencies, 50)) if latencies else None,
+            "latency_ms_p95": float(np.percentile(latencies, 95)) if latencies else None,
+            "forward_passes": passes,
+            "mean_batch_size": prompts / passes if passes else None,
+            "errors": len(errors),
+        }
+    return measured
+
+
+def measure_level(server: BackgroundServer, concurrency: int, warmup_s: float, duration_s: float) -> dict[str, Any]:
+    """`concurrency` clients of the server's first model (`measure_clients`)."""
+    measured = measure_clients(server, [None] * concurrency, warmup_s, duration_s)[None]
+    del measured["clients"]
+    result = {"concurrency": concurrency, **measured}
     log.info("%s", result)
     return result
 
@@ -129,15 +173,79 @@ def time_diffusers(args: argparse.Namespace, snapshot: Path | None) -> float:
     return harness.median_seconds(lambda: encode(model, tokenizer, PROMPT), args.device, args.warmup, args.repeats)
 
 
-def measure_mode(args: argparse.Namespace, snapshot: Path | None, mode: str, diffusers_ms: float) -> tuple[dict, Any]:
+def time_klein_diffusers(args: argparse.Namespace, source: Path | Qwen3Shape) -> float:
+    """Seconds of diffusers' [klein] text encoding at batch 1 with the whole `Qwen3ForCausalLM`, freed after."""
+    from diffusers import Flux2KleinPipeline
+    from transformers import Qwen3ForCausalLM
+
+    if isinstance(source, Qwen3Shape):
+        model, tokenizer = random_qwen3(source, args.device, causal_lm=True), build_qwen3_tokenizer()
+    else:
+        text_encoder_dir, tokenizer_dir = loading.resolve_snapshot(source)
+        dtype, device = DTYPES[args.dtype], args.device
+        model = Qwen3ForCausalLM.from_pretrained(text_encoder_dir, dtype=dtype, device_map=device)
+        tokenizer = loading.load_tokenizer(tokenizer_dir)
+    log.info("timing diffusers' in-process [klein] text encoding (full forward, output_hidden_states=True)")
+    encode = Flux2KleinPipeline._get_qwen3_prompt_embeds
+    return harness.median_seconds(lambda: encode(model, tokenizer, [PROMPT]), args.device, args.warmup, args.repeats)
+
+
+def random_qwen3(shape: Qwen3Shape, device: str, causal_lm: bool = False, max_layer: int | None = None) -> Any:
+    """`Qwen3Model` with layers 1..`max_layer` (default all), or the whole `Qwen3ForCausalLM`, random, in bf16."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3Model
+
+    config = Qwen3Config(
+        vocab_size=shape.vocab_size,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=max_layer or shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        num_key_value_heads=shape.num_kv_heads,
+        head_dim=shape.head_dim,
+        max_position_embeddings=40960,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000.0,
+        tie_word_embeddings=shape.tie_word_embeddings,
+    )
+    torch.manual_seed(0)
+    with built_on(device):
+        model = (Qwen3ForCausalLM if causal_lm else Qwen3Model)(config)
+    return model.eval().requires_grad_(False)
+
+
+def random_qwen3_encoder(shape: Qwen3Shape, device: str, quantize: str = "none") -> PromptEncoder:
+    """The server's `PromptEncoder` over a random Qwen3 of `shape`, layers 1..27, alike for every `quantize`."""
+    from encoder_server.model.families import QWEN3
+    from encoder_server.model.prompt_encoder import ModelInfo, PromptEncoder
+
+    model = random_qwen3(shape, device, max_layer=KLEIN_MAX_LAYER)
+    if quantize != "none":
+        quantize_linears(model, device, quantize)
+    info = ModelInfo(
+        model_name=shape.name,
+        model_path="(random weights, in memory)",
+        hidden_size=shape.hidden_size,
+        num_layers=shape.num_layers,
+        max_layer=KLEIN_MAX_LAYER,
+        dtype="bfloat16",
+        device=str(model.device),
+        fingerprint=f"random-seed-0-{quantize}",
+        quantization=quantize,
+        weight_bytes=int(model.get_memory_footprint()),  # as `PromptEncoder.load` counts it
+        family=QWEN3,
+    )
+    return PromptEncoder(model, build_qwen3_tokenizer(), info, RequestLimits())
+
+
+def measure_mode(
+    args: argparse.Namespace, model: ModelConfig, load: Callable[[], PromptEncoder], diffusers_ms: float
+) -> tuple[dict, Any]:
     """One mode: its serving encoder timed in process at batch 1, then at each level through a real server; the
     report, and its embeddings of `DRIFT_PROMPTS` (`[8, 512, 3 * H]`) for the drift."""
     from encoder_server.background import serve_in_thread
-    from encoder_server.model.prompt_encoder import PromptEncoder
 
-    log.info("quantize %s: the serving encoder as `flux2-encoder serve` loads it, timed in process", mode)
-    model = ModelConfig(snapshot or Path("(random)"), args.device, args.dtype, max_layer=args.max_layer, quantize=mode)
-    encoder = PromptEncoder.load(model) if snapshot else random_prompt_encoder(args.device, args.max_layer, mode)
+    log.info("%s, quantize %s: the serving encoder as the server loads it, timed", model.model_path, model.quantize)
+    encoder = load()
     truncated_ms = 1000 * harness.median_seconds(lambda: encoder.encode(PROMPT), args.device, args.warmup, args.repeats)
     batching = BatchingConfig(max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms)
     limits = RequestLimits(max_prompts=args.max_batch_size)
@@ -150,14 +258,21 @@ def measure_mode(args: argparse.Namespace, snapshot: Path | None, mode: str, dif
         ratios["prompts_per_s_at_concurrency_16"] = by_level[16]["prompts_per_s"]
     if 1 in by_level and by_level[1]["latency_ms_p50"]:
         ratios["grpc_latency_vs_in_process_truncated"] = by_level[1]["latency_ms_p50"] / truncated_ms
-    info = {**dataclasses.asdict(encoder.info), "weight_gib": round(encoder.info.weight_bytes / harness.GIB, 3)}
+    info = {
+        **dataclasses.asdict(encoder.info),
+        "family": encoder.info.family.name,
+        "default_hidden_state_layers": list(encoder.info.family.default_layers),
+        "weight_gib": round(encoder.info.weight_bytes / harness.GIB, 3),
+    }
     report = {"model": info, "results": results, "in_process": {"truncated_forward_ms": truncated_ms}, "ratios": ratios}
     return report, encoder.encode(DRIFT_PROMPTS).cpu()
 
 
-def drift(embeds: torch.Tensor, reference: torch.Tensor) -> list[dict[str, float]]:
+def drift(
+    embeds: torch.Tensor, reference: torch.Tensor, layers: Sequence[int] = DEFAULT_HIDDEN_STATE_LAYERS
+) -> list[dict[str, float]]:
     """Per stacked layer, over every token, in float32: the worst cosine similarity and `||q - ref|| / ||ref||`."""
-    measured, layers = [], DEFAULT_HIDDEN_STATE_LAYERS
+    measured = []
     by_layer = [tensor.float().flatten(0, 1).chunk(len(layers), -1) for tensor in (embeds, reference)]  # [B * L, H]
     for layer, ours, theirs in zip(layers, *by_layer, strict=True):
         cosine = torch.nn.functional.cosine_similarity(ours, theirs, dim=-1).min()
@@ -166,24 +281,112 @@ def drift(embeds: torch.Tensor, reference: torch.Tensor) -> list[dict[str, float
     return measured
 
 
-def benchmark(args: argparse.Namespace, _scratch: Path, snapshot: Path | None) -> dict[str, Any]:
-    """In-process baselines first (diffusers' whole model is freed before a serving one is built), then each mode."""
-    diffusers_ms = 1000 * time_diffusers(args, snapshot)
-    harness.release_memory(args.device)
+def measure_modes(
+    args: argparse.Namespace,
+    model_for: Callable[[str], ModelConfig],
+    load_for: Callable[[str], Callable[[], PromptEncoder]],
+    diffusers_ms: float,
+) -> dict[str, Any]:
+    """Every `--quantize` mode of one model, "none" first (the reference): bf16's report at the top level, each other
+    mode's under "quantized", with its throughput against bf16 and its drift from bf16's embeddings."""
     modes: dict[str, Any] = {}
     for mode in args.quantize:  # "none" first: the reference
-        modes[mode], embeds = measure_mode(args, snapshot, mode, diffusers_ms)
+        modes[mode], embeds = measure_mode(args, model_for(mode), load_for(mode), diffusers_ms)
         harness.release_memory(args.device)  # the encoder is gone: the next one is measured on its own
         if mode == "none":
-            reference = embeds
+            reference, layers = embeds, modes[mode]["model"]["default_hidden_state_layers"]
             continue
         levels = zip(modes[mode]["results"], modes["none"]["results"], strict=True)
         vs_bf16 = {str(ours["concurrency"]): ours["prompts_per_s"] / bf16["prompts_per_s"] for ours, bf16 in levels}
         modes[mode]["ratios"]["prompts_per_s_vs_bf16"] = vs_bf16
-        modes[mode]["drift"] = {"against": "none", "prompts": len(DRIFT_PROMPTS), "layers": drift(embeds, reference)}
-    bf16, layers = modes.pop("none"), list(DEFAULT_HIDDEN_STATE_LAYERS)
-    reply_bytes = DEFAULT_MAX_SEQUENCE_LENGTH * len(layers) * bf16["model"]["hidden_size"] * DTYPES[args.dtype].itemsize
+        measured = drift(embeds, reference, layers)
+        modes[mode]["drift"] = {"against": "none", "prompts": len(DRIFT_PROMPTS), "layers": measured}
+    bf16 = modes.pop("none")
     bf16["in_process"].update(diffusers_full_forward_ms=diffusers_ms, diffusers_prompts_per_s=1000 / diffusers_ms)
+    return {**bf16, **({"quantized": modes} if modes else {})}
+
+
+def measure_dev(args: argparse.Namespace, snapshot: Path | None) -> dict[str, Any]:
+    """FLUX.2-dev's Mistral: the snapshot's, or random Mistral Small 3.1 weights."""
+    diffusers_ms = 1000 * time_diffusers(args, snapshot)
+    harness.release_memory(args.device)
+
+    def model_for(mode: str) -> ModelConfig:
+        return ModelConfig(
+            snapshot or Path("(random)"), args.device, args.dtype, max_layer=args.max_layer, quantize=mode
+        )
+
+    def load_for(mode: str) -> Callable[[], PromptEncoder]:
+        from encoder_server.model.prompt_encoder import PromptEncoder
+
+        if snapshot is None:
+            return lambda: random_prompt_encoder(args.device, args.max_layer, mode)
+        return lambda: PromptEncoder.load(model_for(mode))
+
+    return measure_modes(args, model_for, load_for, diffusers_ms)
+
+
+def measure_klein(args: argparse.Namespace, source: Path | Qwen3Shape) -> dict[str, Any]:
+    """FLUX.2 [klein]'s Qwen3: a snapshot's (layers 1..27), or random weights at a released shape."""
+    diffusers_ms = 1000 * time_klein_diffusers(args, source)
+    harness.release_memory(args.device)
+    path = Path(source.name) if isinstance(source, Qwen3Shape) else source
+
+    def model_for(mode: str) -> ModelConfig:
+        return ModelConfig(path, args.device, args.dtype, quantize=mode)
+
+    def load_for(mode: str) -> Callable[[], PromptEncoder]:
+        from encoder_server.model.prompt_encoder import PromptEncoder
+
+        if isinstance(source, Qwen3Shape):
+            return lambda: random_qwen3_encoder(source, args.device, mode)
+        return lambda: PromptEncoder.load(model_for(mode))
+
+    return measure_modes(args, model_for, load_for, diffusers_ms)
+
+
+def measure_two_models(args: argparse.Namespace, dev: Path, klein: Path) -> dict[str, Any]:
+    """One server loading both snapshots, half the clients (at least one) asking each model at the same time."""
+    from encoder_server.background import serve_in_thread
+
+    models = (
+        ModelConfig(dev, args.device, args.dtype, name="dev"),
+        ModelConfig(klein, args.device, args.dtype, name="klein"),
+    )
+    clients = max(max(args.concurrency) // 2, 1)
+    batching = BatchingConfig(max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms)
+    limits = RequestLimits(max_prompts=args.max_batch_size)
+    config = ServerConfig(models=models, host="127.0.0.1", port=0, batching=batching, limits=limits)
+    log.info("two models on one server: %d clients each", clients)
+    with serve_in_thread(config) as server:
+        names = server.handle.engines.names
+        measured = measure_clients(
+            server, [name for name in names for _ in range(clients)], args.warmup_s, args.duration_s
+        )
+    per_model = {str(name): result for name, result in measured.items()}
+    log.info("%s", per_model)
+    return {
+        "models": names,
+        "clients_per_model": clients,
+        "per_model": per_model,
+        "prompts_per_s_total": sum(result["prompts_per_s"] for result in per_model.values()),
+    }
+
+
+def benchmark(args: argparse.Namespace, scratch: Path, snapshot: Path | None) -> dict[str, Any]:
+    """In-process baselines first (diffusers' whole model is freed before a serving one is built), then each mode;
+    FLUX.2-dev's Mistral, then [klein]'s Qwen3, then (tiny) both from one server."""
+    bf16 = measure_dev(args, snapshot)
+    layers = list(DEFAULT_HIDDEN_STATE_LAYERS)
+    reply_bytes = DEFAULT_MAX_SEQUENCE_LENGTH * len(layers) * bf16["model"]["hidden_size"] * DTYPES[args.dtype].itemsize
+    klein_sources: list[Path | Qwen3Shape]
+    if args.klein_model is not None:
+        klein_sources = [args.klein_model]
+    elif args.mode == "tiny":
+        klein_sources = [build_tiny_klein_snapshot(scratch / "tiny-klein")]
+    else:
+        klein_sources = list(QWEN3_SHAPES)
+    klein = [measure_klein(args, source) for source in klein_sources]
     report: dict[str, Any] = {
         "mode": args.mode,
         "device": harness.device_name(args.device),
@@ -198,9 +401,13 @@ def benchmark(args: argparse.Namespace, _scratch: Path, snapshot: Path | None) -
         },
         "window": {"warmup_s": args.warmup_s, "duration_s": args.duration_s},
         **bf16,
-        **({"quantized": modes} if modes else {}),
+        "klein": klein,
     }
+    paths = [source for source in klein_sources if isinstance(source, Path)]
+    if snapshot is not None and paths:
+        report["two_models"] = measure_two_models(args, snapshot, paths[0])
     if args.mode == "full-size":
+        modes = bf16.get("quantized", {})
         measured = {**bf16["ratios"], **{f"{mode}_weight_gib": modes[mode]["model"]["weight_gib"] for mode in modes}}
         report["targets"], report["meets_targets"] = TARGETS, harness.meets_targets(TARGETS, measured)
     return report
@@ -214,6 +421,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-batch-size", type=int, default=BatchingConfig.max_batch_size)
     parser.add_argument("--batch-wait-ms", type=float, help="batching window (tiny 5, full-size 2)")
     parser.add_argument("--max-layer", type=int, default=max(DEFAULT_HIDDEN_STATE_LAYERS), help="default 30")
+    parser.add_argument(
+        "--klein-model", type=Path, help="a FLUX.2 [klein] snapshot (default: tiny, or random Qwen3-4B and -8B)"
+    )
     modes = "none,int8,nf4; none always runs, first (the reference), and with int8 or nf4 every mode is in bf16"
     parser.add_argument("--quantize", type=lambda text: text.split(","), default=["none"], help=modes)
     args = harness.parse_mode_args(parser, argv, DEFAULTS)
@@ -223,6 +433,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--max-layer must be between 30 (requests ask for layer 30) and 40 (Mistral Small 3.1's depth)")
     if unknown := set(args.quantize) - set(QUANTIZE_CHOICES):
         parser.error(f"--quantize takes {','.join(QUANTIZE_CHOICES)}, not {','.join(sorted(unknown))}")
+    if args.klein_model is not None and not (args.klein_model / "model_index.json").is_file():
+        parser.error(f"--klein-model {args.klein_model} is not a diffusers snapshot (no model_index.json)")
     args.quantize = list(dict.fromkeys(["none", *args.quantize]))
     # The server's default for the device, but bf16 as the reference for int8 and nf4, which compute in bf16.
     args.dtype = "bfloat16" if len(args.quantize) > 1 else ModelConfig(Path(), device=args.device).resolved_dtype

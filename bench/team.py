@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import io
 import logging
 import random
@@ -183,7 +182,7 @@ def benchmark(args: argparse.Namespace, scratch: Path, snapshot: Path | None) ->
     return {
         "mode": args.mode,
         "device": harness.device_name(args.device),
-        "model": {"weights": "random" if snapshot is None else "snapshot", **dataclasses.asdict(encoder.info)},
+        "model": {"weights": "random" if snapshot is None else "snapshot", **encoder.info.as_dict()},
         "workload": {
             "clients": args.clients,
             "requests_per_client": args.requests,

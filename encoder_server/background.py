@@ -40,20 +40,22 @@ class BackgroundServer:
     def wait_ready(self, timeout: float = 600) -> PromptEncoder:
         return self.run(self.handle.wait_ready(), timeout)
 
-    def batch_counts(self) -> tuple[int, int]:
-        """(forward passes, prompts) so far, read on the loop that updates them."""
+    def batch_counts(self, model: str | None = None) -> tuple[int, int]:
+        """(forward passes, prompts) so far of the model named `model` (None: the first), read on the loop that
+        updates them."""
 
         async def read() -> tuple[int, int]:
-            stats = self.handle.engine.stats
+            stats = self.handle.engines.engine_for(model).stats
             return stats.batches, stats.prompts
 
         return self.run(read())
 
-    def cache_stats(self) -> CacheStats | None:
-        """The embedding cache's counters, read on the loop that updates them; None with the cache off."""
+    def cache_stats(self, model: str | None = None) -> CacheStats | None:
+        """The embedding cache's counters of the model named `model` (None: the first), read on the loop that
+        updates them; None with the cache off."""
 
         async def read() -> CacheStats | None:
-            return self.handle.engine.cache_stats()
+            return self.handle.engines.engine_for(model).cache_stats()
 
         return self.run(read())
 

@@ -10,6 +10,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from encoder_server.config import (
     DEFAULT_CACHE_BYTES,
@@ -28,6 +29,7 @@ from encoder_server.config import (
     ServerConfig,
     TlsConfig,
     UpsampleLimits,
+    parse_model_option,
     read_pem,
 )
 from encoder_server.errors import EncoderError
@@ -35,12 +37,23 @@ from shared.defaults import DEFAULT_PORT, SERVICE_NAME
 from shared.one_line import OneLineParser, finite_number
 from shared.quiet import quiet_library_loggers
 
+if TYPE_CHECKING:
+    from encoder_server.model.families import Family
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="flux2-encoder", description="FLUX.2 text encoder over gRPC.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     serve = commands.add_parser("serve", help="load a snapshot's text encoder and serve embeddings")
-    serve.add_argument("--model", required=True, type=Path, help="root of a local FLUX.2 diffusers snapshot")
+    serve.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        metavar="PATH[,OPTION...]",
+        help="root of a local FLUX.2 diffusers snapshot (FLUX.2-dev or [klein]); repeat to serve several, the first "
+        "answering requests that name none. Options after the path override the server-wide flags for this "
+        "model: name=NAME, quantize=none|int8|nf4, max_layer=N, dtype=..., device=..., upsampling",
+    )
     serve.add_argument("--host", default="[::]", help="address to bind (default: all interfaces)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to bind; 0 picks one (default %(default)s)")
     serve.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -61,7 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
             "how long a request may wait for others (0 to 10000)",
         ),
         ("--max-queued-prompts", int, batching.max_queued_prompts, "beyond it requests get RESOURCE_EXHAUSTED"),
-        ("--max-layer", int, None, "load decoder layers 1..N only (default 30, the deepest FLUX.2 uses)"),
+        (
+            "--max-layer",
+            int,
+            None,
+            "load decoder layers 1..N only (default: the deepest the family stacks, 30 for dev, 27 for klein)",
+        ),
         ("--max-prompt-chars", int, limits.max_prompt_chars, "longest prompt accepted, in characters"),
         ("--max-hidden-state-layers", int, limits.max_hidden_state_layers, "most layers one request may stack"),
         ("--max-reply-mib", int, limits.max_reply_bytes // MIB, "largest reply one request may ask for, in MiB"),
@@ -90,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--enable-upsampling",
         action="store_true",
-        help="load the whole Mistral3 model (all layers, vision tower, LM head) and serve Upsample",
+        help="load the whole Mistral3 model (all layers, vision tower, LM head) and serve Upsample, for every "
+        "--model (FLUX.2-dev only; for one of several, write ,upsampling after its path)",
     )
     upsampling = UpsampleLimits
     for flag, default, meaning in (
@@ -227,15 +246,16 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    defaults = ModelConfig(
+        model_path=Path(),
+        device=device,
+        dtype=args.dtype,
+        max_layer=args.max_layer,
+        quantize=args.quantize,
+        enable_upsampling=args.enable_upsampling,
+    )
     return ServerConfig(
-        model=ModelConfig(
-            model_path=args.model,
-            device=device,
-            dtype=args.dtype,
-            max_layer=args.max_layer,
-            quantize=args.quantize,
-            enable_upsampling=args.enable_upsampling,
-        ),
+        models=tuple(parse_model_option(text, defaults) for text in args.model),
         host=args.host,
         port=args.port,
         batching=BatchingConfig(
@@ -303,6 +323,7 @@ def _health_tls(args: argparse.Namespace) -> tuple[bytes | None, bytes | None, b
 def run_serve(args: argparse.Namespace) -> None:
     import asyncio
 
+    from encoder_server.model.families import detect_family
     from encoder_server.model.loading import resolve_snapshot
     from encoder_server.server import serve
     from shared.allocator import tune_allocator
@@ -311,8 +332,25 @@ def run_serve(args: argparse.Namespace) -> None:
     config = config_from_args(args)
     tune_allocator()  # replies are many MB each: reuse heap memory rather than fault in fresh pages per reply
     quiet_model_libraries()
-    resolve_snapshot(config.model.model_path)  # fail before binding if the path is wrong
+    for model in config.models:  # fail before binding if a path is wrong, or a model cannot upsample
+        text_encoder_dir, _ = resolve_snapshot(model.model_path)
+        if model.enable_upsampling:
+            _check_upsamples(model.model_path, detect_family(text_encoder_dir), server_wide=args.enable_upsampling)
     asyncio.run(serve(config))
+
+
+def _check_upsamples(model_path: Path, family: Family, server_wide: bool) -> None:
+    if family.can_upsample:
+        return
+    how = (
+        "--enable-upsampling applies to every --model; write ,upsampling after the FLUX.2-dev model's path instead"
+        if server_wide
+        else "drop ,upsampling from its --model"
+    )
+    raise ConfigError(
+        f"{model_path} holds a {family.name} text encoder (for {family.pipeline}), which does not upsample prompts; "
+        f"upsampling needs FLUX.2-dev's Mistral3: {how}."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

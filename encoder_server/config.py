@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +25,12 @@ DEFAULT_SEND_TIMEOUT_S = 30.0  # a reply that cannot be sent for this long is dr
 DEFAULT_MAX_PENDING_REPLY_BYTES = 2048 * MIB  # replies queued, computing or being sent, all streams together
 DEFAULT_CACHE_BYTES = 1024 * MIB  # about 68 full-size default embeddings (15.7 MB each)
 MAX_RATE = 1e9
+MAX_MODEL_NAME_CHARS = 128
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Where the snapshot is and how to run its text encoder."""
+    """Where the snapshot is, what requests call it, and how to run its text encoder."""
 
     model_path: Path
     device: str = "cpu"
@@ -36,8 +38,15 @@ class ModelConfig:
     max_layer: int | None = None  # load decoder layers 1..max_layer only; None: up to the deepest default (30)
     quantize: str | None = None  # "none", "int8" or "nf4"; None: as the snapshot is saved (usually none)
     enable_upsampling: bool = False  # load the whole Mistral3 model (all layers, vision tower, LM head) for Upsample
+    name: str | None = None  # what requests name it by (`EncodeRequest.model`); None: the snapshot's display name
 
     def __post_init__(self) -> None:
+        name = self.name
+        if name is not None and not (0 < len(name) <= MAX_MODEL_NAME_CHARS and name.isprintable() and "," not in name):
+            raise ConfigError(
+                f"a model name must be 1 to {MAX_MODEL_NAME_CHARS} printable characters without a comma, "
+                f"not {name[:MAX_MODEL_NAME_CHARS]!r}."
+            )
         if self.dtype is not None and self.dtype not in SUPPORTED_DTYPES:
             raise ConfigError(f"--dtype must be one of {', '.join(SUPPORTED_DTYPES)}, not {self.dtype!r}.")
         if self.max_layer is not None and self.max_layer < 1:
@@ -54,6 +63,50 @@ class ModelConfig:
             return self.dtype
         unquantized = self.quantize in (None, "none")
         return "float32" if self.device == "cpu" and unquantized else "bfloat16"
+
+
+MODEL_OPTIONS = "name=NAME, quantize=none|int8|nf4, max_layer=N, dtype=..., device=... or upsampling"
+
+
+def parse_model_option(text: str, defaults: ModelConfig) -> ModelConfig:
+    """`--model PATH[,name=NAME][,quantize=...][,max_layer=N][,dtype=...][,device=...][,upsampling]`: the model,
+    with `defaults` (the server-wide flags) where the text sets nothing; a one-sentence `ConfigError` naming a bad
+    option."""
+    path, *options = text.split(",")
+    if not path:
+        raise ConfigError(f"--model {text}: the snapshot's path comes first, then options after commas.")
+    settings: dict[str, object] = {}
+    for option in options:
+        key, equals, value = option.partition("=")
+        key = key.strip().replace("-", "_")
+        where = f"--model {text}: {option!r}"
+        if key in settings or (key == "upsampling" and "enable_upsampling" in settings):
+            raise ConfigError(f"{where} repeats an option; give each once.")
+        if key == "upsampling" and not equals:
+            settings["enable_upsampling"] = True
+        elif key == "name" and equals:
+            settings["name"] = value
+        elif key == "quantize" and value in QUANTIZE_CHOICES:
+            settings["quantize"] = value
+        elif key == "dtype" and value in SUPPORTED_DTYPES:
+            settings["dtype"] = value
+        elif key == "device" and equals:
+            settings["device"] = value
+        elif key == "max_layer" and value.isdigit() and int(value) >= 1:
+            settings["max_layer"] = int(value)
+        elif key in ("quantize", "dtype", "max_layer"):
+            allowed = {
+                "quantize": "|".join(QUANTIZE_CHOICES),
+                "dtype": "|".join(SUPPORTED_DTYPES),
+                "max_layer": "a whole number of at least 1",
+            }[key]
+            raise ConfigError(f"{where}: {key} takes {allowed}, not {value!r}.")
+        else:
+            raise ConfigError(f"{where} is not a model option; after the path come {MODEL_OPTIONS}.")
+    try:
+        return dataclasses.replace(defaults, model_path=Path(path), **settings)  # type: ignore[arg-type]
+    except ConfigError as error:
+        raise ConfigError(f"--model {text}: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -219,7 +272,10 @@ def read_pem(flag: str, path: Path) -> bytes:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    model: ModelConfig
+    """The whole server. It serves `models`, each its own engine; `model` is the first, which answers requests that
+    name none. Give either (`model=` alone is a one-model server, as before models had names)."""
+
+    model: ModelConfig = None  # type: ignore[assignment]  # set from `models` when not given
     host: str = "[::]"
     port: int = DEFAULT_PORT
     batching: BatchingConfig = field(default_factory=BatchingConfig)
@@ -240,8 +296,10 @@ class ServerConfig:
     caller_limits: CallerLimits = field(default_factory=CallerLimits)  # each caller's, unless its tokens line says
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     warm_up: bool = True  # one pass at the largest batch before SERVING, so a model that cannot run fails at start
+    models: tuple[ModelConfig, ...] = ()  # every model served, the first being the default; () means (model,)
 
     def __post_init__(self) -> None:
+        self._settle_models()
         if self.auth_token is not None and not self.auth_token.strip():
             raise ConfigError("the auth token is empty; put the shared secret in the token file.")
         if not 0 <= self.port <= 65535:
@@ -271,11 +329,28 @@ class ServerConfig:
                 f"--max-reply-mib ({self.limits.max_reply_bytes // MIB}), or the largest request could never run."
             )
 
+    def _settle_models(self) -> None:
+        """`model` and `models` say the same: the first model is `model`."""
+        if self.model is None and not self.models:
+            raise ConfigError("serve at least one model: give --model PATH.")
+        if not self.models:
+            object.__setattr__(self, "models", (self.model,))
+        elif self.model is None:
+            object.__setattr__(self, "models", tuple(self.models))
+            object.__setattr__(self, "model", self.models[0])
+        elif self.model != self.models[0]:
+            raise ConfigError("`model` is the first of `models`; give one or the other.")
+
+    @property
+    def cache_bytes_per_model(self) -> int:
+        """Each model's embedding cache: the budget split equally between the models served."""
+        return self.cache_bytes // len(self.models)
+
     @property
     def max_request_bytes(self) -> int:
         """The receive limit: the largest request the limits allow (upsample requests only where served)."""
         largest = self.limits.max_request_bytes
-        if self.model.enable_upsampling:
+        if any(model.enable_upsampling for model in self.models):
             largest += self.upsampling.max_request_bytes
         return largest
 

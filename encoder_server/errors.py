@@ -7,6 +7,7 @@ EncoderError
 ├── StalledReaderError    the caller stopped reading its reply, which was dropped (DEADLINE_EXCEEDED)
 ├── UnauthenticatedError  no token, or one the tokens file does not hold (UNAUTHENTICATED)
 ├── NotEnabledError       the server was not started with what this call needs (FAILED_PRECONDITION)
+├── ModelNotFoundError    the request names a model the server does not serve (NOT_FOUND)
 └── ModelLoadError        the snapshot cannot be loaded (raised at start-up, never to a client)
 """
 
@@ -38,6 +39,10 @@ class UnauthenticatedError(EncoderError):
 
 
 class NotEnabledError(EncoderError):
+    pass
+
+
+class ModelNotFoundError(EncoderError):
     pass
 
 

@@ -1,7 +1,7 @@
 """Server factory and serve loop: a real gRPC server with the encoder, health and reflection, on any port (0 too).
 
-The server listens at once and reports NOT_SERVING while the model loads in a worker thread, so
-orchestrators can watch it come up; it switches to SERVING when the first request could succeed.
+The server listens at once and reports NOT_SERVING while its models load in a worker thread, so
+orchestrators can watch it come up; it switches to SERVING when every model has loaded.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from encoder_server.api.interceptors import BearerTokenInterceptor, ParseRequest
 from encoder_server.api.servicer import TextEncoderServicer, add_servicer_to_server
 from encoder_server.config import CallerLimits, ConfigError, ServerConfig
 from encoder_server.descriptors import DescriptorBudget, plan_descriptors
-from encoder_server.model.loaded import load_models
 from encoder_server.model.prompt_encoder import PromptEncoder
 from encoder_server.serving.engine import EncoderEngine, EncoderLoader
+from encoder_server.serving.models import ServedEngines
 from encoder_server.serving.quotas import CallerQuotas
 from encoder_server.team.calls import CallLog
 from encoder_server.team.tokens import ANONYMOUS, TokenRegistry
@@ -36,7 +36,7 @@ log = logging.getLogger("flux2-encoder")
 
 # Room for the protobuf framing around the largest request the limits allow.
 RECEIVE_SLACK_BYTES = 16 * 1024
-MAX_GET_INFO_REQUEST_BYTES = 1024  # an empty message today; room for fields a later client may add
+MAX_GET_INFO_REQUEST_BYTES = 1024  # a model name (at most 128 characters), and room for fields a later client adds
 MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
 
 
@@ -47,7 +47,7 @@ class EncoderServer:
     server: grpc.aio.Server
     port: int
     config: ServerConfig
-    engine: EncoderEngine
+    engines: ServedEngines  # one engine per model served
     health: health_aio.HealthServicer
     loading: asyncio.Task[PromptEncoder] = field(repr=False)
     tokens: TokenRegistry | None = field(default=None, repr=False)
@@ -56,6 +56,11 @@ class EncoderServer:
     descriptors: DescriptorBudget | None = field(default=None, repr=False)
     metrics_tokens: TokenRegistry | None = field(default=None, repr=False)
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+
+    @property
+    def engine(self) -> EncoderEngine:
+        """The first model's engine, which requests naming no model get."""
+        return self.engines.default
 
     @property
     def http_port(self) -> int | None:
@@ -78,14 +83,14 @@ class EncoderServer:
                     log.error("SIGHUP: kept the previous %s: %s", what, error)
                     continue
                 if registry is self.tokens:
-                    self.engine.set_callers(names)
+                    self.engines.set_callers(names)
                     shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
                     log.info("SIGHUP: tokens reloaded: %d names (%s)", len(names), shown)
                 else:
                     log.info("SIGHUP: metrics token reloaded")
 
     async def wait_ready(self) -> PromptEncoder:
-        """Wait for the model; re-raises the load error if loading failed."""
+        """Wait for every model; the first one's encoder. Re-raises the load error if loading failed."""
         return await asyncio.shield(self.loading)
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -95,7 +100,7 @@ class EncoderServer:
         await asyncio.gather(self.server.stop(grace_s), *([self.http.stop(grace_s)] if self.http else []))
         if not self.loading.done():
             self.loading.cancel()
-        await self.engine.close()
+        await self.engines.close()
 
 
 async def _set_health(servicer: health_aio.HealthServicer, status: int) -> None:
@@ -104,14 +109,14 @@ async def _set_health(servicer: health_aio.HealthServicer, status: int) -> None:
 
 
 async def create_server(config: ServerConfig, load_encoder: EncoderLoader | None = None) -> EncoderServer:
-    """Bind, start and begin loading the model; `load_encoder` defaults to loading `config.model`."""
-    engine = EncoderEngine(
-        config, load_encoder or (lambda: load_models(config.model, config.limits, config.upsampling))
-    )
+    """Bind, start and begin loading every model; `load_encoder` replaces loading the first one (`config.model`).
+
+    Raises `ConfigError` before binding when two models would have the same name."""
+    engines = ServedEngines.build(config, load_first=load_encoder)
     tokens = _tokens(config)
-    engine.set_callers(tokens.names if tokens is not None else [ANONYMOUS])
+    engines.set_callers(tokens.names if tokens is not None else [ANONYMOUS])
     metrics_tokens = None if config.metrics_token_file is None else TokenRegistry.from_file(config.metrics_token_file)
-    calls = CallLog(engine.metrics, config.log_prompts)
+    calls = CallLog(engines.metrics, config.log_prompts)
     quotas = CallerQuotas(_limits_of(config, tokens), config.limits.max_prompts)
     descriptors = plan_descriptors(config.connections, serve_http=config.http_port is not None)
     per_method = {
@@ -136,7 +141,7 @@ async def create_server(config: ServerConfig, load_encoder: EncoderLoader | None
         ("grpc.max_connection_age_grace_ms", int(config.send_timeout_s * 1000)),
     ]
     server = grpc.aio.server(interceptors=interceptors, options=options)
-    add_servicer_to_server(TextEncoderServicer(engine, calls, quotas, config.send_timeout_s), server)
+    add_servicer_to_server(TextEncoderServicer(engines, calls, quotas, config.send_timeout_s), server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_names = (encoder_pb2.DESCRIPTOR.services_by_name["TextEncoder"].full_name, health.SERVICE_NAME)
@@ -148,18 +153,18 @@ async def create_server(config: ServerConfig, load_encoder: EncoderLoader | None
     http = None
     if config.http_port is not None:
         access = HttpAccess(tokens, calls, quotas, metrics_tokens)
-        http = await start_http_server(config, engine, access, descriptors.max_http_connections)
+        http = await start_http_server(config, engines, access, descriptors.max_http_connections)
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
 
     async def load() -> PromptEncoder:
-        encoder = await engine.load()
+        encoder = await engines.load()
         await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
         return encoder
 
     loading = asyncio.get_running_loop().create_task(load(), name="load-encoder")
     return EncoderServer(
-        server, port, config, engine, health_servicer, loading, tokens, calls, http, descriptors, metrics_tokens
+        server, port, config, engines, health_servicer, loading, tokens, calls, http, descriptors, metrics_tokens
     )
 
 
@@ -189,19 +194,31 @@ def _bind(server: grpc.aio.Server, config: ServerConfig) -> int:
     return server.add_secure_port(config.address, credentials)
 
 
-def ready_line(server: EncoderServer, seconds: float) -> str:
-    info = server.engine.info()
+def _model_line(engine: EncoderEngine, config: ServerConfig, family: bool) -> str:
+    """One model's part of the ready line; its family too when a server serves several."""
+    info = engine.info()
     weights = "" if info.quantization == "none" else f"{info.quantization} weights, "
-    batch = f"max batch {server.config.batching.max_batch_size}"
+    batch = f"max batch {config.batching.max_batch_size}"
     upsampling = ", upsampling on" if info.upsampling_available else ""
     resident_gib = info.weight_bytes / 2**30
+    warmed = f", warm-up pass {engine.warm_up_s:.2f} s" if engine.warm_up_s is not None else ""
+    name = f"{info.model_name} ({info.family} for {info.pipeline})" if family else info.model_name
+    return (
+        f"{name}, {info.max_layer}/{info.num_layers} layers, hidden {info.hidden_size}, {weights}{info.dtype} "
+        f"on {info.device}, {resident_gib:.2f} GiB resident, {batch}{upsampling}{warmed}"
+    )
+
+
+def ready_line(server: EncoderServer, seconds: float) -> str:
     config = server.config
-    warm_up = server.engine.warm_up_s
-    warmed = f", warm-up pass {warm_up:.2f} s" if warm_up is not None else ""
+    several = len(server.engines) > 1
+    models = "; ".join(_model_line(engine, config, several) for engine in server.engines)
     names = len(server.tokens.names) if server.tokens else 0
     cache = "cache off"
     if config.cache_bytes:
         cache = f"cache {config.cache_bytes / 2**20:.0f} MiB " + ("shared" if config.shared_cache else "per caller")
+        if several:
+            cache += f" ({config.cache_bytes_per_model / 2**20:.0f} MiB per model)"
     team = [
         "TLS" + (" with client certificates" if config.tls and config.tls.client_ca else "") if config.tls else "",
         f"{names} token name{'' if names == 1 else 's'}" if server.tokens else "",
@@ -209,12 +226,7 @@ def ready_line(server: EncoderServer, seconds: float) -> str:
         f"HTTP /predict on port {server.http_port}" if server.http_port is not None else "",
         "" if server.descriptors is None else server.descriptors.describe(),
     ]
-    return (
-        f"ready on {config.host}:{server.port} in {seconds:.1f} s: {info.model_name}, "
-        f"{info.max_layer}/{info.num_layers} layers, hidden {info.hidden_size}, {weights}{info.dtype} "
-        f"on {info.device}, {resident_gib:.2f} GiB resident, {batch}{upsampling}{warmed}; "
-        + ", ".join(part for part in team if part)
-    )
+    return f"ready on {config.host}:{server.port} in {seconds:.1f} s: {models}; " + ", ".join(p for p in team if p)
 
 
 async def serve(config: ServerConfig, load_encoder: EncoderLoader | None = None) -> None:
@@ -236,7 +248,8 @@ async def serve(config: ServerConfig, load_encoder: EncoderLoader | None = None)
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
-    log.info("listening on %s:%d, loading %s", config.host, server.port, config.model.model_path)
+    loading = ", ".join(str(model.model_path) for model in config.models)
+    log.info("listening on %s:%d, loading %s", config.host, server.port, loading)
     waiter = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait({server.loading, waiter}, return_when=asyncio.FIRST_COMPLETED)
     if server.loading in done:

@@ -62,3 +62,37 @@ def encoder_server(tiny_snapshot: Path) -> Iterator[RunningServer]:
     """One real encoder server on port 0 for the whole session, with all 34 layers (the default loads 30)."""
     with start_server(tiny_snapshot, max_layer=34) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def tiny_klein_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny FLUX.2 [klein] snapshot (Qwen3 text encoder, hidden 64, 28 layers), built once per session."""
+    from shared.tiny_klein import build_tiny_klein_snapshot
+
+    return build_tiny_klein_snapshot(tmp_path_factory.mktemp("klein-snapshot") / "tiny-klein")
+
+
+@pytest.fixture(scope="session")
+def klein_reference_pipeline(tiny_klein_snapshot: Path) -> Any:
+    """diffusers' own Flux2KleinPipeline text path, the ground truth for [klein] embeddings."""
+    from diffusers import Flux2KleinPipeline
+
+    return Flux2KleinPipeline.from_pretrained(tiny_klein_snapshot, dtype=torch.float32, transformer=None, vae=None)
+
+
+@pytest.fixture(scope="session")
+def klein_diffusers_embeds(klein_reference_pipeline: Any):  # type: ignore[no-untyped-def]
+    """`klein_diffusers_embeds(prompts, layers=..., max_sequence_length=...)` computed the way diffusers does."""
+    from diffusers import Flux2KleinPipeline
+
+    def compute(prompts: list[str], layers: tuple[int, ...] = (9, 18, 27), max_sequence_length: int = 512):
+        with torch.no_grad():
+            return Flux2KleinPipeline._get_qwen3_prompt_embeds(
+                klein_reference_pipeline.text_encoder,
+                klein_reference_pipeline.tokenizer,
+                prompts,
+                max_sequence_length=max_sequence_length,
+                hidden_states_layers=layers,
+            )
+
+    return compute

@@ -117,3 +117,30 @@ def start_server(
             yield server
         finally:
             server.channel.close()
+
+
+def encode_model_via(
+    stub: encoder_pb2_grpc.TextEncoderStub, prompts: Sequence[str], model: str | None, **fields: Any
+) -> torch.Tensor:
+    """As `encode_via`, asking the model named `model` (None: the server's first) for GetInfo and Encode."""
+    info = ServerInfo.from_pb(stub.GetInfo(encoder_pb2.GetInfoRequest(model=model), timeout=60))
+    request = encoder_pb2.EncodeRequest(prompts=list(prompts), model=model, **fields)
+    layers = list(request.hidden_state_layers) or list(info.default_hidden_state_layers)
+    length = request.max_sequence_length if request.HasField("max_sequence_length") else 512
+    expected = info.embedding_spec(len(request.prompts), length, layers)
+    return responses_to_tensor(stub.Encode(request, timeout=60), expected)
+
+
+@contextlib.contextmanager
+def start_models_server(models: Sequence[ModelConfig], wait: bool = True, **overrides: Any) -> Iterator[RunningServer]:
+    """A real server on 127.0.0.1:0 serving every one of `models` (the first answers requests naming none); the
+    overrides go to the server's other sections, as for `start_server`."""
+    from dataclasses import replace
+
+    config = replace(server_config(models[0].model_path, **overrides), model=models[0], models=tuple(models))
+    with serve_in_thread(config, wait=wait) as background:
+        server = RunningServer(background)
+        try:
+            yield server
+        finally:
+            server.channel.close()

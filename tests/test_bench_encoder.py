@@ -37,6 +37,17 @@ def test_encoder_benchmark_tiny_mode_prints_json(tiny_snapshot: Path) -> None:
     assert report["request"]["response_bytes"] == 512 * TINY_EMBED_DIM * 4
     assert "quantized" not in report
     assert "meets_targets" not in report  # targets are stated for full size only
+    [klein] = report["klein"]  # the tiny [klein] snapshot, measured like the dev one
+    assert (klein["model"]["family"], klein["model"]["max_layer"]) == ("qwen3", 27)
+    assert klein["model"]["default_hidden_state_layers"] == [9, 18, 27]
+    assert [entry["concurrency"] for entry in klein["results"]] == [1, 4]
+    assert all(entry["errors"] == 0 and entry["prompts_per_s"] > 0 for entry in klein["results"])
+    assert klein["in_process"]["diffusers_full_forward_ms"] > 0 and klein["in_process"]["truncated_forward_ms"] > 0
+    two = report["two_models"]  # both from one server, half the clients asking each
+    assert two["models"] == ["dev", "klein"] and two["clients_per_model"] == 2
+    for entry in two["per_model"].values():
+        assert entry["clients"] == 2 and entry["errors"] == 0 and entry["prompts_per_s"] > 0
+    assert two["prompts_per_s_total"] == sum(entry["prompts_per_s"] for entry in two["per_model"].values())
 
 
 def test_encoder_benchmark_quantize_reports_weights_throughput_and_drift_per_mode(tiny_snapshot: Path) -> None:
@@ -63,6 +74,13 @@ def test_encoder_benchmark_quantize_reports_weights_throughput_and_drift_per_mod
     int8, nf4 = (quantized[mode]["drift"]["layers"] for mode in ("int8", "nf4"))
     assert all(ours["relative_error"] < theirs["relative_error"] for ours, theirs in zip(int8, nf4, strict=True))
     assert "meets_targets" not in report
+    [klein] = report["klein"]
+    assert klein["model"]["quantization"] == "none" and sorted(klein["quantized"]) == ["int8", "nf4"]
+    klein_bytes = {mode: klein["quantized"][mode]["model"]["weight_bytes"] for mode in ("int8", "nf4")}
+    assert 0 < klein_bytes["nf4"] < klein_bytes["int8"] < klein["model"]["weight_bytes"]
+    for measured in klein["quantized"].values():
+        assert [layer["layer"] for layer in measured["drift"]["layers"]] == [9, 18, 27]
+        assert measured["results"][0]["errors"] == 0 and measured["results"][0]["prompts_per_s"] > 0
 
 
 @pytest.mark.parametrize("mode", ["int8", "nf4"])

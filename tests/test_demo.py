@@ -67,8 +67,18 @@ def test_building_the_tiny_model_prints_only_its_own_line(built):
     assert (snapshot / "model_index.json").is_file()
 
 
-def test_demo_script_starts_server_generates_a_marked_image_and_stops_without_library_noise(
-    built, claimed_avx512_bf16_env, tmp_path
+@pytest.fixture(scope="module")
+def built_klein(claimed_avx512_bf16_env, tmp_path_factory) -> Path:
+    """`make demo`'s klein snapshot, as `flux2-tiny-model --klein distilled` writes it."""
+    snapshot = tmp_path_factory.mktemp("demo-klein") / "tiny-klein"
+    command = [str(Path(sys.executable).parent / "flux2-tiny-model"), str(snapshot), "--klein", "distilled"]
+    finished = subprocess.run(command, env=claimed_avx512_bf16_env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    return snapshot
+
+
+def test_demo_script_serves_dev_and_klein_generates_marked_images_and_stops_without_library_noise(
+    built, built_klein, claimed_avx512_bf16_env, tmp_path
 ):
     snapshot, _ = built
     env = {
@@ -76,21 +86,24 @@ def test_demo_script_starts_server_generates_a_marked_image_and_stops_without_li
         "BIN": str(Path(sys.executable).parent),
         "PYTHON": sys.executable,
         "MODEL": str(snapshot),
+        "KLEIN_MODEL": str(built_klein),
         "OUT": str(tmp_path),
         "GENERATE_ARGS": "--height 256 --width 256 --steps 2 --quiet",  # 256x256: the watermark's minimum
+        "KLEIN_ARGS": "--height 256 --width 256 --quiet",
     }
     finished = subprocess.run(
         ["bash", "scripts/demo.sh"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert finished.returncode == 0, finished.stderr[-3000:]
-    assert f"image written to {tmp_path}/demo.png" in finished.stdout
+    assert f"images written: {tmp_path}/demo.png {tmp_path}/demo-klein.png" in finished.stdout
     assert "SERVING" in finished.stdout
-    with Image.open(tmp_path / "demo.png") as image:
-        assert image.size == (256, 256)
-    (verdict,) = [line for line in finished.stdout.splitlines() if line.startswith(f"{tmp_path}/demo.png: ")]
-    assert "marked: flux2-split watermark found (64 of 64 bits)" in verdict
-    assert "C2PA valid but untrusted signer (flux2-split" in verdict
-    assert "IPTC source type trainedAlgorithmicMedia" in verdict
+    for name in ("demo.png", "demo-klein.png"):
+        with Image.open(tmp_path / name) as image:
+            assert image.size == (256, 256)
+        (verdict,) = [line for line in finished.stdout.splitlines() if line.startswith(f"{tmp_path}/{name}: ")]
+        assert "marked: flux2-split watermark found (64 of 64 bits)" in verdict
+        assert "C2PA valid but untrusted signer (flux2-split" in verdict
+        assert "IPTC source type trainedAlgorithmicMedia" in verdict
     server_log = (tmp_path / "encoder.log").read_text()
     assert "shutting down" in server_log
     everything = finished.stdout + finished.stderr + server_log

@@ -4,13 +4,15 @@ POST /predict  {"prompt": str | [str]}  + `Authorization: Bearer <token>` where 
                → `torch.save(prompt_embeds)` bytes (application/octet-stream), as the hosted FLUX.2 text
                encoder replied, for `torch.load(io.BytesIO(body), weights_only=True)`; with
                `Accept: application/vnd.safetensors` or `?format=safetensors`, safetensors bytes holding
-               "prompt_embeds" instead. Optional "max_sequence_length" and "hidden_state_layers" as in gRPC.
-GET  /health   → 200 {"status": "SERVING"} once the model is loaded; 503 while loading or stopping.
+               "prompt_embeds" instead. Optional "max_sequence_length" and "hidden_state_layers" as in gRPC;
+               `?model=NAME` picks one of the served models (as `EncodeRequest.model`; unset: the first).
+GET  /health   → 200 {"status": "SERVING"} once every model is loaded; 503 while loading or stopping.
 GET  /metrics  → the Prometheus text of the whole server, gRPC and HTTP calls together: without per-caller or
                cache detail, unless the server has a metrics token (`--metrics-token-file`), which it then requires.
 
 Errors are JSON `{"error": "<what to fix>"}` with the status `encoder_server.api.status.http_status_for` gives
-(a 503 carries Retry-After). /predict shares the engine (limits, batching, cache, reply budget), the tokens
+(a 503 carries Retry-After; a model the server does not serve is 404). /predict shares the engines (limits,
+batching, cache, reply budget), the tokens
 and the call log with gRPC: its reply stays reserved until it is sent, and a reader that stops reading for
 `send_timeout_s` loses it; a body must arrive within the same time. Slow or idle connections are bounded by
 `encoder_server.api.http_guard` (a deadline for headers, a cap on connections). uvicorn installs no signal handlers
@@ -45,9 +47,10 @@ from starlette.types import Receive, Scope, Send
 from encoder_server.api.http_guard import ConnectionCount, accept_connections, guarded_protocol
 from encoder_server.api.status import RETRY_AFTER_S, http_status_for
 from encoder_server.config import ServerConfig
-from encoder_server.errors import EncoderError, InvalidRequestError, NotReadyError
+from encoder_server.errors import EncoderError, InvalidRequestError
 from encoder_server.model.request import EncodeRequest
-from encoder_server.serving.engine import EncoderEngine, EncodeResult, send_within
+from encoder_server.serving.engine import EncodeResult, send_within
+from encoder_server.serving.models import ServedEngines
 from encoder_server.serving.quotas import CallerQuotas
 from encoder_server.team.calls import Call, CallLog
 from encoder_server.team.metrics import CONTENT_TYPE
@@ -215,8 +218,8 @@ def _serialize(result: EncodeResult, reply_format: str) -> bytes:
 class PredictEndpoint:
     """POST /predict as a plain ASGI app, so the reply is sent, chunk by chunk, while its bytes are reserved."""
 
-    def __init__(self, config: ServerConfig, engine: EncoderEngine, access: HttpAccess):
-        self._engine = engine
+    def __init__(self, config: ServerConfig, engines: ServedEngines, access: HttpAccess):
+        self._engines = engines
         self._tokens = access.tokens
         self._calls = access.calls
         self._quotas = access.quotas
@@ -237,7 +240,8 @@ class PredictEndpoint:
                 with self._quotas.admit(caller):
                     encode_request, reply_format = await self._parse(request, caller)
                     call.prompts = encode_request.prompts
-                    async with self._engine.encode(encode_request, caller) as result:
+                    engine = self._engines.engine_for(request.query_params.get("model"))
+                    async with engine.encode(encode_request, caller) as result:
                         call.cached, call.batch = result.cached, result.batch
                         reply = await asyncio.to_thread(_serialize, result, reply_format)
                         call.status, started = "200", True
@@ -308,16 +312,12 @@ class PredictEndpoint:
 
 @dataclass
 class _Health:
-    engine: EncoderEngine
+    engines: ServedEngines
     stopping: bool = False
 
     def serving(self) -> bool:
-        """Loaded (the engine answers NotReadyError until then) and not stopping."""
-        try:
-            self.engine.info()
-        except NotReadyError:
-            return False
-        return not self.stopping
+        """Every model loaded, and not stopping."""
+        return self.engines.serving() and not self.stopping
 
 
 @dataclass(frozen=True)
@@ -330,10 +330,13 @@ class HttpAccess:
     metrics_tokens: TokenRegistry | None = None  # None: /metrics is open, without caller or cache detail
 
 
-def create_app(config: ServerConfig, engine: EncoderEngine, access: HttpAccess, serving: Callable[[], bool]) -> FastAPI:
+def create_app(
+    config: ServerConfig, engines: ServedEngines, access: HttpAccess, serving: Callable[[], bool]
+) -> FastAPI:
     """The ASGI app; `serving()` says whether /health reports SERVING."""
     app = FastAPI(title="flux2-encoder", docs_url=None, redoc_url=None, openapi_url=None)
-    app.router.routes.append(Route("/predict", PredictEndpoint(config, engine, access), methods=["POST"]))
+    app.router.routes.append(Route("/predict", PredictEndpoint(config, engines, access), methods=["POST"]))
+    registry = engines.metrics
 
     @app.get("/health")
     async def health() -> Response:
@@ -344,11 +347,11 @@ def create_app(config: ServerConfig, engine: EncoderEngine, access: HttpAccess, 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
         if access.metrics_tokens is None:  # open like /health, for scrapers: nothing about callers or the cache
-            return Response(engine.metrics.exposition(detailed=False), media_type=CONTENT_TYPE)
+            return Response(registry.exposition(detailed=False), media_type=CONTENT_TYPE)
         if access.metrics_tokens.identify(request.headers.get("authorization")) is None:
             message = "/metrics needs the metrics token; send `Authorization: Bearer <token>` (--metrics-token-file)"
             return _error(401, message, headers={"WWW-Authenticate": "Bearer"})
-        return Response(engine.metrics.exposition(detailed=True), media_type=CONTENT_TYPE)
+        return Response(registry.exposition(detailed=True), media_type=CONTENT_TYPE)
 
     @app.exception_handler(HTTPException)
     async def not_served(request: Request, error: HTTPException) -> Response:
@@ -377,13 +380,13 @@ class HttpServer:
 
 
 async def start_http_server(
-    config: ServerConfig, engine: EncoderEngine, access: HttpAccess, max_connections: int
+    config: ServerConfig, engines: ServedEngines, access: HttpAccess, max_connections: int
 ) -> HttpServer:
     """Bind `config.http_port` (0: any free port) on `config.host` and serve the app on the running loop, at most
     `max_connections` connections at once."""
     assert config.http_port is not None
-    health = _Health(engine)
-    app = create_app(config, engine, access, health.serving)
+    health = _Health(engines)
+    app = create_app(config, engines, access, health.serving)
     tls: dict[str, Any] = {}
     if config.tls is not None:
         tls = dict(ssl_certfile=config.tls.cert, ssl_keyfile=config.tls.key)

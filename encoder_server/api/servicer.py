@@ -15,7 +15,8 @@ from encoder_server.api.status import status_for
 from encoder_server.errors import EncoderError, InvalidRequestError, UnauthenticatedError
 from encoder_server.model.request import EncodeRequest
 from encoder_server.model.upsampler import UpsampleRequest
-from encoder_server.serving.engine import EncoderEngine, send_within
+from encoder_server.serving.engine import send_within
+from encoder_server.serving.models import ServedEngines
 from encoder_server.serving.quotas import CallerQuotas
 from encoder_server.team.calls import Call, CallLog
 from encoder_server.team.tokens import DENIED_MESSAGE, UNKNOWN, current_caller
@@ -84,11 +85,18 @@ def upsample_request_from_pb(message: encoder_pb2.UpsampleRequest) -> UpsampleRe
     )
 
 
-class TextEncoderServicer(encoder_pb2_grpc.TextEncoderServicer):
-    """Encode replies are written as the engine's ready-made frames: register Encode with no serializer."""
+def model_of(message: Any) -> str | None:
+    """The served model a request names; None (unset): the first."""
+    return message.model if message.HasField("model") else None
 
-    def __init__(self, engine: EncoderEngine, calls: CallLog, quotas: CallerQuotas, send_timeout_s: float) -> None:
-        self._engine = engine
+
+class TextEncoderServicer(encoder_pb2_grpc.TextEncoderServicer):
+    """Encode replies are written as the engine's ready-made frames: register Encode with no serializer.
+
+    Each request goes to the engine of the model it names (`ServedEngines.engine_for`)."""
+
+    def __init__(self, engines: ServedEngines, calls: CallLog, quotas: CallerQuotas, send_timeout_s: float) -> None:
+        self._engines = engines
         self._calls = calls
         self._quotas = quotas
         self._send_timeout_s = send_timeout_s
@@ -100,7 +108,8 @@ class TextEncoderServicer(encoder_pb2_grpc.TextEncoderServicer):
         encode_request = request_from_pb(request)
         call.prompts = encode_request.prompts
         self._quotas.charge(call.caller, len(encode_request.prompts))
-        async with self._engine.encode(encode_request, call.caller) as result:
+        engine = self._engines.engine_for(model_of(request))
+        async with engine.encode(encode_request, call.caller) as result:
             call.cached, call.batch = result.cached, result.batch
             for frame in result.frames():
                 await send_within(context.write(frame), self._send_timeout_s)  # gRPC's flow control parks it
@@ -113,14 +122,14 @@ class TextEncoderServicer(encoder_pb2_grpc.TextEncoderServicer):
         upsample_request = upsample_request_from_pb(request)
         call.prompts = upsample_request.prompts
         self._quotas.charge(call.caller, len(upsample_request.prompts))
-        prompts = await self._engine.upsample(upsample_request)
+        prompts = await self._engines.upsample(upsample_request, model_of(request))
         return encoder_pb2.UpsampleResponse(prompts=prompts)
 
     @maps_errors
     async def GetInfo(  # noqa: N802 - gRPC method name
         self, request: encoder_pb2.GetInfoRequest, context: grpc.aio.ServicerContext, call: Call
     ) -> encoder_pb2.GetInfoResponse:
-        return self._engine.info().to_pb()
+        return self._engines.info(model_of(request)).to_pb()
 
 
 def add_servicer_to_server(servicer: TextEncoderServicer, server: grpc.aio.Server) -> None:

@@ -8,6 +8,7 @@ from encoder_server.errors import (
     EncoderError,
     InvalidRequestError,
     ModelLoadError,
+    ModelNotFoundError,
     NotEnabledError,
     NotReadyError,
     OverloadedError,
@@ -22,6 +23,7 @@ STATUS_FOR_ERROR: dict[type[EncoderError], grpc.StatusCode] = {
     StalledReaderError: grpc.StatusCode.DEADLINE_EXCEEDED,
     UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     NotEnabledError: grpc.StatusCode.FAILED_PRECONDITION,
+    ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
     ModelLoadError: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
@@ -37,6 +39,7 @@ def status_for(error: EncoderError) -> grpc.StatusCode:
 HTTP_STATUS_FOR_CODE: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.FAILED_PRECONDITION: 409,
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 503,

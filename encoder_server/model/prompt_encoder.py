@@ -8,6 +8,7 @@ object knows nothing of gRPC: it takes prompts and returns tensors.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +40,12 @@ class ModelInfo:
     quantization: str = "none"  # "none", "int8" or "nf4"
     weight_bytes: int = 0  # resident size of the loaded weights
     family: Family = MISTRAL3
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every field, the family by its name: what reports print as JSON."""
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        values["family"] = self.family.name
+        return values
 
 
 class PromptEncoder:

@@ -26,7 +26,7 @@ from typing import TypeVar
 import torch
 
 from encoder_server import __version__
-from encoder_server.config import MIB, ServerConfig
+from encoder_server.config import MIB, ModelConfig, ServerConfig
 from encoder_server.errors import NotEnabledError, NotReadyError, OverloadedError, StalledReaderError
 from encoder_server.model.loaded import LoadedModels
 from encoder_server.model.prompt_encoder import PromptEncoder
@@ -101,7 +101,7 @@ class ReplyBudget:
 class _Ready:
     """What serving needs once the model has loaded."""
 
-    def __init__(self, models: LoadedModels, config: ServerConfig, metrics: ServerMetrics) -> None:
+    def __init__(self, models: LoadedModels, config: ServerConfig, metrics: ServerMetrics, name: str | None) -> None:
         self.encoder = encoder = models.encoder
         self.upsampler = models.upsampler
         self.metrics = metrics
@@ -109,7 +109,8 @@ class _Ready:
         self.batcher: DynamicBatcher[tuple[torch.Tensor, int], Computed] = DynamicBatcher(
             self._forward, _to_rows, config.batching
         )
-        self.info = _server_info(models, config)
+        self.served = served_model(models, name)
+        self.info = _server_info(models, config, self.served)
 
     def _forward(self, requests: Sequence[EncodeRequest]) -> list[tuple[torch.Tensor, int]]:
         """Forward-thread work for one batch: the pass, then each result copied to host memory."""
@@ -137,11 +138,11 @@ class _Flight:
     task: asyncio.Task[Computed] | None = None
 
 
-def _server_info(models: LoadedModels, config: ServerConfig) -> ServerInfo:
+def _server_info(models: LoadedModels, config: ServerConfig, served: ServedModel) -> ServerInfo:
     model, limits, upsampling = models.encoder.info, config.limits, config.upsampling
     available = models.upsampler is not None
     return ServerInfo(
-        model_name=model.model_name,
+        model_name=served.name,
         model_path=model.model_path,
         hidden_size=model.hidden_size,
         num_layers=model.num_layers,
@@ -167,15 +168,16 @@ def _server_info(models: LoadedModels, config: ServerConfig) -> ServerInfo:
         max_new_tokens=upsampling.max_new_tokens if available else 0,
         family=model.family.name,
         pipeline=model.family.pipeline,
-        models=(served_model(models),),
+        models=(served,),
     )
 
 
-def served_model(models: LoadedModels) -> ServedModel:
-    """How `GetInfo` lists this model among those a server serves."""
+def served_model(models: LoadedModels, name: str | None = None) -> ServedModel:
+    """How `GetInfo` lists this model among those a server serves; `name` (None: the loaded model's) is what
+    requests call it."""
     model = models.encoder.info
     return ServedModel(
-        name=model.model_name,
+        name=name or model.model_name,
         family=model.family.name,
         pipeline=model.family.pipeline,
         hidden_size=model.hidden_size,
@@ -187,16 +189,35 @@ def served_model(models: LoadedModels) -> ServedModel:
 
 
 class EncoderEngine:
-    """Loading state, request admission, batching and reply building for one model."""
+    """Loading state, request admission, batching and reply building for one model.
 
-    def __init__(self, config: ServerConfig, loader: EncoderLoader, metrics: ServerMetrics | None = None) -> None:
+    A server with several models has one engine each, sharing one `ReplyBudget` and one `ServerMetrics`, each
+    with `cache_bytes` of its own (`serving.models.ServedEngines` builds them).
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        loader: EncoderLoader,
+        metrics: ServerMetrics | None = None,
+        *,
+        model: ModelConfig | None = None,
+        name: str | None = None,
+        budget: ReplyBudget | None = None,
+        cache_bytes: int | None = None,
+    ) -> None:
+        """`model` defaults to `config.model`, `name` to the loaded model's, `budget` to one of this engine's own
+        and `cache_bytes` to `config.cache_bytes`."""
         self.config = config
+        self.model = model or config.model
+        self.name = name
         self._loader = loader
         self._ready: _Ready | None = None
-        self.budget = ReplyBudget(config.max_pending_reply_bytes)
+        self.budget = budget or ReplyBudget(config.max_pending_reply_bytes)
         self.metrics = metrics or ServerMetrics()
+        cache_bytes = config.cache_bytes if cache_bytes is None else cache_bytes
         # Off (0 bytes) also turns off single flight: every request is computed, as before the cache existed.
-        self.cache = EmbeddingCache(config.cache_bytes, config.shared_cache) if config.cache_bytes > 0 else None
+        self.cache = EmbeddingCache(cache_bytes, config.shared_cache) if cache_bytes > 0 else None
         self._flights: dict[ScopedKey, _Flight] = {}
         self.metrics.watch(lambda: self._ready.batcher.queued_prompts if self._ready else 0, self.cache_stats)
         # Generation runs beside encoding, one at a time: the seed is torch's global generator, as in diffusers.
@@ -211,11 +232,15 @@ class EncoderEngine:
         models = loaded if isinstance(loaded, LoadedModels) else LoadedModels(loaded)
         if self.config.warm_up:
             self.warm_up_s = await _run_in_daemon_thread(lambda: warm_up(models, self.config))
-        ready = _Ready(models, self.config, self.metrics)
+        ready = _Ready(models, self.config, self.metrics, self.name)
         ready.batcher.start()
         self._ready = ready
-        log.info("model loaded in %.1f s", time.perf_counter() - started)
+        log.info("model %s loaded in %.1f s", ready.served.name, time.perf_counter() - started)
         return models.encoder
+
+    @property
+    def loaded(self) -> bool:
+        return self._ready is not None
 
     def _get(self) -> _Ready:
         if self._ready is None:
@@ -224,6 +249,10 @@ class EncoderEngine:
 
     def info(self) -> ServerInfo:
         return self._get().info
+
+    def served(self) -> ServedModel:
+        """This model as `GetInfo` lists it among those a server serves."""
+        return self._get().served
 
     @property
     def upsampler(self) -> PromptUpsampler | None:

@@ -1,11 +1,13 @@
 """Prometheus metrics for one server, in its own registry so several servers can live in one process (tests).
 
 Counters and histograms are updated where things happen (a call ends, a pass ends); gauges that describe
-state (queue depth, cache size) are read at scrape time from the objects that own them.
+state (queue depth, cache size) are read at scrape time from the objects that own them, summed over the models
+a server serves (each engine has its own queue and cache).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -21,15 +23,16 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class _CacheCollector(Collector):
-    """The embedding cache's counters and size, read from the cache when scraped."""
+    """The embedding caches' counters and sizes, every model's together, read from the caches when scraped."""
 
-    def __init__(self, stats: Callable[[], CacheStats | None]) -> None:
-        self._stats = stats
+    def __init__(self) -> None:
+        self.sources: list[Callable[[], CacheStats | None]] = []
 
     def collect(self) -> Iterable[Metric]:
-        stats = self._stats()
-        if stats is None:
+        every = [stats for stats in (source() for source in self.sources) if stats is not None]
+        if not every:
             return
+        stats = CacheStats(*(sum(column) for column in zip(*(dataclasses.astuple(one) for one in every), strict=True)))
         for name, meaning, value in (
             ("hits", "prompts answered from the cache", stats.hits),
             ("misses", "prompts the cache did not hold", stats.misses),
@@ -71,6 +74,10 @@ class ServerMetrics:
         )
         self.queued_prompts = Gauge(f"{PREFIX}_queued_prompts", "prompts waiting for a pass", registry=None)
         self.in_flight = Gauge(f"{PREFIX}_in_flight_requests", "calls being served", ["rpc"], registry=None)
+        self._queues: list[Callable[[], int]] = []
+        self.queued_prompts.set_function(lambda: sum(queued() for queued in self._queues))
+        self._caches = _CacheCollector()
+        registry.register(self._caches)
         for both in (
             self.latency,
             self.sent_bytes,
@@ -83,9 +90,9 @@ class ServerMetrics:
             public.register(both)
 
     def watch(self, queued_prompts: Callable[[], int], cache_stats: Callable[[], CacheStats | None]) -> None:
-        """Read queue depth and cache state from their owners at scrape time."""
-        self.queued_prompts.set_function(queued_prompts)
-        self.registry.register(_CacheCollector(cache_stats))
+        """Read one engine's queue depth and cache state at scrape time, added to every other engine's."""
+        self._queues.append(queued_prompts)
+        self._caches.sources.append(cache_stats)
 
     def call_finished(self, rpc: str, status: str, caller: str) -> None:
         self.requests.labels(rpc, status, caller).inc()
