@@ -25,7 +25,6 @@ from typing import TypeVar
 
 import torch
 
-from encoder_server import __version__
 from encoder_server.config import MIB, ModelConfig, ServerConfig
 from encoder_server.errors import NotEnabledError, NotReadyError, OverloadedError, StalledReaderError
 from encoder_server.model.loaded import LoadedModels
@@ -34,10 +33,10 @@ from encoder_server.model.request import EncodeRequest, RequestBounds, validate_
 from encoder_server.model.upsampler import PromptUpsampler, UpsampleRequest, validate_upsample_request
 from encoder_server.serving.batcher import BatcherStats, DynamicBatcher
 from encoder_server.serving.cache import CacheStats, EmbeddingCache, ScopedKey
+from encoder_server.serving.info import served_model, server_info
 from encoder_server.serving.warm_up import warm_up
 from encoder_server.team.metrics import ServerMetrics
 from encoder_server.team.tokens import ANONYMOUS
-from shared.defaults import DEFAULT_MAX_SEQUENCE_LENGTH
 from shared.info import ServedModel, ServerInfo
 from shared.lru import CacheKey
 from shared.wire import WireRow, encode_row, reply_frames, rows_to_tensor
@@ -110,7 +109,7 @@ class _Ready:
             self._forward, _to_rows, config.batching
         )
         self.served = served_model(models, name)
-        self.info = _server_info(models, config, self.served)
+        self.info = server_info(models, config, self.served)
 
     def _forward(self, requests: Sequence[EncodeRequest]) -> list[tuple[torch.Tensor, int]]:
         """Forward-thread work for one batch: the pass, then each result copied to host memory."""
@@ -136,56 +135,6 @@ class _Flight:
     waiters: int = 0
     siblings: list[_Flight] = field(default_factory=list)  # every flight of the same queued request
     task: asyncio.Task[Computed] | None = None
-
-
-def _server_info(models: LoadedModels, config: ServerConfig, served: ServedModel) -> ServerInfo:
-    model, limits, upsampling = models.encoder.info, config.limits, config.upsampling
-    available = models.upsampler is not None
-    return ServerInfo(
-        model_name=served.name,
-        model_path=model.model_path,
-        hidden_size=model.hidden_size,
-        num_layers=model.num_layers,
-        max_layer=model.max_layer,
-        default_hidden_state_layers=model.family.default_layers,
-        default_max_sequence_length=DEFAULT_MAX_SEQUENCE_LENGTH,
-        max_sequence_length=limits.max_sequence_length,
-        dtype=model.dtype,
-        device=model.device,
-        fingerprint=model.fingerprint,
-        server_version=__version__,
-        max_prompts_per_request=limits.max_prompts,
-        max_prompt_chars=limits.max_prompt_chars,
-        max_hidden_state_layers=limits.max_hidden_state_layers,
-        max_reply_bytes=limits.max_reply_bytes,
-        quantization=model.quantization,
-        weight_bytes=model.weight_bytes,
-        upsampling_available=available,
-        max_upsample_prompts=upsampling.max_prompts if available else 0,
-        max_upsample_images=upsampling.max_images if available else 0,
-        max_upsample_image_bytes=upsampling.max_image_bytes if available else 0,
-        max_upsample_image_pixels=upsampling.max_image_pixels if available else 0,
-        max_new_tokens=upsampling.max_new_tokens if available else 0,
-        family=model.family.name,
-        pipeline=model.family.pipeline,
-        models=(served,),
-    )
-
-
-def served_model(models: LoadedModels, name: str | None = None) -> ServedModel:
-    """How `GetInfo` lists this model among those a server serves; `name` (None: the loaded model's) is what
-    requests call it."""
-    model = models.encoder.info
-    return ServedModel(
-        name=name or model.model_name,
-        family=model.family.name,
-        pipeline=model.family.pipeline,
-        hidden_size=model.hidden_size,
-        default_hidden_state_layers=model.family.default_layers,
-        fingerprint=model.fingerprint,
-        quantization=model.quantization,
-        upsampling_available=models.upsampler is not None,
-    )
 
 
 class EncoderEngine:
