@@ -122,7 +122,7 @@ class ImageGenerator:
     @property
     def upsample_max_new_tokens(self) -> int:
         """Tokens asked for per rewritten prompt: diffusers' 512, or fewer where the server allows fewer."""
-        return max_new_tokens_for(self.encoder.info())
+        return max_new_tokens_for(self.encoder.upsampling_info())
 
     def upsample_prompt(self, prepared: PreparedJob) -> str:
         """The server's rewrite of the job's prompt, seeded with the job's seed, looking at its reference files."""

@@ -110,7 +110,7 @@ def _with_upsampling(prepared: list[PreparedJob], encoder: RemoteTextEncoder) ->
     upsampling = [item.job for item in prepared if item.job.upsample]
     if not upsampling:
         return prepared
-    info = encoder.info()
+    info = encoder.upsampling_info()
     if not info.upsampling_available:
         raise InputError(
             upsampling[0].describe(

@@ -174,6 +174,7 @@ class RemoteTextEncoder:
             response_deserializer=parse_frame,
         )
         self._info: ServerInfo | None = None
+        self._upsampling_info: ServerInfo | None = None  # when another of the server's models rewrites prompts
         self._expected_fingerprint = expected_fingerprint
         self.model = model
 
@@ -320,10 +321,12 @@ class RemoteTextEncoder:
 
         The request is checked against the limits `GetInfo` states (`InputError`) before anything is sent. A
         server started without `--enable-upsampling` refuses it (`EncoderRejectedError`, FAILED_PRECONDITION).
+        Rewriting is FLUX.2-dev's (Mistral3's): a client using a klein model sends it to a model of the same server
+        that upsamples, if there is one (`upsampling_info`).
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         deadline = time.monotonic() + self.timeout  # one deadline for GetInfo (first time) and Upsample
-        info = self._info_by(deadline)
+        info = self._upsampling_info_by(deadline)
         max_bytes = info.max_upsample_image_bytes if info.upsampling_available else None
         files = read_reference_files(len(prompts), images, max_bytes)
         check_upsample_request(info, prompts, files, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
@@ -335,10 +338,29 @@ class RemoteTextEncoder:
             temperature=temperature,
             max_new_tokens=max_new_tokens,
             seed=seed,
-            model=self.model,
+            model=info.model_name if info.models else self.model,  # a server from before names: as before
         )
         reply = self._call(lambda options: self._stub.Upsample(request, **options), deadline)
         return check_upsampled(reply.prompts, len(prompts), max_new_tokens, self.target)
+
+    def upsampling_info(self) -> ServerInfo:
+        """`GetInfo` of the model that rewrites prompts: this client's model if it upsamples, else the first of
+        the server's models that does (a klein client's prompts are rewritten by FLUX.2-dev's Mistral3 beside
+        it), else this client's model (whose `upsampling_available` then says no)."""
+        return self._upsampling_info_by(time.monotonic() + self.timeout)
+
+    def _upsampling_info_by(self, deadline: float) -> ServerInfo:
+        info = self._info_by(deadline)
+        if info.upsampling_available:
+            return info
+        other = next((model.name for model in info.models if model.upsampling_available), None)
+        if other is None:
+            return info
+        if self._upsampling_info is None or self._upsampling_info.model_name != other:
+            asked = encoder_pb2.GetInfoRequest(model=other)
+            reply = self._call(lambda options: self._stub.GetInfo(asked, **options), deadline)
+            self._upsampling_info = ServerInfo.from_pb(reply)
+        return self._upsampling_info
 
     def _info_by(self, deadline: float) -> ServerInfo:
         if self._info is None:

@@ -128,3 +128,20 @@ def test_encoder_model_naming_a_model_the_server_lacks_exits_2_listing_what_it_s
     )  # fmt: skip
     assert finished.returncode == 2, finished.stderr
     assert_one_line_error(finished.stderr, "serves no model named 'FLUX.2-klein-9B'; it serves tiny-klein")
+
+
+def test_klein_job_with_upsample_is_rewritten_by_the_dev_model_beside_it(tiny_snapshot, klein_distilled, tmp_path):
+    """Rewriting is Mistral3's; on a server serving both, a klein client's prompt goes to the dev model for it."""
+    from diffusion_client import RemoteTextEncoder
+    from encoder_server.config import ModelConfig
+    from tests.helpers import start_models_server
+
+    models = [ModelConfig(tiny_snapshot, enable_upsampling=True), ModelConfig(klein_distilled)]
+    with start_models_server(models, upsample_max_new_tokens=8) as server:
+        out = tmp_path / "fox.png"
+        assert generate(server, klein_distilled, "a red fox", "--upsample", "--seed", "5", "--out", str(out)) == 0
+        with RemoteTextEncoder(server.target) as dev:  # names no model: the first, FLUX.2-dev, which upsamples
+            rewrite = dev.upsample("a red fox", seed=5, max_new_tokens=8)[0]
+    with Image.open(out) as image:
+        settings = json.loads(image.text["flux2-split"])
+    assert (settings["original_prompt"], settings["prompt"]) == ("a red fox", rewrite)
