@@ -17,7 +17,8 @@ def replacing(out: Path) -> Iterator[BinaryIO]:
     The temporary file is opened with O_EXCL (never writing through someone else's file) and mode 0o666, so
     the umask decides as `open()` would. Raises OSError as the filesystem does (a full disk, no permission).
     """
-    temporary = out.with_name(f".{out.stem[:64]}.{secrets.token_hex(4)}.tmp")  # short: any valid `out` fits
+    stem = out.stem.encode()[:100].decode(errors="ignore")  # bytes, not characters: any valid `out` fits NAME_MAX
+    temporary = out.with_name(f".{stem}.{secrets.token_hex(4)}.tmp")
     out.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:

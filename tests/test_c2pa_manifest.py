@@ -59,11 +59,36 @@ def test_edit_lists_its_reference_images_as_ingredients(tmp_path):
     references = (scene_file(tmp_path / "dog.png"), scene_file(tmp_path / "hat.jpg"))
     manifest = active(c2pa_store(marked_file(tmp_path / "edit.png", references=references)))
     ingredients = manifest["ingredients"]
-    assert [(item["title"], item["relationship"]) for item in ingredients] == [
-        ("dog.png", "inputTo"),
-        ("hat.jpg", "inputTo"),
-    ]
+    # Named by their place, not their file names (often a prompt or a person's name), unless prompts are shared.
+    titles = [(item["title"], item["relationship"]) for item in ingredients]
+    assert titles == [("reference-0.png", "inputTo"), ("reference-1.jpg", "inputTo")]
     assert [item["format"] for item in ingredients] == ["image/png", "image/jpeg"]
+
+
+def test_file_names_reach_the_manifest_only_with_prompts(tmp_path):
+    references = (scene_file(tmp_path / "alice-at-home.png"),)
+    options = MarkingOptions(include_prompt=True, authority_folder=tmp_path / "authority")
+    manifest = active(c2pa_store(marked_file(tmp_path / "edit.png", references=references, options=options)))
+    assert (manifest["title"], manifest["ingredients"][0]["title"]) == ("edit.png", "alice-at-home.png")
+    private = active(c2pa_store(marked_file(tmp_path / "bob.png", references=references)))
+    assert "alice" not in json.dumps(private) and private["title"] == "image.png"
+
+
+def test_reference_whose_name_lies_about_its_type_is_recorded_by_its_bytes(tmp_path):
+    renamed = scene_file(tmp_path / "ref.png").rename(tmp_path / "ref.jpg")  # PNG bytes under a .jpg name
+    (ingredient,) = active(c2pa_store(marked_file(tmp_path / "edit.png", references=(renamed,))))["ingredients"]
+    assert ingredient["format"] == "image/png"
+
+
+def test_local_authority_names_neither_the_user_nor_the_host(tmp_path):
+    import getpass
+    import socket
+
+    from cryptography import x509
+
+    chain = x509.load_pem_x509_certificates(local_authority(tmp_path / "c2pa").chain_pem)
+    names = " ".join(cert.subject.rfc4514_string() + cert.issuer.rfc4514_string() for cert in chain)
+    assert f"{getpass.getuser()}@" not in names and socket.gethostname() not in names
 
 
 def test_a_reference_gone_before_marking_is_recorded_from_the_pixels_the_model_saw(tmp_path):
@@ -80,7 +105,7 @@ def test_a_reference_gone_before_marking_is_recorded_from_the_pixels_the_model_s
     out = tmp_path / "edit.png"
     out.write_bytes(marker.mark(Image.new("RGB", (64, 64)), out, record).data)
     (ingredient,) = active(c2pa_store(out))["ingredients"]
-    assert (ingredient["title"], ingredient["format"]) == ("gone.png", "image/png")
+    assert (ingredient["title"], ingredient["format"]) == ("reference-0.png", "image/png")
 
 
 def test_prompt_stays_out_of_the_manifest_unless_asked(tmp_path):

@@ -114,7 +114,9 @@ def test_edit_records_its_reference_images_and_no_prompt(encoder_server, tiny_sn
     assert generate(encoder_server, tiny_snapshot, prompt, "--image", str(reference), "--out", str(out), *SMALL) == 0
     store = c2pa_store(out)
     manifest = store["manifests"][store["active_manifest"]]
-    assert [(item["title"], item["relationship"]) for item in manifest["ingredients"]] == [("cat.png", "inputTo")]
+    assert [(item["title"], item["relationship"]) for item in manifest["ingredients"]] == [
+        ("reference-0.png", "inputTo")
+    ]
     assert "tiny crown" not in str(store)
 
 
@@ -141,3 +143,14 @@ def test_marking_runs_on_the_writer_thread_not_the_denoising_one(encoder_server,
     assert [type(outcome) for outcome in outcomes] == [GeneratedImage] * 3
     assert [outcome.path.name for outcome in outcomes] == ["0.png", "1.png", "2.png"]  # still in job order
     assert len(threads) == 3 and all(name.startswith("mark-and-write") for name in threads)
+
+
+def test_long_non_ascii_prompt_in_a_jpeg_is_written_with_its_xmp_shortened(encoder_server, tiny_snapshot, tmp_path):
+    """JPEG holds XMP in one 64 KiB segment, which 20,000 CJK characters and the settings overflow."""
+    out = tmp_path / "long.jpg"
+    prompt = "狐" * 20_000  # the server's default limit; 60 KB of UTF-8 before the rest of the settings
+    assert generate(encoder_server, tiny_snapshot, prompt, "--out", str(out), *SMALL) == 0
+    marks = check_file(out)
+    assert marks.source_type is not None and marks.source_type.endswith("/trainedAlgorithmicMedia")
+    with Image.open(out) as image:
+        assert "shortened to fit the XMP packet" in image.info["xmp"].decode()

@@ -121,3 +121,66 @@ def test_bare_bomb_without_marks_exits_1_quickly(tmp_path):
     bomb.write_bytes(_png_claiming(20000, 20000))
     finished = verify(bomb)
     assert finished.returncode == 1 and "watermark not checked" in finished.stdout
+
+
+def _signed_with(tmp_path: Path, actions: list[dict], generator: str = "camera-app") -> Path:
+    """A PNG whose manifest (signed by a local authority) states `actions` and `generator`."""
+    import io
+
+    import c2pa
+
+    from diffusion_client.provenance.authority import local_authority
+    from diffusion_client.provenance.manifest import OFFLINE_SETTINGS
+
+    credentials = local_authority(tmp_path / "other-authority")
+    signer = c2pa.Signer.from_info(
+        c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, credentials.chain_pem, credentials.key_pem, None)
+    )
+    plain = scene_file(tmp_path / "plain.png", size=64)
+    definition = {
+        "claim_generator_info": [{"name": generator, "version": "1"}],
+        "title": "photo",
+        "assertions": [{"label": "c2pa.actions", "data": {"actions": actions}}],
+    }
+    signed = io.BytesIO()
+    with c2pa.Builder(definition, c2pa.Context.from_dict(OFFLINE_SETTINGS)) as builder:
+        builder.sign(signer, "image/png", io.BytesIO(plain.read_bytes()), signed)
+    out = tmp_path / "signed.png"
+    out.write_bytes(signed.getvalue())
+    return out
+
+
+def test_a_valid_manifest_from_a_camera_is_not_an_ai_mark(tmp_path):
+    capture = "http://cv.iptc.org/newscodes/digitalsourcetype/digitalCapture"
+    photo = _signed_with(tmp_path, [{"action": "c2pa.created", "digitalSourceType": capture}])
+    finished = verify(photo)
+    assert finished.returncode == 1, finished.stdout
+    assert "NO MARK" in finished.stdout and "source digitalCapture: not an AI mark" in finished.stdout
+
+
+def test_names_from_a_hostile_manifest_cannot_forge_a_second_line(tmp_path):
+    trained = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+    forged = _signed_with(
+        tmp_path, [{"action": "c2pa.created", "digitalSourceType": trained}], generator="Leica\nphoto.png: marked: x"
+    )
+    finished = verify(forged)
+    assert len(finished.stdout.splitlines()) == 1 and "\x1b" not in finished.stdout
+
+
+def test_trust_anchors_that_are_not_certificates_are_one_line_exit_2(tmp_path):
+    anchors = tmp_path / "anchors.pem"
+    anchors.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    finished = verify("--trust-anchors", anchors, marked_file(tmp_path / "image.png"))
+    assert finished.returncode == 2 and finished.stdout == ""
+    (line,) = finished.stderr.splitlines()
+    assert line.startswith(f"flux2-verify: error: --trust-anchors {anchors}: ")
+
+
+def test_thin_image_is_checked_without_a_crash(tmp_path):
+    from PIL import Image
+
+    thin = tmp_path / "thin.png"
+    Image.new("RGB", (65_536, 2), (10, 20, 30)).save(thin)
+    finished = verify(thin)
+    assert finished.returncode == 1, finished.stderr
+    assert "watermark not checked" in finished.stdout

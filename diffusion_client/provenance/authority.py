@@ -131,8 +131,9 @@ def _create_authority(folder: Path) -> None:
     """Write a root and a signer it issued into a new folder beside `folder`, then rename it into place."""
     from cryptography.hazmat.primitives import serialization
 
-    root_key, root = _root_certificate()
-    signer_key, signer = _signer_certificate(root_key, root)
+    authority = secrets.token_hex(4)  # tells two users' authorities apart without naming either
+    root_key, root = _root_certificate(authority)
+    signer_key, signer = _signer_certificate(root_key, root, authority)
     staging = folder.with_name(f".{folder.name}.{secrets.token_hex(4)}.tmp")
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -158,32 +159,26 @@ def _create_authority(folder: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _name(common_name: str) -> Any:
-    import getpass
-    import socket
-
+def _name(common_name: str, authority: str) -> Any:
+    """A certificate name that says what it is and which authority, never who or where (every manifest holds it)."""
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
-    try:
-        owner = f"{getpass.getuser()}@{socket.gethostname()}"
-    except Exception:  # no user name in a container: the host still says where it was made
-        owner = socket.gethostname()
     return x509.Name(
         [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"flux2-split local signing authority ({owner})"[:64]),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"flux2-split local signing authority {authority}"),
             x509.NameAttribute(NameOID.COMMON_NAME, common_name),
         ]
     )
 
 
-def _root_certificate() -> tuple[Any, Any]:
+def _root_certificate(authority: str) -> tuple[Any, Any]:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = _name("flux2-split local root")
+    name = _name("flux2-split local root", authority)
     identifier = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     usage = dict.fromkeys(
         ("content_commitment", "key_encipherment", "data_encipherment", "key_agreement", "encipher_only"), False
@@ -202,7 +197,7 @@ def _root_certificate() -> tuple[Any, Any]:
     return key, certificate
 
 
-def _signer_certificate(root_key: Any, root: Any) -> tuple[Any, Any]:
+def _signer_certificate(root_key: Any, root: Any, authority: str) -> tuple[Any, Any]:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -216,7 +211,7 @@ def _signer_certificate(root_key: Any, root: Any) -> tuple[Any, Any]:
     certificate = (
         _validity(
             x509.CertificateBuilder()
-            .subject_name(_name("flux2-split C2PA signer"))
+            .subject_name(_name("flux2-split C2PA signer", authority))
             .issuer_name(root.subject)
             .public_key(key.public_key())
         )

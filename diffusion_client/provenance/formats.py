@@ -47,7 +47,34 @@ def encode_image(
     xmp: bytes | None = None,
     exif: bytes | None = None,
 ) -> bytes:
-    """The file's bytes: `image` in `fmt`, with PNG text chunks (`text`; other formats carry them in `xmp`)."""
+    """The file's bytes: `image` in `fmt`, with PNG text chunks (`text`; other formats carry them in `xmp`).
+
+    Raises `InputError` when the encoder refuses the image or its metadata (a job's own failure, not the run's).
+    """
+    try:
+        return _encode(image, fmt, text, xmp, exif)
+    except (ValueError, OSError) as error:
+        raise InputError(f"cannot encode the image as {fmt.name}: {error}") from None
+
+
+def sniff_mime_type(data: bytes) -> str | None:
+    """What a file's first bytes say it is, among the formats we write and read marks from."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return PNG.mime_type
+    if data.startswith(b"\xff\xd8"):
+        return JPEG.mime_type
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return WEBP.mime_type
+    return None
+
+
+def _encode(
+    image: Image.Image,
+    fmt: OutputFormat,
+    text: Mapping[str, Any] | None,
+    xmp: bytes | None,
+    exif: bytes | None,
+) -> bytes:
     buffer = io.BytesIO()
     options: dict[str, Any] = {}
     if exif:

@@ -19,13 +19,31 @@ TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trai
 EXIF_SOFTWARE_TAG = 0x0131
 EXIF_SOFTWARE = "AI generated;flux2"  # BFL's wording
 PNG_XMP_KEY = "XML:com.adobe.xmp"  # the iTXt keyword XMP uses in PNG
+MAX_XMP_BYTES = 60_000  # JPEG carries XMP in one APP1 segment of at most 65,533 bytes
+LONG_TEXT_FIELDS = ("prompt", "original_prompt")  # what is cut first when the packet would not fit
 
 _SOURCE_TYPE = re.compile(r"DigitalSourceType(?:\s*=\s*[\"']|>|\s+rdf:resource\s*=\s*[\"'])\s*([^\"'<\s]+)")
 
 
 def xmp_packet(*, creator_tool: str, model: str, parameters: Mapping[str, Any] | None) -> bytes:
-    """An XMP packet stating the IPTC digital source type, the tool and model, and (if given) the settings."""
-    settings = "" if parameters is None else f"\n    flux2split:Parameters={quoteattr(json.dumps(dict(parameters)))}"
+    """An XMP packet stating the IPTC digital source type, the tool and model, and (if given) the settings; the
+    prompts in the settings are shortened if the packet would not fit a JPEG's XMP segment."""
+    packet = _packet(creator_tool, model, parameters)
+    if len(packet) > MAX_XMP_BYTES and parameters is not None:
+        shortened = dict(parameters)
+        for key in LONG_TEXT_FIELDS:
+            if isinstance(shortened.get(key), str):
+                shortened[key] = shortened[key][:2000] + "… (shortened to fit the XMP packet)"
+        packet = _packet(creator_tool, model, shortened)
+    if len(packet) > MAX_XMP_BYTES:
+        packet = _packet(creator_tool, model, None)
+    return packet
+
+
+def _packet(creator_tool: str, model: str, parameters: Mapping[str, Any] | None) -> bytes:
+    settings = ""
+    if parameters is not None:
+        settings = f"\n    flux2split:Parameters={quoteattr(json.dumps(dict(parameters), ensure_ascii=False))}"
     return f"""<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
 <x:xmpmeta xmlns:x="adobe:ns:meta/">
  <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
@@ -57,16 +75,16 @@ def read_xmp(image: Image.Image) -> str | None:
 
 
 def read_source_type(image: Image.Image) -> str | None:
-    """The IPTC DigitalSourceType an opened image's XMP states, whoever wrote it."""
+    """The IPTC DigitalSourceType an opened image's XMP states, whoever wrote it (capped: it is the file's text)."""
     packet = read_xmp(image)
     found = _SOURCE_TYPE.search(packet) if packet else None
-    return found[1] if found else None
+    return found[1][:200] if found else None
 
 
 def source_type_in(data: bytes) -> str | None:
     """The DigitalSourceType of an uncompressed XMP packet anywhere in a file's bytes (for files PIL will not open)."""
     found = _SOURCE_TYPE.search(data.decode("latin-1"))
-    return found[1] if found else None
+    return found[1][:200] if found else None
 
 
 def read_software(image: Image.Image) -> str | None:
@@ -75,4 +93,4 @@ def read_software(image: Image.Image) -> str | None:
         software = image.getexif().get(EXIF_SOFTWARE_TAG)
     except Exception:  # a damaged EXIF block is no mark, not a crash
         return None
-    return str(software) if software else None
+    return str(software)[:200] if software else None

@@ -15,11 +15,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from diffusion_client.errors import InputError
+from diffusion_client.errors import InputError, printable_line
 from diffusion_client.provenance.authority import SigningCredentials
 from diffusion_client.provenance.iptc import TRAINED_ALGORITHMIC_MEDIA
 
 GENERATOR = "flux2-split"
+AI_SOURCE_TYPES = frozenset({"trainedAlgorithmicMedia", "compositeWithTrainedAlgorithmicMedia"})
+SHOWN_CHARS = 100  # of a name a file's manifest gives (generator, signer): what a line shows of it
 GENERATION_ASSERTION = "org.flux2-split.generation"
 OFFLINE_SETTINGS: dict[str, Any] = {
     "verify": {"ocsp_fetch": False, "remote_manifest_fetch": False},
@@ -136,9 +138,20 @@ class ManifestReading:
     claim_generator: str | None = None
     signer: str | None = None
     detail: str | None = None  # why it is unreadable
+    source_types: tuple[str, ...] = ()  # the digital source types its actions state (a camera: digitalCapture)
+
+    @property
+    def says_ai(self) -> bool:
+        """A manifest that validates and states that a trained model made (or took part in making) the image."""
+        return self.state in ("trusted", "valid") and any(
+            kind.rsplit("/", 1)[-1] in AI_SOURCE_TYPES for kind in self.source_types
+        )
 
     def describe(self) -> str:
         generator = f" ({self.claim_generator})" if self.claim_generator else ""
+        if self.state in ("trusted", "valid") and not self.says_ai:
+            kinds = ", ".join(kind.rsplit("/", 1)[-1] for kind in self.source_types) or "none stated"
+            generator += f", source {kinds}: not an AI mark"
         if self.state == "trusted":
             return f"C2PA valid, trusted signer{generator}"
         if self.state == "valid":
@@ -160,6 +173,8 @@ class ManifestReading:
             "claim_generator": self.claim_generator,
             "signer": self.signer,
             "detail": self.detail,
+            "digital_source_types": list(self.source_types),
+            "says_ai": self.says_ai,
         }
 
 
@@ -172,15 +187,25 @@ def _plain(code: str) -> str:
     return plain.get(code, code)
 
 
-def read_manifest(data: bytes, mime_type: str, trust_anchors: bytes | None = None) -> ManifestReading:
-    """Validate the manifest `data` carries; `trust_anchors` (PEM roots) decide whether its signer is trusted."""
+def reading_context(trust_anchors: bytes | None = None) -> Any:
+    """c2pa's offline context for reading, trusting `trust_anchors` (PEM roots); `InputError` if c2pa refuses them."""
     import c2pa
 
     settings = json.loads(json.dumps(OFFLINE_SETTINGS))
     if trust_anchors:
         settings["trust"] = {"user_anchors": trust_anchors.decode("utf-8", errors="replace")}
     try:
-        context = c2pa.Context.from_dict(settings)
+        return c2pa.Context.from_dict(settings)
+    except c2pa.C2paError as error:
+        raise InputError(f"the trust anchors are not PEM certificates c2pa can read: {error}") from None
+
+
+def read_manifest(data: bytes, mime_type: str, context: Any = None) -> ManifestReading:
+    """Validate the manifest `data` carries, in `context` (`reading_context`: which signers are trusted)."""
+    import c2pa
+
+    context = context if context is not None else reading_context()
+    try:
         with c2pa.Reader(mime_type, io.BytesIO(data), context=context) as reader:
             store = json.loads(reader.json())
     except c2pa.C2paError as error:
@@ -195,4 +220,23 @@ def read_manifest(data: bytes, mime_type: str, trust_anchors: bytes | None = Non
     claim = " ".join(str(generators[0].get(key, "")) for key in ("name", "version")).strip() or None
     signature = active.get("signature_info", {})
     signer = signature.get("common_name") or signature.get("issuer")
-    return ManifestReading(state if state in ("trusted", "valid", "invalid") else "invalid", failures, claim, signer)
+    known = state if state in ("trusted", "valid", "invalid") else "invalid"
+    return ManifestReading(known, failures, _shown(claim), _shown(signer), source_types=_source_types(active))
+
+
+def _shown(text: object) -> str | None:
+    """A name from a file, made one printable line and capped: it is the file's author's text, not ours."""
+    return printable_line(text, SHOWN_CHARS) if text else None
+
+
+def _source_types(manifest: dict[str, Any]) -> tuple[str, ...]:
+    """The digital source types of the manifest's actions (`c2pa.actions` or `.v2`)."""
+    kinds = []
+    for assertion in manifest.get("assertions", []) or []:
+        if isinstance(assertion, dict) and str(assertion.get("label", "")).startswith("c2pa.actions"):
+            data = assertion.get("data")
+            actions = data.get("actions", []) if isinstance(data, dict) else []
+            for action in actions if isinstance(actions, list) else []:
+                if isinstance(action, dict) and isinstance(action.get("digitalSourceType"), str):
+                    kinds.append(printable_line(action["digitalSourceType"], SHOWN_CHARS))
+    return tuple(kinds[:8])

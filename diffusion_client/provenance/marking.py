@@ -10,7 +10,6 @@ hashes the final bytes, so nothing may change the file after it is signed.
 
 from __future__ import annotations
 
-import mimetypes
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from PIL import Image
 
 from diffusion_client.errors import InputError
 from diffusion_client.provenance.authority import load_credentials, local_authority
-from diffusion_client.provenance.formats import PNG, encode_image, format_for
+from diffusion_client.provenance.formats import PNG, encode_image, format_for, sniff_mime_type
 from diffusion_client.provenance.iptc import exif_software, xmp_packet
 from diffusion_client.provenance.manifest import GENERATOR, Ingredient, ManifestContent, ManifestSigner
 from diffusion_client.provenance.watermark import ImageTooSmallError, embed_watermark
@@ -36,7 +35,7 @@ class MarkingOptions:
     watermark: bool = True
     c2pa: bool = True
     iptc: bool = True
-    include_prompt: bool = False  # put the prompt in the C2PA manifest (it is in the file's own metadata anyway)
+    include_prompt: bool = False  # put the prompt, and file names, in the C2PA manifest
     cert: Path | None = None
     key: Path | None = None
     authority_folder: Path | None = None  # where the local authority lives; None: the user's config folder
@@ -116,12 +115,16 @@ class Marker:
             exif = exif_software()
         data = encode_image(image, fmt, text=text, xmp=xmp, exif=exif)
         if self.signer is not None:
+            private = not self.options.include_prompt  # file names are often prompts, or people's names
             content = ManifestContent(
-                title=out.name,
+                title=f"image{out.suffix.lower()}" if private else out.name,
                 model=record.model,
                 settings={key: value for key, value in record.parameters.items() if key in MANIFEST_SETTINGS},
                 prompt=record.prompt if self.options.include_prompt else None,
-                ingredients=tuple(_ingredient(path, decoded) for path, decoded in _pairs(record)),
+                ingredients=tuple(
+                    _ingredient(path, decoded, f"reference-{index}" if private else None)
+                    for index, (path, decoded) in enumerate(_pairs(record))
+                ),
             )
             data = self.signer.sign(data, fmt.mime_type, content)
         return MarkedImage(data, tuple(notes))
@@ -142,14 +145,21 @@ def _pairs(record: ImageRecord) -> list[tuple[Path, Image.Image | None]]:
     return list(zip(record.references, decoded, strict=True))
 
 
-def _ingredient(path: Path, decoded: Image.Image | None) -> Ingredient:
-    """A reference image as its file; if the file has gone since it was read, as the pixels the model saw."""
-    mime_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+def _ingredient(path: Path, decoded: Image.Image | None, title: str | None) -> Ingredient:
+    """A reference image as its file (its type read from its bytes, not its name); if the file has gone since it
+    was read, or is of a type c2pa does not take, as the pixels the model saw. `title`: None, the file's name."""
+    data = None
     try:
-        if mime_type in INGREDIENT_TYPES and path.stat().st_size <= MAX_INGREDIENT_BYTES:
-            return Ingredient(path.name, mime_type, path.read_bytes())
+        if path.stat().st_size <= MAX_INGREDIENT_BYTES:
+            data = path.read_bytes()
     except OSError:
         pass
+    mime_type = sniff_mime_type(data) if data is not None else None
+    if data is not None and mime_type in INGREDIENT_TYPES:
+        return Ingredient(f"{title}{_SUFFIXES[mime_type]}" if title else path.name, mime_type, data)
     if decoded is None:
         raise InputError(f"reference image {path} can no longer be read to record it as a C2PA ingredient")
-    return Ingredient(path.name, PNG.mime_type, encode_image(decoded, PNG))
+    return Ingredient(f"{title}.png" if title else path.name, PNG.mime_type, encode_image(decoded, PNG))
+
+
+_SUFFIXES = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}

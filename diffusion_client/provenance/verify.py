@@ -15,13 +15,14 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from diffusion_client.errors import MESSAGE_LIMIT, printable_line
+from diffusion_client.provenance.formats import sniff_mime_type
 from diffusion_client.provenance.iptc import EXIF_SOFTWARE, read_software, read_source_type, source_type_in
 from diffusion_client.provenance.manifest import ManifestReading, read_manifest
 from diffusion_client.provenance.watermark import WatermarkReading, detect_bfl_watermark, detect_watermark
 
 MAX_FILE_BYTES = 512 << 20
 MAX_CHECK_PIXELS = 8192 * 8192  # 192 MiB as RGB; the largest image whose watermark is checked
-MIME_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
 
 class UnreadableFileError(Exception):
@@ -40,11 +41,11 @@ class FileMarks:
 
     @property
     def marked(self) -> bool:
-        """At least one mark says the image was made by AI (a manifest that fails validation does not count)."""
+        """At least one mark says the image was made by AI (a manifest counts if it validates and says so)."""
         watermarks = (self.watermark, self.bfl_watermark)
         return (
             any(reading is not None and reading.found for reading in watermarks)
-            or self.manifest.state in ("trusted", "valid")
+            or self.manifest.says_ai
             or self.source_type is not None
             and self.source_type.endswith("/trainedAlgorithmicMedia")
             or self.software == EXIF_SOFTWARE
@@ -63,7 +64,8 @@ class FileMarks:
             source = f"IPTC source type {self.source_type.rsplit('/', 1)[-1]}"
         software = f"; EXIF Software {self.software!r}" if self.software else ""
         verdict = "marked" if self.marked else "NO MARK"
-        return f"{self.path}: {verdict}: {watermark}; {self.manifest.describe()}; {source}{software}"
+        line = f"{self.path}: {verdict}: {watermark}; {self.manifest.describe()}; {source}{software}"
+        return printable_line(line, MESSAGE_LIMIT)  # names in it come from the file: one line, whatever they hold
 
     def as_dict(self) -> dict[str, Any]:
         def reading(value: WatermarkReading | None) -> dict[str, Any] | None:
@@ -83,7 +85,7 @@ class FileMarks:
         }
 
 
-def check_file(path: Path, trust_anchors: bytes | None = None) -> FileMarks:
+def check_file(path: Path, context: Any = None) -> FileMarks:
     """Every mark `path` carries; raises `UnreadableFileError` when it cannot be checked at all."""
     data = _read(path)
     watermark = bfl = None
@@ -92,7 +94,7 @@ def check_file(path: Path, trust_anchors: bytes | None = None) -> FileMarks:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower cap applies below
             with Image.open(io.BytesIO(data)) as image:
-                mime_type = MIME_TYPES.get(str(image.format))
+                mime_type = sniff_mime_type(data)  # the bytes, not PIL's name: a multi-frame JPEG is "MPO" there
                 source_type, software = read_source_type(image), read_software(image)
                 width, height = image.size
                 note: str | None = None
@@ -108,25 +110,15 @@ def check_file(path: Path, trust_anchors: bytes | None = None) -> FileMarks:
                         if watermark is None:
                             note = f"{width}x{height} is too small to carry one"
     except Image.DecompressionBombError as error:  # opening alone refuses it: read what the bytes say
-        mime_type = _sniff(data)
+        mime_type = sniff_mime_type(data)
         source_type, software = source_type_in(data), None
         note = f"the image claims too many pixels to decode ({error})"
     except UnidentifiedImageError:
         raise UnreadableFileError(f"{path}: not an image file PIL can read") from None
     except (OSError, ValueError, SyntaxError) as error:
         raise UnreadableFileError(f"{path}: not a readable image ({str(error) or type(error).__name__})") from None
-    manifest = read_manifest(data, mime_type, trust_anchors) if mime_type else ManifestReading("absent")
+    manifest = read_manifest(data, mime_type, context) if mime_type else ManifestReading("absent")
     return FileMarks(path, watermark, bfl, manifest, source_type, software, note)
-
-
-def _sniff(data: bytes) -> str | None:
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
 
 
 def _read(path: Path) -> bytes:

@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from diffusion_client.cli import report
-    from diffusion_client.errors import InputError
+    from diffusion_client.errors import MESSAGE_LIMIT, InputError, printable_line
+    from diffusion_client.provenance.manifest import reading_context
     from diffusion_client.provenance.verify import UnreadableFileError, check_file
 
     anchors = None
@@ -44,15 +45,20 @@ def run(args: argparse.Namespace) -> int:
             anchors = args.trust_anchors.read_bytes()
         except OSError as error:
             raise InputError(f"cannot read --trust-anchors {args.trust_anchors}: {error.strerror or error}") from None
+    try:
+        context = reading_context(anchors)  # once, so bad anchors are one line, not a verdict on every file
+    except InputError as error:
+        raise InputError(f"--trust-anchors {args.trust_anchors}: {error}") from None
     results: list[dict[str, Any]] = []
     unreadable = unmarked = False
     for path in args.files:
         try:
-            marks = check_file(path, anchors)
-        except UnreadableFileError as error:
+            marks = check_file(path, context)
+        except Exception as error:  # one file that cannot be checked is reported; the others still are
+            message = str(error) if isinstance(error, UnreadableFileError) else f"{path}: cannot check it ({error})"
             unreadable = True
-            report(str(error), PROG)
-            results.append({"path": str(path), "error": str(error)})
+            report(message, PROG)
+            results.append({"path": str(path), "error": printable_line(message, MESSAGE_LIMIT)})
             continue
         unmarked = unmarked or not marks.marked
         results.append(marks.as_dict())

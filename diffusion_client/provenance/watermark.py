@@ -25,6 +25,7 @@ METHOD = "dwtDctSvd"
 SCALES = (0, 36, 0)  # Y, U, V: the library's default, the U channel only
 FOUND_AT_BITS = 54  # of 64; a random image matches that many with probability 3e-8 (measured rate: docs/)
 MIN_PIXELS = 256 * 256  # the library refuses smaller images
+MIN_SIDE = 16  # a thinner image has no 4x4 block in its wavelet band to read (the library fails on it)
 MAX_DETECTION_PIXELS = 4096 * 4096  # the largest image a check decodes, after scaling it up
 
 # BFL's reference code marks with `dwtDct` and this 48-bit constant, of which `bin()` keeps 46 bits.
@@ -50,7 +51,7 @@ def embed_watermark(image: Image.Image) -> Image.Image:
     import pywt
     from imwatermark.dwtDctSvd import EmbedDwtDctSvd
 
-    if image.width * image.height < MIN_PIXELS:
+    if image.width * image.height < MIN_PIXELS or min(image.width, image.height) < MIN_SIDE:
         raise ImageTooSmallError(too_small_note(image.width, image.height))
     embed = EmbedDwtDctSvd(list(PAYLOAD_BITS), wmLen=len(PAYLOAD_BITS), scales=list(SCALES))
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
@@ -102,7 +103,7 @@ def _candidates(image: Image.Image) -> list[tuple[float, Image.Image]]:
     candidates = []
     for scale in (1.0, 2.0, 0.5, 0.25):
         width, height = round(image.width * scale), round(image.height * scale)
-        if MIN_PIXELS <= width * height <= MAX_DETECTION_PIXELS:
+        if MIN_PIXELS <= width * height <= MAX_DETECTION_PIXELS and min(width, height) >= MIN_SIDE:
             resized = image if scale == 1.0 else image.resize((width, height), Image.Resampling.BICUBIC)
             candidates.append((scale, resized))
     return candidates
@@ -130,7 +131,7 @@ def _best(
     readings = [
         WatermarkReading(name, matched, len(expected), matched >= found_at, scale)
         for scale, candidate in _candidates(image)
-        if rescale or scale <= 1.0
+        if rescale or scale == 1.0
         for matched in [_matched(candidate, method, expected, scales)]
     ]
     if not readings:

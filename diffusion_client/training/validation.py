@@ -10,6 +10,7 @@ import torch
 
 from diffusion_client.generator import FailedJob, ImageGenerator
 from diffusion_client.jobs import GenerationJob
+from diffusion_client.provenance.marking import Marker, MarkingOptions
 from diffusion_client.remote_encoder import RemoteTextEncoder
 from diffusion_client.training.config import TrainConfig
 
@@ -53,7 +54,11 @@ class Validator:
             height=config.resolution,
             width=config.resolution,
         )
-        generator = ImageGenerator(pipeline, self._encoder, model_name=config.model.resolve().name, progress=False)
+        # Watermark and IPTC, but no C2PA: nothing in a training run should need a writable config folder.
+        marker = Marker.start(MarkingOptions(c2pa=False))
+        generator = ImageGenerator(
+            pipeline, self._encoder, model_name=config.model.resolve().name, progress=False, marker=marker
+        )
         was_training = transformer.training
         transformer.eval()
         try:
