@@ -197,7 +197,7 @@ class RemoteTextEncoder:
         Raises `PipelineMismatchError` when none serves embeddings for that pipeline, naming both sides, and
         `ModelMismatchError` when the width or depth does not fit.
         """
-        info = self.info()
+        info = self._unpinned_info(time.monotonic() + self.timeout)  # the pin applies to the model chosen below
         served = info.models or (info.served(),)
         if self.model is not None:
             chosen = [model for model in served if model.name == self.model]
@@ -208,7 +208,14 @@ class RemoteTextEncoder:
                 )
         else:
             chosen = [model for model in served if model.pipeline == pipeline]
-            chosen.sort(key=lambda model: model.embedding_dim(layers or None) != joint_attention_dim)  # fitting first
+            pin = self._expected_fingerprint or ""
+            # Those that fit first, and among them the pinned weights.
+            chosen.sort(
+                key=lambda model: (
+                    model.embedding_dim(layers or None) != joint_attention_dim,
+                    not model.fingerprint.startswith(pin),
+                )
+            )
         if not chosen or chosen[0].pipeline != pipeline:
             offered = "; ".join(_describe(model) for model in served)
             raise PipelineMismatchError(
@@ -362,19 +369,23 @@ class RemoteTextEncoder:
             self._upsampling_info = ServerInfo.from_pb(reply)
         return self._upsampling_info
 
-    def _info_by(self, deadline: float) -> ServerInfo:
+    def _unpinned_info(self, deadline: float) -> ServerInfo:
         if self._info is None:
             asked = encoder_pb2.GetInfoRequest(model=self.model)
             reply = self._call(lambda options: self._stub.GetInfo(asked, **options), deadline)
             self._info = ServerInfo.from_pb(reply)
+        return self._info
+
+    def _info_by(self, deadline: float) -> ServerInfo:
+        info = self._unpinned_info(deadline)
         expected = self._expected_fingerprint
-        if expected and not self._info.fingerprint.startswith(expected):
+        if expected and not info.fingerprint.startswith(expected):
             raise ModelMismatchError(
-                f"the encoder at {self.target} serves weights {printable_line(self._info.fingerprint[:16])}, "
+                f"the encoder at {self.target} serves weights {printable_line(info.fingerprint[:16])}, "
                 f"not the expected {expected[:16]}; it runs a different model",
                 target=self.target,
             )
-        return self._info
+        return info
 
     def _receive(
         self, request: encoder_pb2.EncodeRequest, expected: TensorSpec, options: dict[str, Any]

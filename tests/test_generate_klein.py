@@ -145,3 +145,18 @@ def test_klein_job_with_upsample_is_rewritten_by_the_dev_model_beside_it(tiny_sn
     with Image.open(out) as image:
         settings = json.loads(image.text["flux2-split"])
     assert (settings["original_prompt"], settings["prompt"]) == ("a red fox", rewrite)
+
+
+def test_a_pinned_fingerprint_picks_its_model_on_a_server_serving_several(tiny_snapshot, klein_distilled):
+    """The pin is checked on the model chosen for the pipeline, not on the server's first model."""
+    from diffusion_client import RemoteTextEncoder
+    from encoder_server.config import ModelConfig
+    from tests.helpers import start_models_server
+
+    models = [ModelConfig(tiny_snapshot), ModelConfig(klein_distilled)]
+    with start_models_server(models) as server:
+        with RemoteTextEncoder(server.target) as probe:
+            klein_print = next(m.fingerprint for m in probe.info().models if m.family == "qwen3")
+        with RemoteTextEncoder(server.target, expected_fingerprint=klein_print[:16]) as pinned:
+            chosen = pinned.select_model("Flux2KleinPipeline", 192)
+            assert chosen.name == "tiny-klein" and pinned.info().fingerprint == klein_print

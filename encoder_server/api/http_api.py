@@ -240,7 +240,7 @@ class PredictEndpoint:
                 with self._quotas.admit(caller):
                     encode_request, reply_format = await self._parse(request, caller)
                     call.prompts = encode_request.prompts
-                    engine = self._engines.engine_for(request.query_params.get("model"))
+                    engine = self._engines.ready_engine_for(request.query_params.get("model"))
                     async with engine.encode(encode_request, caller) as result:
                         call.cached, call.batch = result.cached, result.batch
                         reply = await asyncio.to_thread(_serialize, result, reply_format)

@@ -108,7 +108,7 @@ class TextEncoderServicer(encoder_pb2_grpc.TextEncoderServicer):
         encode_request = request_from_pb(request)
         call.prompts = encode_request.prompts
         self._quotas.charge(call.caller, len(encode_request.prompts))
-        engine = self._engines.engine_for(model_of(request))
+        engine = self._engines.ready_engine_for(model_of(request))
         async with engine.encode(encode_request, call.caller) as result:
             call.cached, call.batch = result.cached, result.batch
             for frame in result.frames():

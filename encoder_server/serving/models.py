@@ -106,14 +106,21 @@ class ServedEngines:
             )
         return engine
 
-    def info(self, name: str | None = None) -> ServerInfo:
-        """`GetInfo` for the model named `name` (None: the first), listing every model served, the first first.
-
-        UNAVAILABLE (`NotReadyError`) until every model has loaded, so no reply lists only some of them."""
+    def ready_engine_for(self, name: str | None) -> EncoderEngine:
+        """`engine_for`, but UNAVAILABLE (`NotReadyError`) until every model has loaded: a forward pass never runs
+        beside another model's load and warm-up (transformers sets process-wide defaults while loading), and no
+        caller is served while health still says NOT_SERVING."""
         engine = self.engine_for(name)
         if len(self) > 1 and not self.serving():
             loading = ", ".join(repr(other.name) for other in self if not other.loaded)
             raise NotReadyError(f"the server is still loading {loading}; retry when health reports SERVING")
+        return engine
+
+    def info(self, name: str | None = None) -> ServerInfo:
+        """`GetInfo` for the model named `name` (None: the first), listing every model served, the first first.
+
+        UNAVAILABLE (`NotReadyError`) until every model has loaded, so no reply lists only some of them."""
+        engine = self.ready_engine_for(name)
         return dataclasses.replace(engine.info(), models=tuple(other.served() for other in self))
 
     def serving(self) -> bool:
@@ -135,7 +142,7 @@ class ServedEngines:
 
     async def upsample(self, request: UpsampleRequest, name: str | None = None) -> list[str]:
         """Upsample on the model named `name` (None: the first); if it does not upsample, name one that does."""
-        engine = self.engine_for(name)
+        engine = self.ready_engine_for(name)
         upsamplers = [other.name for other in self if other.model.enable_upsampling]
         if not engine.model.enable_upsampling and upsamplers:
             raise NotEnabledError(
