@@ -41,11 +41,10 @@ from diffusion_client.errors import (
     EncoderRejectedError,
     EncoderTimeoutError,
     EncoderUnavailableError,
-    InputError,
     ModelMismatchError,
-    PipelineMismatchError,
     printable_line,
 )
+from diffusion_client.served_models import choose_model
 from diffusion_client.upsampling import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_UPSAMPLE_TEMPERATURE,
@@ -198,33 +197,15 @@ class RemoteTextEncoder:
         `ModelMismatchError` when the width or depth does not fit.
         """
         info = self._unpinned_info(time.monotonic() + self.timeout)  # the pin applies to the model chosen below
-        served = info.models or (info.served(),)
-        if self.model is not None:
-            chosen = [model for model in served if model.name == self.model]
-            if not chosen:
-                names = ", ".join(printable_line(model.name) for model in served)
-                raise InputError(
-                    f"the encoder at {self.target} serves no model named {self.model!r}; it serves {names}"
-                )
-        else:
-            chosen = [model for model in served if model.pipeline == pipeline]
-            pin = self._expected_fingerprint or ""
-            # Those that fit first, and among them the pinned weights.
-            chosen.sort(
-                key=lambda model: (
-                    model.embedding_dim(layers or None) != joint_attention_dim,
-                    not model.fingerprint.startswith(pin),
-                )
-            )
-        if not chosen or chosen[0].pipeline != pipeline:
-            offered = "; ".join(_describe(model) for model in served)
-            raise PipelineMismatchError(
-                f"this {pipeline} transformer needs {_family_of(pipeline)} embeddings {joint_attention_dim} wide, "
-                f"but the encoder at {self.target} serves {offered}; point --encoder at a server with the matching "
-                "text encoder, or pick one with --encoder-model",
-                target=self.target,
-            )
-        model = chosen[0]
+        model = choose_model(
+            info.models or (info.served(),),
+            pipeline=pipeline,
+            joint_attention_dim=joint_attention_dim,
+            layers=layers,
+            name=self.model,
+            pinned_fingerprint=self._expected_fingerprint,
+            target=self.target,
+        )
         if model.name != info.model_name:
             self.model, self._info = model.name, None  # the next GetInfo describes the chosen model
         else:
@@ -495,15 +476,3 @@ class RemoteTextEncoder:
         return EncoderFailedError(
             f"the encoder at {target} failed: {said} ({code.name}); see the server log", target=target, code=code
         )
-
-
-FAMILY_OF_PIPELINE = {"Flux2Pipeline": "Mistral3 (FLUX.2-dev)", "Flux2KleinPipeline": "Qwen3 (FLUX.2 [klein])"}
-
-
-def _family_of(pipeline: str) -> str:
-    return FAMILY_OF_PIPELINE.get(pipeline, pipeline)
-
-
-def _describe(model: ServedModel) -> str:
-    """`FLUX.2-dev (mistral3 for Flux2Pipeline, 15360 wide)`."""
-    return f"{printable_line(model.name)} ({model.family} for {model.pipeline}, {model.embedding_dim()} wide)"

@@ -142,13 +142,13 @@ class ServedEngines:
 
     async def upsample(self, request: UpsampleRequest, name: str | None = None) -> list[str]:
         """Upsample on the model named `name` (None: the first); if it does not upsample, name one that does."""
-        engine = self.ready_engine_for(name)
+        engine = self.engine_for(name)
         upsamplers = [other.name for other in self if other.model.enable_upsampling]
-        if not engine.model.enable_upsampling and upsamplers:
+        if not engine.model.enable_upsampling and upsamplers:  # what the server was started with: said even mid-load
             raise NotEnabledError(
                 f"{engine.name} does not upsample prompts; {upsamplers[0]} does: name it in the request's model field"
             )
-        return await engine.upsample(request)
+        return await self.ready_engine_for(name).upsample(request)
 
     def set_callers(self, names: Sequence[str]) -> None:
         """The callers now allowed: each model's cache shares its budget between them."""
