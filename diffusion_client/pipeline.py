@@ -31,11 +31,6 @@ class ModelKind:
     steps: int
     guidance: float
 
-    @property
-    def uses_negative_prompt(self) -> bool:
-        """Whether guidance above 1 runs classifier-free guidance with the embedding of "" as the negative."""
-        return self.pipeline == "Flux2KleinPipeline" and not self.distilled
-
 
 def model_kind(model_path: Path) -> ModelKind:
     """Read `model_index.json`: FLUX.2-dev (28 steps, guidance 4), klein distilled (4, 1.0) or klein base (50, 4.0)."""

@@ -9,6 +9,7 @@ offline: no timestamp authority, no OCSP, no remote manifests, no thumbnails (c2
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,7 @@ OFFLINE_SETTINGS: dict[str, Any] = {
 }
 
 
+@functools.cache  # asked for every image; the installed package does not change under a running process
 def generator_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

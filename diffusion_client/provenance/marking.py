@@ -21,7 +21,13 @@ from diffusion_client.errors import InputError
 from diffusion_client.provenance.authority import load_credentials, local_authority
 from diffusion_client.provenance.formats import PNG, encode_image, format_for, sniff_mime_type
 from diffusion_client.provenance.iptc import exif_software, xmp_packet
-from diffusion_client.provenance.manifest import GENERATOR, Ingredient, ManifestContent, ManifestSigner
+from diffusion_client.provenance.manifest import (
+    GENERATOR,
+    Ingredient,
+    ManifestContent,
+    ManifestSigner,
+    generator_version,
+)
 from diffusion_client.provenance.watermark import ImageTooSmallError, embed_watermark
 
 MAX_INGREDIENT_BYTES = 64 << 20  # a reference image file larger than this is recorded from its decoded pixels
@@ -110,7 +116,7 @@ class Marker:
         text = record.parameters if fmt is PNG else None
         xmp = exif = None
         if self.options.iptc:
-            tool = f"{GENERATOR} {_version()}"
+            tool = f"{GENERATOR} {generator_version()}"
             xmp = xmp_packet(creator_tool=tool, model=record.model, parameters=record.parameters)
             exif = exif_software()
         data = encode_image(image, fmt, text=text, xmp=xmp, exif=exif)
@@ -132,12 +138,6 @@ class Marker:
 
 # What a manifest records of the settings by default: nothing a user typed (prompts, file paths).
 MANIFEST_SETTINGS = frozenset({"seed", "steps", "guidance", "size", "encoder_quantization"})
-
-
-def _version() -> str:
-    from diffusion_client.provenance.manifest import generator_version
-
-    return generator_version()
 
 
 def _pairs(record: ImageRecord) -> list[tuple[Path, Image.Image | None]]:
