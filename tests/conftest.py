@@ -73,6 +73,13 @@ def tiny_klein_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def klein_server(tiny_klein_snapshot: Path) -> Iterator[RunningServer]:
+    """One klein-only server for the session, with all 28 layers (the last has Qwen3's final norm) and HTTP."""
+    with start_server(tiny_klein_snapshot, max_layer=28, http_port=0) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def klein_reference_pipeline(tiny_klein_snapshot: Path) -> Any:
     """diffusers' own Flux2KleinPipeline text path, the ground truth for [klein] embeddings."""
     from diffusers import Flux2KleinPipeline

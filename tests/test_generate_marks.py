@@ -3,30 +3,20 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from diffusion_client.cli import main as generate_main
 from diffusion_client.provenance.authority import SIGNER_CHAIN, SIGNER_KEY, local_authority
 from diffusion_client.provenance.verify import check_file
 from diffusion_client.provenance.watermark import embed_watermark, too_small_note
 from tests.c2pa_files import c2pa_store, scene_file
 from tests.cli_runs import assert_one_line_error, free_port, run_cli
+from tests.test_generate import generate, pixels
 
 MARKABLE = ["--height", "256", "--width", "256", "--steps", "2"]  # 256x256: the watermark's minimum
 SMALL = ["--height", "64", "--width", "64", "--steps", "2"]
-
-
-def generate(encoder_server, tiny_snapshot: Path, *args: str) -> int:  # type: ignore[no-untyped-def]
-    return generate_main(["--encoder", encoder_server.target, "--model", str(tiny_snapshot), "--quiet", *args])
-
-
-def pixels(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -19,13 +17,6 @@ EMPTY = ""
 NON_ASCII = "ein Fuchs im Schnee — 雪の中の狐 🦊, naïve café"
 LONG = "a red fox in fresh snow at golden hour, " * 40  # well over 512 tokens: truncated as diffusers does
 KLEIN_WIDTH = 3 * 64  # three layers of the tiny Qwen3's hidden size
-
-
-@pytest.fixture(scope="module")
-def klein_server(tiny_klein_snapshot: Path) -> Iterator[RunningServer]:
-    """All 28 layers, so the last one (with Qwen3's final norm, as transformers reports it) can be asked for."""
-    with start_server(tiny_klein_snapshot, max_layer=28, http_port=0) as server:
-        yield server
 
 
 def info_of(server: RunningServer) -> ServerInfo:

@@ -2,45 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import numpy as np
-import pytest
 import torch
 
 from diffusion_client.cli import main as generate_main
 from diffusion_client.training.cli import main as train_main
-from shared.tiny_klein import build_tiny_klein_snapshot
-from tests.helpers import RunningServer, start_server
-from tests.test_generate_klein import pixels
+from tests.test_generate import pixels
 from tests.test_train_lora import CAPTION, FAST, RED, flat_images
 
 
-@pytest.fixture(scope="module")
-def klein(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_klein_snapshot(tmp_path_factory.mktemp("klein") / "tiny-klein", distilled=True)
-
-
-@pytest.fixture(scope="module")
-def klein_server(klein: Path) -> Iterator[RunningServer]:
-    with start_server(klein) as server:
-        yield server
-
-
-def test_klein_lora_trains_and_generates_diffusers_own_image(klein_server, klein, tmp_path):
+def test_klein_lora_trains_and_generates_diffusers_own_image(klein_server, tiny_klein_snapshot, tmp_path):
     from diffusers import Flux2KleinPipeline
 
     data = flat_images(tmp_path / "data", [RED, RED])
     out = tmp_path / "lora"
-    args = ["--data", str(data), "--model", str(klein), "--encoder", klein_server.target, "--out", str(out)]
+    args = [
+        "--data",
+        str(data),
+        "--model",
+        str(tiny_klein_snapshot),
+        "--encoder",
+        klein_server.target,
+        "--out",
+        str(out),
+    ]
     assert train_main([*args, *FAST, "--steps", "3", "--learning-rate", "1e-2"]) == 0
     lora = out / "pytorch_lora_weights.safetensors"
     image = tmp_path / "lora.png"
     size = ["--height", "64", "--width", "64"]
-    flags = ["--encoder", klein_server.target, "--model", str(klein), "--quiet", *size]
+    flags = ["--encoder", klein_server.target, "--model", str(tiny_klein_snapshot), "--quiet", *size]
     assert generate_main([CAPTION, *flags, "--lora", str(lora), "--out", str(image)]) == 0
-    pipeline = Flux2KleinPipeline.from_pretrained(klein, dtype=torch.float32)
+    pipeline = Flux2KleinPipeline.from_pretrained(tiny_klein_snapshot, dtype=torch.float32)
     pipeline.set_progress_bar_config(disable=True)
     pipeline.load_lora_weights(str(lora))
     expected = pipeline(
@@ -50,13 +42,15 @@ def test_klein_lora_trains_and_generates_diffusers_own_image(klein_server, klein
     np.testing.assert_array_equal(pixels(image), np.asarray(expected))
 
 
-def test_klein_training_against_a_dev_only_server_is_refused_before_training(encoder_server, klein, tmp_path, capsys):
+def test_klein_training_against_a_dev_only_server_is_refused_before_training(
+    encoder_server, tiny_klein_snapshot, tmp_path, capsys
+):
     data = flat_images(tmp_path / "data", [RED])
     args = [
         "--data",
         str(data),
         "--model",
-        str(klein),
+        str(tiny_klein_snapshot),
         "--encoder",
         encoder_server.target,
         "--out",
