@@ -141,3 +141,20 @@ def test_every_matrix_in_the_tiny_snapshot_is_a_multiple_of_64_wide_both_ways(ti
     matrices = {name: shape for name, shape in shapes.items() if len(shape) == 2}
     assert {name.split("/")[0] for name in matrices} == {"text_encoder", "transformer", "vae"}
     assert {name: shape for name, shape in matrices.items() if shape[0] % 64 or shape[1] % 64} == {}
+
+
+@pytest.mark.parametrize("avx512_bf16", [True], indirect=True)
+def test_every_nf4_layer_of_the_tiny_klein_encoder_packs_for_the_avx512_bf16_path(tiny_klein_snapshot, avx512_bf16):
+    from encoder_server.model.families import QWEN3
+
+    model, *_ = load_language_model(
+        tiny_klein_snapshot / "text_encoder",
+        family=QWEN3,
+        max_layer=None,
+        device="cpu",
+        dtype=torch.bfloat16,
+        quantize="nf4",
+    )
+    layers = linear4bit_layers(model)
+    assert all(layer.support_avx512bf16_for_cpu for layer in layers.values())
+    assert unpackable(layers) == []
