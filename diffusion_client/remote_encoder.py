@@ -164,6 +164,7 @@ class RemoteTextEncoder:
         # reached within one retry step, not long after the deadline.
         options = {"grpc.max_reconnect_backoff_ms": int(max_backoff_s * 1000), **dict(channel_options)}
         self._channel = open_channel(target, credentials, options)
+        self._closed = False
         self._reached = False  # whether any call has reached a server; until one has, calls stop at connect_timeout
         self._stub = encoder_pb2_grpc.TextEncoderStub(self._channel)
         # Encode's chunks arrive as views into gRPC's buffers (`parse_frame`), copied once into the tensor.
@@ -184,6 +185,7 @@ class RemoteTextEncoder:
         self.close()
 
     def close(self) -> None:
+        self._closed = True  # calls cancelled from here on were cancelled by us, not by a departing server
         self._channel.close()
 
     def info(self) -> ServerInfo:
@@ -404,6 +406,10 @@ class RemoteTextEncoder:
                 details: str | None = error.details() if isinstance(error, grpc.Call) else str(error)
                 if code in BROKEN_STREAM_CODES and BROKEN_STREAM.search(details or ""):
                     code = grpc.StatusCode.UNAVAILABLE  # the transport broke, the server did not fail
+                elif code == grpc.StatusCode.CANCELLED and not self._closed:
+                    # We never cancel a call we still wait for: a server shutting down under it did (measured:
+                    # details "CANCELLED" when a replica stops as the call starts). Nothing ran for us.
+                    code = grpc.StatusCode.UNAVAILABLE
                 self._reached = self._reached or server_answered(code, details)
                 if not self._reached:
                     unreached = more_telling(unreached, (code, details))
