@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,13 +158,20 @@ class ImageGenerator:
                 self._negative_embeds = self.encoder.encode([""], device=self.device, dtype=self.dtype)  # [1, 512, D]
             return self._negative_embeds
 
-    def generate(self, prepared: PreparedJob, prompt_embeds: torch.Tensor) -> Image.Image:
-        """One image from already-fetched embeddings; the same seed gives the same pixels."""
+    def generate(
+        self, prepared: PreparedJob, prompt_embeds: torch.Tensor, on_step: Callable[[int, int], None] | None = None
+    ) -> Image.Image:
+        """One image from already-fetched embeddings; the same seed gives the same pixels.
+
+        `on_step(done, total)` is called after each denoising step; an exception it raises stops the image.
+        """
         job = prepared.job
         self.adapters.activate(prepared.loras)
         guidance: dict[str, Any] = {"guidance_scale": job.guidance}
         if self.runs_negative_prompt and job.guidance > 1:
             guidance["negative_prompt_embeds"] = self.negative_embeds()
+        if on_step is not None:
+            guidance["callback_on_step_end"] = _step_callback(on_step, job.steps)
         result = self.pipeline(
             image=list(prepared.references) or None,
             prompt_embeds=prompt_embeds,
@@ -270,3 +277,13 @@ class ImageGenerator:
             "reference_images": [str(path) for path in job.images],
             "loras": [applied.describe() for applied in prepared.loras],
         }
+
+
+def _step_callback(on_step: Callable[[int, int], None], total: int) -> Callable[..., dict[str, Any]]:
+    """diffusers' `callback_on_step_end`, reporting steps done; it hands the latents back untouched."""
+
+    def callback(_pipeline: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        on_step(step + 1, total)
+        return tensors
+
+    return callback

@@ -1,0 +1,42 @@
+"""`--auth-file`: the page's logins, one `user:password` per line, read from a file so they never appear in `ps`."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+from diffusion_client.errors import InputError
+
+MAX_AUTH_FILE_BYTES = 64 * 1024
+
+
+def read_credentials(path: Path) -> list[tuple[str, str]]:
+    """`(user, password)` pairs; blank lines and `#` comments skipped; anything else malformed is an error."""
+    try:
+        if path.stat().st_size > MAX_AUTH_FILE_BYTES:
+            raise InputError(
+                f"auth file {path} is over {MAX_AUTH_FILE_BYTES // 1024} KiB; it holds user:password lines"
+            )
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"cannot read auth file {path}: {error}") from error
+    pairs = []
+    for number, line in enumerate(lines, start=1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        user, colon, password = entry.partition(":")
+        if not colon or not user or not password:
+            raise InputError(f"auth file {path}:{number}: each line is user:password (no line is echoed here)")
+        pairs.append((user, password))
+    if not pairs:
+        raise InputError(f"auth file {path} has no user:password lines")
+    return pairs
+
+
+def readable_by_others(path: Path) -> bool:
+    """Whether the file's mode lets group or others read the passwords in it."""
+    try:
+        return bool(path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH))
+    except OSError:
+        return False

@@ -1,0 +1,201 @@
+"""`Studio`: the plain object behind the page. It turns a checked `PageRequest` into a `GenerationJob` and makes
+the image with the CLI's own `ImageGenerator` (preflight, remote embeddings, LoRAs, marks, atomic write), one
+job at a time on one worker thread, since the pipeline and its LoRA adapters belong to one GPU.
+
+A job reports its denoising steps as they finish and can be cancelled while it waits or between steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from diffusion_client.errors import ClientError, InputError, printable_line
+from diffusion_client.generator import Conditioning, ImageGenerator
+from diffusion_client.jobs import GenerationJob
+from diffusion_client.preflight import PreparedJob
+from diffusion_client.studio.form import PageRequest
+
+MESSAGE_LIMIT = 500  # characters of a message shown on the page
+
+
+class Cancelled(Exception):
+    """The page's Cancel button, or the page closed, while the job waited or denoised."""
+
+
+@dataclass(frozen=True)
+class StudioImage:
+    """A finished image: the marked file and what made it, as the page shows and reuses it."""
+
+    path: Path
+    request: PageRequest
+    upsampled_prompt: str | None
+    notes: tuple[str, ...]
+    started: float  # wall-clock times (time.time()), to show when it was made and in which order
+    finished: float
+
+    @property
+    def seconds(self) -> float:
+        return self.finished - self.started
+
+    def settings(self) -> dict[str, Any]:
+        """The settings to show beside the image and to put back into the form."""
+        request = self.request
+        return {
+            "prompt": request.prompt,
+            "rewritten_prompt": self.upsampled_prompt,
+            "seed": request.seed,
+            "steps": request.steps,
+            "guidance": request.guidance,
+            "width": request.width,
+            "height": request.height,
+            "reference_images": len(request.references),
+            "loras": [{"name": spec.path.name, "scale": spec.scale} for spec in request.loras],
+            "file": self.path.name,
+            "started": datetime.fromtimestamp(self.started).isoformat(timespec="milliseconds"),
+            "finished": datetime.fromtimestamp(self.finished).isoformat(timespec="milliseconds"),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class StudioJob:
+    """One request on its way through the worker: progress to show, a flag to cancel, the outcome."""
+
+    request: PageRequest
+    owner: str  # the page session that asked; closing that page cancels its jobs
+    number: int  # in the order submitted, for the log
+    future: Future[StudioImage] = field(default_factory=Future)
+    steps_done: int = 0
+    started: bool = False
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def check(self) -> None:
+        if self.cancelled.is_set():
+            raise Cancelled("cancelled")
+
+    def on_step(self, done: int, total: int) -> None:
+        self.steps_done = done
+        self.check()  # raising here stops the pipeline's loop after this step
+
+
+def as_uploaded(message: str, references: tuple[Path, ...]) -> str:
+    """`message` naming each uploaded file by its name, not by where the page's server keeps uploads."""
+    for path in references:
+        message = message.replace(str(path), path.name)
+    return message
+
+
+def page_message(error: BaseException) -> str:
+    """A failure as the one line the page shows: ours say what to fix, others say what they are."""
+    if isinstance(error, ClientError | Cancelled):
+        return printable_line(str(error), MESSAGE_LIMIT)
+    return printable_line(f"unexpected {type(error).__name__}: {error}", MESSAGE_LIMIT)
+
+
+class Studio:
+    """Runs page requests on a loaded pipeline, writing each marked image into `out_dir`."""
+
+    def __init__(self, generator: ImageGenerator, out_dir: Path, log: Callable[[str], None] = lambda _: None) -> None:
+        self.generator = generator
+        self.out_dir = out_dir
+        self.log = log  # one line per job: written, cancelled or failed
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="studio-gpu")
+        self._jobs: list[StudioJob] = []
+        self._lock = threading.Lock()
+        self._numbers = itertools.count(1)
+        self._stamp = time.strftime("%Y%m%d-%H%M%S")  # this run's files never overwrite an earlier run's
+
+    def submit(self, request: PageRequest, owner: str) -> StudioJob:
+        """Queue `request`; the returned job's future holds the image or the failure."""
+        with self._lock:
+            job = StudioJob(request, owner, next(self._numbers))
+            self._jobs.append(job)
+        self._worker.submit(self._run, job)
+        return job
+
+    def cancel_owner(self, owner: str) -> int:
+        """Cancel every unfinished job of one page session; how many there were."""
+        with self._lock:
+            mine = [job for job in self._jobs if job.owner == owner]
+        for job in mine:
+            job.cancel()
+        return len(mine)
+
+    def rewrite(self, request: PageRequest) -> str:
+        """The server's rewrite of the prompt, seeded with the request's seed, looking at its reference images."""
+        prepared = self._prepare(dataclasses.replace(request, upsample=True, rewrite=None), Path("rewrite.png"))
+        return self.generator.upsample_prompt(prepared)
+
+    def close(self) -> None:
+        with self._lock:
+            jobs = list(self._jobs)
+        for job in jobs:
+            job.cancel()
+        self._worker.shutdown(wait=True, cancel_futures=False)
+
+    def _run(self, job: StudioJob) -> None:
+        what = f"job {job.number} (seed {job.request.seed})"
+        try:
+            job.started = True
+            job.check()
+            image = self._make(job)
+        except Cancelled:
+            self.log(f"{what}: cancelled after {job.steps_done} of {job.request.steps} steps")
+            job.future.set_exception(Cancelled("cancelled"))
+        except BaseException as error:  # the page shows every failure; the worker lives on for the next job
+            self.log(f"{what}: failed: {page_message(error)}")
+            job.future.set_exception(error)
+        else:
+            self.log(f"{what}: wrote {image.path.name} in {image.seconds:.2f} s")
+            job.future.set_result(image)
+        finally:
+            with self._lock:
+                self._jobs.remove(job)
+
+    def _make(self, job: StudioJob) -> StudioImage:
+        started = time.time()
+        request = job.request
+        name = f"studio-{self._stamp}-{job.number:04d}-seed{request.seed}.png"
+        prepared = self._prepare(request, self.out_dir / name)
+        conditioning = self._conditioning(prepared, request)
+        job.check()
+        image = self.generator.generate(prepared, conditioning.prompt_embeds, on_step=job.on_step)
+        saved = self.generator.save(prepared, image, conditioning.upsampled_prompt)
+        return StudioImage(saved.path, request, saved.upsampled_prompt, saved.notes, started, time.time())
+
+    def _prepare(self, request: PageRequest, out: Path) -> PreparedJob:
+        job = GenerationJob(
+            prompt=request.prompt,
+            out=out,
+            seed=request.seed,
+            steps=request.steps,
+            guidance=request.guidance,
+            height=request.height,
+            width=request.width,
+            images=request.references,
+            loras=request.loras,
+            upsample=request.upsample and request.rewrite is None,
+        )
+        try:
+            return self.generator.prepare([job])[0]
+        except InputError as error:
+            raise InputError(as_uploaded(str(error), request.references)) from None
+
+    def _conditioning(self, prepared: PreparedJob, request: PageRequest) -> Conditioning:
+        """As the CLI fetches it; a rewrite shown on the page (perhaps edited) is used as the page shows it."""
+        if request.upsample and request.rewrite is not None:
+            as_shown = dataclasses.replace(prepared.job, prompt=request.rewrite)
+            return Conditioning(self.generator.fetch_embeds(as_shown), request.rewrite)
+        return self.generator.fetch_conditioning(prepared)
