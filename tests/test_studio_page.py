@@ -36,7 +36,9 @@ UPSAMPLE_TOKENS = 12
 
 @pytest.fixture(scope="module")
 def upsampling_server(tiny_snapshot: Path) -> Iterator[RunningServer]:
-    with start_server(tiny_snapshot, max_layer=34, enable_upsampling=True, upsample_max_new_tokens=UPSAMPLE_TOKENS) as s:
+    with start_server(
+        tiny_snapshot, max_layer=34, enable_upsampling=True, upsample_max_new_tokens=UPSAMPLE_TOKENS
+    ) as s:
         yield s
 
 
@@ -228,3 +230,40 @@ def test_closing_the_page_cancels_its_job(browser, page_process):
     line = page_process.wait_for_log("(seed 31): cancelled after", timeout_s=60)
     assert "of 200 steps" in line
     assert time.monotonic() - closed_at < 30
+
+
+def call_api(url: str, endpoint: str, data: list) -> str:  # type: ignore[type-arg]
+    """Post to the page's API as a script would, past every widget, and return the whole event stream."""
+    import requests
+
+    started = requests.post(f"{url}/gradio_api/call/{endpoint}", json={"data": data}, timeout=30)
+    event = started.json().get("event_id")
+    if event is None:
+        return started.text
+    return requests.get(f"{url}/gradio_api/call/{endpoint}/{event}", timeout=120).text
+
+
+def api_form(**changes) -> list:  # type: ignore[no-untyped-def,type-arg]
+    fields = dict(prompt="a fox", seed=1, random=False, steps=2, guidance=4.0, width=64, height=64, references=None,
+                  loras={"headers": ["LoRA", "scale"], "data": []}, upsample=False, rewrite="")  # fmt: skip
+    fields.update(changes)
+    return [*fields.values(), []]  # the last input is the session's gallery, which the server keeps
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (dict(prompt="x" * 1_000_000), "the prompt is 1,000,000 characters; the limit is 20,000"),
+        (dict(width=1e308), "out of range"),
+        (dict(loras={"headers": ["LoRA", "scale"], "data": [["../../etc/passwd", 1.0]]}), "is not in the LoRA folder"),
+        (dict(references=[{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}]), None),
+        (dict(seed="abc"), None),
+        (dict(upsample="yes please"), None),
+    ],
+)
+def test_calls_that_bypass_the_widgets_are_refused_and_the_page_keeps_serving(page_process, changes, expected):
+    answer = call_api(page_process.url, "generate", api_form(**changes))
+    assert "wrote" not in answer and "root:" not in answer and "Traceback" not in answer
+    if expected is not None:
+        assert expected in answer, answer[-500:]
+    assert "wrote" in call_api(page_process.url, "generate", api_form(seed=int(time.time()) % 1000))

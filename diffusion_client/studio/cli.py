@@ -13,6 +13,7 @@ import socket
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from diffusion_client.cli import DEFAULT_CACHE_MIB, cache_mib, note, run_command
 from diffusion_client.encoder_flags import add_encoder_arguments, encoder_from_args, token_from_args
@@ -134,25 +135,45 @@ def run(args: argparse.Namespace) -> int:
             studio.close()
 
 
-def serve(page: object, args: argparse.Namespace, credentials: list[tuple[str, str]] | None) -> int:
-    """Launch the page and block until SIGINT or SIGTERM."""
+def launch(
+    page: Any,
+    *,
+    host: str,
+    port: int,
+    out_dir: Path,
+    credentials: list[tuple[str, str]] | None = None,
+    max_upload_mib: int = DEFAULT_UPLOAD_MIB,
+) -> int:
+    """Start serving `page` (Gradio Blocks) on a background thread; returns the port (0 asks for a free one)."""
     import gradio as gr
 
-    assert isinstance(page, gr.Blocks)
-    port = args.port or free_port(args.host)
+    port = port or free_port(host)
     page.queue(default_concurrency_limit=1)
     page.launch(
-        server_name=args.host,
+        server_name=host,
         server_port=port,
         auth=credentials,
         prevent_thread_lock=True,
         quiet=True,
         show_error=False,  # our handlers show their own one-line messages; nothing else reaches the page
         ssr_mode=False,
-        allowed_paths=[str(args.out_dir.resolve())],
-        max_file_size=args.max_upload_mib * 2**20,
+        allowed_paths=[str(out_dir.resolve())],
+        max_file_size=max_upload_mib * 2**20,
         footer_links=[],
         theme=gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"]),  # no font downloads
+    )
+    return port
+
+
+def serve(page: Any, args: argparse.Namespace, credentials: list[tuple[str, str]] | None) -> int:
+    """Serve the page until SIGINT or SIGTERM."""
+    port = launch(
+        page,
+        host=args.host,
+        port=args.port,
+        out_dir=args.out_dir,
+        credentials=credentials,
+        max_upload_mib=args.max_upload_mib,
     )
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -163,10 +184,15 @@ def serve(page: object, args: argparse.Namespace, credentials: list[tuple[str, s
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    tune_allocator()
+def prepare_environment() -> None:
+    """Gradio reads these when imported: no analytics calls home, and a closed page is noticed in seconds."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("GRADIO_HEARTBEAT_INTERVAL", HEARTBEAT_S)
+
+
+def main(argv: list[str] | None = None) -> int:
+    tune_allocator()
+    prepare_environment()
     return run_command(PROG, build_parser(), run, argv)
 
 

@@ -88,7 +88,6 @@ def build_page(studio: Studio, kind: ModelKind, *, title: str, lora_dir: Path | 
                     headers=["LoRA", "scale"],
                     datatype=["str", "number"],
                     column_count=2,
-                    column_limits=(2, 2),
                     static_columns=[0],  # names come from the folder; only the scale is typed in
                     label="LoRAs from --lora-dir (scale 0 = off)",
                     visible=lora_dir is not None,

@@ -1,0 +1,100 @@
+"""`Studio`, the plain object behind the page: page requests become the CLI's jobs, run one at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffusion_client.errors import InputError
+from diffusion_client.studio.form import PageRequest
+from diffusion_client.studio.loras import chosen_loras, lora_rows
+from diffusion_client.studio.studio import Cancelled, Studio
+from tests.cli_runs import run_cli
+from tests.lora_files import load_tiny_transformer, random_lora
+
+WAIT_S = 120
+
+
+@pytest.fixture(scope="module")
+def studio(encoder_server, tiny_snapshot: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:  # type: ignore[no-untyped-def]
+    from diffusion_client import RemoteTextEncoder
+    from diffusion_client.generator import ImageGenerator
+    from diffusion_client.pipeline import PipelineConfig, load_pipeline
+
+    pipeline = load_pipeline(PipelineConfig(model_path=tiny_snapshot, device="cpu", quantize="none"))
+    with RemoteTextEncoder(encoder_server.target) as encoder:
+        made = Studio(
+            ImageGenerator(pipeline, encoder, model_name="tiny", progress=False), tmp_path_factory.mktemp("out")
+        )
+        yield made
+        made.close()
+
+
+def request(seed: int, steps: int = 2, **changes) -> PageRequest:  # type: ignore[no-untyped-def]
+    return PageRequest(**{"prompt": "a fox", "seed": seed, "steps": steps, "guidance": 4.0, "width": 64,
+                          "height": 64, **changes})  # fmt: skip
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def test_jobs_from_several_pages_run_one_at_a_time_in_the_order_submitted(studio):
+    jobs = [studio.submit(request(seed, steps=6), owner=f"page-{seed}") for seed in (1, 2, 3)]
+    images = [job.future.result(WAIT_S) for job in jobs]
+    for earlier, later in zip(images, images[1:], strict=False):
+        assert earlier.finished <= later.started
+    assert len({image.path for image in images}) == 3
+
+
+def test_a_job_reports_each_step_as_it_finishes(studio):
+    seen: list[int] = []
+    job = studio.submit(request(4, steps=5), owner="page")
+    while not job.future.done():
+        seen.append(job.steps_done)
+    job.future.result(WAIT_S)
+    assert job.steps_done == 5 and seen == sorted(seen)
+
+
+def test_cancelling_a_page_cancels_its_waiting_job_and_spares_the_others(studio):
+    blocker = studio.submit(request(5, steps=200), owner="busy")
+    waiting = studio.submit(request(6), owner="closed-page")
+    other = studio.submit(request(7), owner="open-page")
+    assert studio.cancel_owner("closed-page") == 1
+    assert studio.cancel_owner("busy") == 1
+    with pytest.raises(Cancelled):
+        waiting.future.result(WAIT_S)
+    with pytest.raises(Cancelled):
+        blocker.future.result(WAIT_S)
+    assert waiting.steps_done == 0 and blocker.steps_done < 200
+    assert other.future.result(WAIT_S).request.seed == 7
+
+
+def test_a_failed_job_is_its_own_error_and_the_next_job_runs(studio):
+    with pytest.raises(InputError, match="width 17 is not a multiple of 16"):
+        studio.submit(request(8, width=17), owner="page").future.result(WAIT_S)
+    assert studio.submit(request(9), owner="page").future.result(WAIT_S).path.exists()
+
+
+def test_a_lora_picked_from_the_folder_gives_flux2_generates_image(
+    studio, encoder_server, tiny_snapshot, tmp_path_factory
+):
+    folder = tmp_path_factory.mktemp("loras")
+    lora = random_lora(load_tiny_transformer(tiny_snapshot), folder / "style", seed=3)
+    name = lora.relative_to(folder).as_posix()
+    assert [name, 0.0] in lora_rows(folder)
+    picked = chosen_loras([[name, 0.8]], folder)
+    image = studio.submit(request(10, loras=picked), owner="page").future.result(WAIT_S)
+    out = tmp_path_factory.mktemp("cli") / "cli.png"
+    cli = run_cli(
+        "--encoder", encoder_server.target, "--model", str(tiny_snapshot), "--quiet", "--out", str(out), "a fox",
+        "--seed", "10", "--steps", "2", "--width", "64", "--height", "64", "--lora", f"{lora}:0.8",
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    assert np.array_equal(pixels(image.path), pixels(out))
+    assert image.settings()["loras"] == [{"name": lora.name, "scale": 0.8}]

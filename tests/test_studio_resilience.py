@@ -1,0 +1,70 @@
+"""The page under trouble: an encoder that stops and comes back, a login, calls that bypass the page's widgets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.browser import chromium, click_and_wait, fill_form, status_text, studio
+from tests.cli_runs import free_port
+from tests.helpers import start_server
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with chromium() as launched:
+        yield launched
+
+
+def open_page(browser, url: str):  # type: ignore[no-untyped-def]
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    page.goto(url)
+    return page
+
+
+def test_an_encoder_that_stops_is_one_message_and_the_page_works_once_it_is_back(browser, tiny_snapshot, tmp_path):
+    port = free_port()
+    server = start_server(tiny_snapshot, max_layer=34, port=port)
+    server.__enter__()
+    target = f"127.0.0.1:{port}"
+    with studio(target, tiny_snapshot, tmp_path / "images", "--timeout", "4") as running:
+        page = open_page(browser, running.url)
+        page.locator("#prompt textarea").wait_for()
+        fill_form(page, "a harbour", seed=1, width=64, height=64)
+        assert click_and_wait(page).startswith("Seed 1: wrote")
+        server.__exit__(None, None, None)
+        page.locator("#prompt textarea").fill("a harbour at night")  # not in the client's embedding cache
+        said = click_and_wait(page)
+        assert said.startswith("Error:") and target in said, said
+        assert "Traceback" not in page.locator("body").inner_text()
+        with start_server(tiny_snapshot, max_layer=34, port=port):
+            said = click_and_wait(page)
+            assert said.startswith("Seed 1: wrote"), said
+        assert running.process.poll() is None
+
+
+def test_with_an_auth_file_the_page_asks_to_log_in_and_refuses_a_wrong_password(
+    browser, encoder_server, tiny_snapshot, tmp_path: Path
+):
+    credentials = tmp_path / "auth"
+    credentials.write_text("ana:correct horse\n")
+    credentials.chmod(0o600)
+    with studio(encoder_server.target, tiny_snapshot, tmp_path / "images", "--auth-file", str(credentials)) as running:
+        assert running.url.startswith("http://127.0.0.1:")  # loopback unless --host says otherwise
+        page = open_page(browser, running.url)
+        page.get_by_label("username").first.wait_for()
+        assert page.locator("#prompt textarea").count() == 0
+        page.get_by_label("username").first.fill("ana")
+        page.get_by_label("password").first.fill("wrong")
+        page.get_by_role("button", name="Login").click()
+        page.get_by_text("Incorrect").first.wait_for()
+        page.get_by_label("username").first.fill("ana")
+        page.get_by_label("password").first.fill("correct horse")
+        page.get_by_role("button", name="Login").click()
+        page.locator("#prompt textarea").wait_for()
+        fill_form(page, "a lock", seed=2, width=64, height=64)
+        assert click_and_wait(page).startswith("Seed 2: wrote")
+        assert "readable by other" not in running.output()
+        assert status_text(page)
