@@ -267,3 +267,15 @@ def test_calls_that_bypass_the_widgets_are_refused_and_the_page_keeps_serving(pa
     if expected is not None:
         assert expected in answer, answer[-500:]
     assert "wrote" in call_api(page_process.url, "generate", api_form(seed=int(time.time()) % 1000))
+
+
+def test_reuse_puts_an_images_settings_back_into_the_form(page):
+    fill_form(page, "a red kite", seed=41, steps=3, width=64, height=64)
+    assert click_and_wait(page).startswith("Seed 41: wrote")
+    fill_form(page, "something else", seed=99, steps=5, width=128, height=128)
+    said = click_and_wait(page, "#reuse", "back in the form")
+    assert said.startswith("Settings of seed 41")
+    assert page.locator("#prompt textarea").input_value() == "a red kite"
+    assert page.locator("#seed input").input_value() == "41"
+    assert page.locator("#steps input[type=number]").input_value() == "3"
+    assert (page.locator("#width input").input_value(), page.locator("#height input").input_value()) == ("64", "64")
