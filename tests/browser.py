@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.cli_runs import REPO_ROOT, wait_until
+from tests.rlimits import limited
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser")
 INSTALL_HINT = "the browser tests need Debian's Chromium: run `apt-get install chromium` as root (make test does)"
@@ -95,10 +96,12 @@ class StudioProcess:
 
 
 @contextmanager
-def studio(encoder: str, snapshot: Path, out_dir: Path, *flags: str) -> Iterator[StudioProcess]:
-    """`flux2-studio` on a free loopback port, ready when this yields."""
+def studio(
+    encoder: str, snapshot: Path, out_dir: Path, *flags: str, limits: dict[str, int] | None = None
+) -> Iterator[StudioProcess]:
+    """`flux2-studio` on a free loopback port, ready when this yields; `limits` as `tests.rlimits` takes them."""
     command = [sys.executable, "-m", "diffusion_client.studio.cli", "--encoder", encoder, "--model", str(snapshot)]
-    command += ["--port", "0", "--out-dir", str(out_dir), *flags]
+    command = limited([*command, "--port", "0", "--out-dir", str(out_dir), *flags], **(limits or {}))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_TEMP_DIR": str(out_dir.parent / "gradio-uploads")}
     process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     running = StudioProcess(process, out_dir)

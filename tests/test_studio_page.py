@@ -279,3 +279,16 @@ def test_reuse_puts_an_images_settings_back_into_the_form(page):
     assert page.locator("#seed input").input_value() == "41"
     assert page.locator("#steps input[type=number]").input_value() == "3"
     assert (page.locator("#width input").input_value(), page.locator("#height input").input_value()) == ("64", "64")
+
+
+def test_an_upload_over_max_upload_mib_is_refused_and_not_kept(page_process):
+    import requests
+
+    uploads = page_process.out_dir.parent / "gradio-uploads"
+    before = sum(path.stat().st_size for path in uploads.rglob("*") if path.is_file())
+    files = {"files": ("big.png", b"\0" * (51 * 2**20), "image/png")}  # the default limit is 50 MiB
+    answer = requests.post(f"{page_process.url}/gradio_api/upload", files=files, timeout=120)
+    assert answer.status_code == 413, answer.text[:300]
+    after = sum(path.stat().st_size for path in uploads.rglob("*") if path.is_file())
+    assert after - before < 2**20
+    assert requests.get(page_process.url, timeout=30).status_code == 200

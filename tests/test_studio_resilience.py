@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import chromium, click_and_wait, fill_form, status_text, studio
+from tests.browser import StudioProcess, chromium, click_and_wait, fill_form, status_text, studio
 from tests.cli_runs import free_port
 from tests.helpers import start_server
 
@@ -68,3 +68,24 @@ def test_with_an_auth_file_the_page_asks_to_log_in_and_refuses_a_wrong_password(
         assert click_and_wait(page).startswith("Seed 2: wrote")
         assert "readable by other" not in running.output()
         assert status_text(page)
+
+
+@pytest.fixture(scope="module")
+def cramped_studio(encoder_server, tiny_snapshot, tmp_path_factory) -> Iterator[StudioProcess]:  # type: ignore[no-untyped-def]
+    """A page whose disk takes no file past 64 KiB (a 256x256 image of noise is over it, a 64x64 one under)."""
+    out_dir = tmp_path_factory.mktemp("cramped") / "images"
+    with studio(encoder_server.target, tiny_snapshot, out_dir, limits={"FSIZE": 65536}) as running:
+        yield running
+
+
+def test_a_full_disk_is_one_message_leaves_no_partial_file_and_smaller_images_still_write(browser, cramped_studio):
+    out_dir = cramped_studio.out_dir
+    page = open_page(browser, cramped_studio.url)
+    page.locator("#prompt textarea").wait_for()
+    fill_form(page, "a big picture", seed=3)
+    said = click_and_wait(page)
+    assert said.startswith("Error: cannot write") and "File too large" in said, said
+    assert list(out_dir.iterdir()) == []
+    fill_form(page, "a small picture", seed=3, width=64, height=64)
+    assert click_and_wait(page).startswith("Seed 3: wrote")
+    assert len(list(out_dir.iterdir())) == 1

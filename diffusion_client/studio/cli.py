@@ -26,6 +26,7 @@ PROG = "flux2-studio"
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 7860  # Gradio's own default, which users of other FLUX.2 pages already know
 DEFAULT_UPLOAD_MIB = 50
+MAX_QUEUED = 64  # Generate clicks waiting at once, all pages together; past it Gradio says the queue is full
 HEARTBEAT_S = "2"  # how soon a closed page is noticed (and its job cancelled); Gradio's default is 15 s
 
 
@@ -148,7 +149,7 @@ def launch(
     import gradio as gr
 
     port = port or free_port(host)
-    page.queue(default_concurrency_limit=1)
+    page.queue(default_concurrency_limit=1, max_size=MAX_QUEUED)
     page.launch(
         server_name=host,
         server_port=port,

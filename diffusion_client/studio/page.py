@@ -50,7 +50,9 @@ def gallery_items(history: list[StudioImage]) -> list[tuple[str, str]]:
 
 def build_page(studio: Studio, kind: ModelKind, *, title: str, lora_dir: Path | None) -> gr.Blocks:
     """The whole page; launching it is the caller's business."""
-    with gr.Blocks(title=title, analytics_enabled=False) as page:
+    # Uploads and the copies Gradio serves pile up in its cache on a page that runs for weeks: every 30 minutes,
+    # files older than an hour go (the marked images stay in --out-dir).
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(1800, 3600)) as page:
         history = gr.State([])  # this session's StudioImages, newest first
         selected = gr.State(0)  # which of them the details show
         gr.Markdown(f"# {title}")
