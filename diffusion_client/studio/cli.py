@@ -68,9 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-upload-mib", type=upload_mib, default=DEFAULT_UPLOAD_MIB, help="largest upload (default %(default)s)"
     )
-    parser.add_argument("--quantize", choices=("auto", "nf4", "none"), default="auto")
+    parser.add_argument(
+        "--quantize",
+        choices=("auto", "nf4", "none"),
+        default="auto",
+        help="transformer weights, as for flux2-generate: nf4 (CUDA only) or none; auto = nf4 on CUDA",
+    )
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
-    parser.add_argument("--cache-mib", type=cache_mib, default=DEFAULT_CACHE_MIB)
+    parser.add_argument(
+        "--cache-mib",
+        type=cache_mib,
+        default=DEFAULT_CACHE_MIB,
+        help="memory for embeddings already fetched: a prompt asked again is not fetched again (default %(default)s)",
+    )
     add_marking_arguments(parser)
     return parser
 
