@@ -84,8 +84,11 @@ class ImageGenerator:
         model_name: str,
         progress: bool = True,
         marker: Marker | None = None,
+        reference_label: Callable[[Path], str] = str,
     ) -> None:
         self.pipeline = pipeline
+        # How metadata names a reference image: its path as given, or (the page's uploads) only its file name.
+        self.reference_label = reference_label
         self.encoder = encoder
         self.model_name = model_name
         self.marker = marker or Marker.start(MarkingOptions())
@@ -274,7 +277,7 @@ class ImageGenerator:
             "encoder": f"{self.encoder.target} ({info.model_name}, {info.fingerprint[:16]})",
             # int8 and nf4 encoders give embeddings close to, not equal to, bf16 ones: record which made this.
             "encoder_quantization": info.quantization,
-            "reference_images": [str(path) for path in job.images],
+            "reference_images": [self.reference_label(path) for path in job.images],
             "loras": [applied.describe() for applied in prepared.loras],
         }
 

@@ -171,3 +171,32 @@ def test_prompts_file_lora_with_a_bad_scale_is_refused_naming_the_line(encoder_s
     finished = run_cli("--prompts", str(prompts), "--encoder", encoder_server.target, "--model", str(tiny_snapshot))
     assert finished.returncode == 2
     assert_one_line_error(finished.stderr, f"{prompts}:1", "scale must be a number")
+
+
+def test_past_max_loaded_the_adapter_used_longest_ago_is_deleted_and_reloads_to_the_same_image(
+    encoder_server, tiny_snapshot, lora_file, second_lora, tmp_path
+):
+    from diffusion_client import RemoteTextEncoder
+    from diffusion_client.generator import GeneratedImage, ImageGenerator
+    from diffusion_client.jobs import GenerationJob
+    from diffusion_client.lora.adapters import LoraAdapters
+    from diffusion_client.pipeline import PipelineConfig, load_pipeline
+
+    pipeline = load_pipeline(PipelineConfig(model_path=tiny_snapshot))
+    settings = dict(seed=3, steps=3, height=64, width=64)
+    jobs = [
+        GenerationJob(PROMPT, tmp_path / f"{number}.png", loras=(parse_lora_spec(str(path)),), **settings)
+        for number, path in enumerate((lora_file, second_lora, lora_file))
+    ]
+    with RemoteTextEncoder(encoder_server.target) as encoder:
+        generator = ImageGenerator(pipeline, encoder, model_name="tiny", progress=False)
+        generator.adapters = LoraAdapters(pipeline, max_loaded=1)
+        images = []
+        for job in jobs:
+            outcomes = list(generator.run(generator.prepare([job])))
+            assert isinstance(outcomes[0], GeneratedImage)
+            images.append(pixels(job.out))
+            assert len(generator.adapters.loaded) == 1
+            assert sorted(pipeline.get_list_adapters()["transformer"]) == generator.adapters.loaded
+    np.testing.assert_array_equal(images[0], images[2])  # deleted, loaded again: the same image
+    assert not np.array_equal(images[0], images[1])

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from diffusion_client.errors import InputError
-from diffusion_client.studio.auth import read_credentials
-from diffusion_client.studio.form import MAX_PAGE_STEPS, MAX_REFERENCES, RANDOM_SEED_RANGE, read_form
+from diffusion_client.studio.auth import exposure_notes, read_credentials
+from diffusion_client.studio.form import MAX_PAGE_SEED, MAX_PAGE_STEPS, MAX_REFERENCES, RANDOM_SEED_RANGE, read_form
 from diffusion_client.studio.loras import MAX_APPLIED, chosen_loras, lora_rows
 
 GOOD = dict(prompt="a fox", seed=7, random_seed=False, steps=4, guidance=4.0, width=256, height=256)
@@ -32,6 +32,7 @@ def test_a_good_form_becomes_a_request_with_whole_numbers():
         ("seed", math.inf, "seed must be a whole number"),
         ("seed", -1, "seed -1 is out of range"),
         ("seed", 2**64, "out of range"),
+        ("width", 17.6, "width must be a whole number"),
         ("seed", 1.5, "seed must be a whole number"),
         ("seed", "7", "seed must be a whole number, not str"),
         ("seed", None, "seed is empty"),
@@ -69,10 +70,20 @@ def test_a_reference_that_is_not_a_file_path_is_refused():
         form(references=[{"path": 3}])
 
 
-def test_the_rewrite_counts_only_while_upsampling():
-    assert form(upsample=True, rewrite="  a detailed fox ").rewrite == "a detailed fox"
+def test_the_rewrite_is_used_exactly_as_shown_and_only_while_upsampling():
+    assert form(upsample=True, rewrite="  a detailed fox \n").rewrite == "  a detailed fox \n"  # as the CLI encodes it
     assert form(upsample=True, rewrite="   ").rewrite is None  # empty: ask the server
     assert form(upsample=False, rewrite="a detailed fox").rewrite is None
+
+
+def test_a_new_random_seed_asks_for_a_new_rewrite():
+    assert form(upsample=True, random_seed=True, rewrite="made with an earlier seed").rewrite is None
+
+
+def test_a_seed_a_browser_cannot_carry_exactly_says_to_use_the_cli():
+    assert form(seed=MAX_PAGE_SEED).seed == MAX_PAGE_SEED
+    with pytest.raises(InputError, match="a browser cannot carry larger seeds exactly; use flux2-generate"):
+        form(seed=2**53)
 
 
 @pytest.fixture
@@ -94,6 +105,17 @@ def test_rows_with_a_scale_become_specs_and_zero_means_off(lora_dir):
     assert [(spec.path, spec.scale) for spec in specs] == [(lora_dir / "styles/b.safetensors", 0.75)]
 
 
+@pytest.mark.parametrize("empty", [None, "", " ", math.nan, "0", 0.0])
+def test_an_empty_or_zero_scale_cell_means_off(lora_dir, empty):
+    assert chosen_loras([["a.safetensors", empty]], lora_dir) == ()
+
+
+def test_a_bad_scale_names_the_lora_as_listed_not_where_the_server_keeps_it(lora_dir):
+    with pytest.raises(InputError) as raised:
+        chosen_loras([["styles/b.safetensors", 1e9]], lora_dir)
+    assert "LoRA styles/b.safetensors:" in str(raised.value) and str(lora_dir) not in str(raised.value)
+
+
 @pytest.mark.parametrize("name", ["../a.safetensors", "/etc/passwd", "c.safetensors", 7])
 def test_a_lora_the_folder_does_not_offer_is_refused(lora_dir, name):
     with pytest.raises(InputError, match="is not in the LoRA folder"):
@@ -104,8 +126,8 @@ def test_a_lora_the_folder_does_not_offer_is_refused(lora_dir, name):
     ("rows", "fragment"),
     [
         ([["a.safetensors", "strong"]], "scale must be a number"),
-        ([["a.safetensors", math.nan]], "scale must be a finite number"),
-        ([["a.safetensors", 1e9]], "scale must be a finite number"),
+        ([["a.safetensors", 1e9]], "LoRA a.safetensors: scale must be a finite number"),
+        ([["a.safetensors", "inf"]], "LoRA a.safetensors: scale must be a finite number"),
         ([["a.safetensors"]], "each LoRA row holds a name and a scale"),
         ("a.safetensors", "did not arrive as rows"),
     ],
@@ -138,3 +160,17 @@ def test_a_malformed_auth_file_is_one_line_that_never_echoes_a_password(tmp_path
     with pytest.raises(InputError, match=fragment) as raised:
         read_credentials(path)
     assert "pw" not in str(raised.value)
+
+
+def test_listening_beyond_loopback_without_a_login_gets_a_note(tmp_path):
+    assert exposure_notes("127.0.0.1", None) == []
+    assert "anyone who reaches this port can generate" in exposure_notes("0.0.0.0", None)[0]
+
+
+def test_a_password_file_others_can_read_gets_a_note(tmp_path):
+    path = tmp_path / "auth"
+    path.write_text("ana:secret\n")
+    path.chmod(0o644)
+    assert exposure_notes("0.0.0.0", path) == [f"{path} can be read by other users of this machine; chmod 600 it"]
+    path.chmod(0o600)
+    assert exposure_notes("0.0.0.0", path) == []

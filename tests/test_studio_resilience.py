@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,12 +30,14 @@ def test_an_encoder_that_stops_is_one_message_and_the_page_works_once_it_is_back
     server = start_server(tiny_snapshot, max_layer=34, port=port)
     server.__enter__()
     target = f"127.0.0.1:{port}"
-    with studio(target, tiny_snapshot, tmp_path / "images", "--timeout", "4") as running:
+    stack = contextlib.ExitStack()
+    stack.callback(server.__exit__, None, None, None)  # stopped by the test, or here if it fails first
+    with stack, studio(target, tiny_snapshot, tmp_path / "images", "--timeout", "4") as running:
         page = open_page(browser, running.url)
         page.locator("#prompt textarea").wait_for()
         fill_form(page, "a harbour", seed=1, width=64, height=64)
         assert click_and_wait(page).startswith("Seed 1: wrote")
-        server.__exit__(None, None, None)
+        stack.close()
         page.locator("#prompt textarea").fill("a harbour at night")  # not in the client's embedding cache
         said = click_and_wait(page)
         assert said.startswith("Error:") and target in said, said
@@ -66,7 +69,7 @@ def test_with_an_auth_file_the_page_asks_to_log_in_and_refuses_a_wrong_password(
         page.locator("#prompt textarea").wait_for()
         fill_form(page, "a lock", seed=2, width=64, height=64)
         assert click_and_wait(page).startswith("Seed 2: wrote")
-        assert "readable by other" not in running.output()
+        assert "can be read by other users" not in running.output()  # it is 0600
         assert status_text(page)
 
 

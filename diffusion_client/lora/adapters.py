@@ -8,6 +8,7 @@ into 4-bit weights would dequantise and round them again.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,13 +28,23 @@ class AppliedLora:
         return {"file": self.lora.path.name, "sha256": self.lora.sha256, "scale": self.scale}
 
 
-class LoraAdapters:
-    """The adapters loaded into one pipeline, and which are active."""
+MAX_LOADED = 8  # adapters kept loaded: a long-running page would otherwise keep every LoRA anyone ever picked
 
-    def __init__(self, pipeline: Any) -> None:
+
+class LoraAdapters:
+    """The adapters loaded into one pipeline, and which are active. Past `max_loaded`, the adapter used longest
+    ago is deleted (and loaded again if a later job asks for it)."""
+
+    def __init__(self, pipeline: Any, max_loaded: int = MAX_LOADED) -> None:
         self._pipeline = pipeline
-        self._loaded: set[str] = set()
+        self._max_loaded = max_loaded
+        self._loaded: OrderedDict[str, None] = OrderedDict()  # least recently used first
         self._active: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def loaded(self) -> list[str]:
+        """Adapter names loaded now, least recently used first."""
+        return list(self._loaded)
 
     def activate(self, loras: Sequence[AppliedLora]) -> None:
         """Make exactly `loras` active at their scales (none: the plain model)."""
@@ -44,7 +55,8 @@ class LoraAdapters:
             name = applied.lora.adapter_name
             if name not in self._loaded:
                 self._pipeline.load_lora_weights(str(applied.lora.path), adapter_name=name)
-                self._loaded.add(name)
+            self._loaded[name] = None
+            self._loaded.move_to_end(name)
         if wanted:
             names, scales = zip(*_merged(wanted), strict=True)
             self._pipeline.enable_lora()
@@ -52,6 +64,14 @@ class LoraAdapters:
         elif self._loaded:
             self._pipeline.disable_lora()
         self._active = wanted
+        self._evict({name for name, _ in wanted})
+
+    def _evict(self, active: set[str]) -> None:
+        spare = [name for name in self._loaded if name not in active]
+        while len(self._loaded) > self._max_loaded and spare:
+            name = spare.pop(0)
+            self._pipeline.delete_adapters(name)
+            del self._loaded[name]
 
 
 def _merged(wanted: tuple[tuple[str, float], ...]) -> list[tuple[str, float]]:

@@ -1,4 +1,5 @@
-"""`--auth-file`: the page's logins, one `user:password` per line, read from a file so they never appear in `ps`."""
+"""Who may reach the page: `--auth-file` logins (one `user:password` per line, read from a file so they never
+appear in `ps`), and the notes an operator gets about exposure."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from diffusion_client.errors import InputError
 
 MAX_AUTH_FILE_BYTES = 64 * 1024
+LOOPBACK = "127.0.0.1"  # where the page listens unless told otherwise: this machine only
 
 
 def read_credentials(path: Path) -> list[tuple[str, str]]:
@@ -40,3 +42,14 @@ def readable_by_others(path: Path) -> bool:
         return bool(path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH))
     except OSError:
         return False
+
+
+def exposure_notes(host: str, auth_file: Path | None) -> list[str]:
+    """What the operator should know about who can reach the page: a wide listen without a login, a password
+    file others can read."""
+    notes = []
+    if host != LOOPBACK and auth_file is None:
+        notes.append(f"listening on {host} without --auth-file: anyone who reaches this port can generate")
+    if auth_file is not None and readable_by_others(auth_file):
+        notes.append(f"{auth_file} can be read by other users of this machine; chmod 600 it")
+    return notes

@@ -19,11 +19,11 @@ from diffusion_client.cli import DEFAULT_CACHE_MIB, cache_mib, note, run_command
 from diffusion_client.encoder_flags import add_encoder_arguments, encoder_from_args, token_from_args
 from diffusion_client.errors import InputError, TransportError
 from diffusion_client.provenance.flags import add_marking_arguments, marking_from_args
+from diffusion_client.studio.auth import LOOPBACK, exposure_notes, read_credentials
 from shared.allocator import tune_allocator
 from shared.one_line import OneLineParser
 
 PROG = "flux2-studio"
-LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 7860  # Gradio's own default, which users of other FLUX.2 pages already know
 DEFAULT_UPLOAD_MIB = 50
 MAX_QUEUED = 64  # Generate clicks waiting at once, all pages together; past it Gradio says the queue is full
@@ -92,21 +92,17 @@ def free_port(host: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffusion_client.studio.auth import read_credentials, readable_by_others
-
     token = token_from_args(args)
     marking = marking_from_args(args)
     credentials = read_credentials(args.auth_file) if args.auth_file else None
-    if args.auth_file and readable_by_others(args.auth_file):
-        note(f"{args.auth_file} can be read by other users of this machine; chmod 600 it", PROG)
+    for text in exposure_notes(args.host, args.auth_file):
+        note(text, PROG)
     if args.lora_dir is not None and not args.lora_dir.is_dir():
         raise InputError(f"--lora-dir {args.lora_dir} is not a folder")
     try:
         args.out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise InputError(f"cannot make --out-dir {args.out_dir}: {error.strerror or error}") from error
-    if args.host != LOOPBACK and credentials is None:
-        note(f"listening on {args.host} without --auth-file: anyone who reaches this port can generate", PROG)
     try:
         import gradio  # noqa: F401
     except ImportError:
@@ -130,7 +126,12 @@ def run(args: argparse.Namespace) -> int:
         encoder.model = args.encoder_model
         pipeline = load_pipeline(pipeline_config(args))
         generator = ImageGenerator(
-            pipeline, encoder, model_name=args.model.resolve().name, progress=False, marker=marker
+            pipeline,
+            encoder,
+            model_name=args.model.resolve().name,
+            progress=False,
+            marker=marker,
+            reference_label=lambda path: path.name,  # an upload's name, not where Gradio keeps it
         )
         try:
             generator.prepare([])  # the served model that fits this snapshot; a wrong pairing stops here
@@ -187,8 +188,14 @@ def serve(page: Any, args: argparse.Namespace, credentials: list[tuple[str, str]
         max_upload_mib=args.max_upload_mib,
     )
     stopped = threading.Event()
+
+    def stop(*_: object) -> None:
+        stopped.set()
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second signal stops at once, mid-step or not
+            signal.signal(signum, signal.SIG_DFL)
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stopped.set())
+        signal.signal(signum, stop)
     print(f"{PROG}: serving on http://{args.host}:{port}", file=sys.stderr, flush=True)
     stopped.wait()
     page.close()

@@ -15,12 +15,13 @@ from typing import Any
 
 from diffusion_client.errors import InputError
 from diffusion_client.lora.specs import LoraSpec
-from diffusion_client.preflight import MAX_SEED
 
 MAX_PROMPT_CHARS = 20_000  # far past what 512 tokens hold; the server cuts at 512 tokens anyway
 MAX_REFERENCES = 8  # Flux2Pipeline conditions on every reference; more than a few only costs memory and time
 MAX_PAGE_STEPS = 200  # one shared GPU: a typo of 20000 steps would hold everyone's queue for hours
 RANDOM_SEED_RANGE = 2**32  # the seeds a page draws: short enough to read and retype
+# A browser's numbers are doubles: past 2^53 a typed seed silently becomes a neighbour, and so another image.
+MAX_PAGE_SEED = 2**53 - 1
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,8 @@ class PageRequest:
     references: tuple[Path, ...] = ()
     loras: tuple[LoraSpec, ...] = ()
     upsample: bool = False
-    rewrite: str | None = None  # the rewritten prompt as shown on the page (perhaps edited); None: ask the server
+    # The rewritten prompt as shown on the page (perhaps edited), encoded exactly as shown; None: ask the server.
+    rewrite: str | None = None
 
 
 def whole_number(name: str, value: Any, low: int, high: int) -> int:
@@ -89,7 +91,14 @@ def chosen_seed(seed: Any, random_seed: Any) -> int:
     """The seed field's value, or a fresh random one when the page asks for it (shown after the run)."""
     if random_seed is True:
         return secrets.randbelow(RANDOM_SEED_RANGE)
-    return whole_number("seed", seed, 0, MAX_SEED)
+    try:
+        return whole_number("seed", seed, 0, MAX_PAGE_SEED)
+    except InputError as error:
+        if isinstance(seed, int | float) and not isinstance(seed, bool) and math.isfinite(seed) and seed > 0:
+            raise InputError(
+                f"{error}: a browser cannot carry larger seeds exactly; use flux2-generate for those"
+            ) from None
+        raise
 
 
 def read_form(
@@ -112,7 +121,9 @@ def read_form(
         raise InputError("the prompt is empty; describe the image to make")
     if not isinstance(upsample, bool):
         raise InputError(f"upsample must be true or false, not {upsample!r}")
-    rewrite_text = text("the rewritten prompt", rewrite).strip()
+    rewrite_text = text("the rewritten prompt", rewrite)
+    # A new random seed asks for a new rewrite: the one shown was made with an earlier seed.
+    use_rewrite = upsample and random_seed is not True and bool(rewrite_text.strip())
     return PageRequest(
         prompt=prompt_text,
         seed=chosen_seed(seed, random_seed),
@@ -124,5 +135,5 @@ def read_form(
         references=reference_paths(references),
         loras=loras,
         upsample=upsample,
-        rewrite=(rewrite_text or None) if upsample else None,
+        rewrite=rewrite_text if use_rewrite else None,
     )

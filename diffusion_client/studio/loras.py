@@ -42,20 +42,35 @@ def chosen_loras(rows: Any, folder: Path | None) -> tuple[LoraSpec, ...]:
     for row in rows:
         if not isinstance(row, list | tuple) or len(row) != 2:
             raise InputError("each LoRA row holds a name and a scale; reload the page")
-        name, scale = row
-        if scale in (None, "") or (isinstance(scale, int | float) and not isinstance(scale, bool) and scale == 0):
+        name, cell = row
+        scale = _scale(name, cell)
+        if scale is None:
             continue
         if not isinstance(name, str) or name not in offered:
             raise InputError(f"LoRA {str(name)[:80]!r} is not in the LoRA folder; press Refresh and pick again")
-        if isinstance(scale, str):
-            try:
-                scale = float(scale)
-            except ValueError:
-                raise InputError(f"LoRA {name}: scale must be a number, not {scale[:40]!r}") from None
-        if isinstance(scale, bool) or not isinstance(scale, int | float):
-            raise InputError(f"LoRA {name}: scale must be a number")
         assert folder is not None  # a name was offered, so there is a folder
-        specs.append(LoraSpec(folder / name, float(scale)))
+        try:
+            specs.append(LoraSpec(folder / name, scale))
+        except InputError as error:  # named as the page lists it, not by where the server keeps it
+            raise InputError(str(error).replace(str(folder / name), name)) from None
     if len(specs) > MAX_APPLIED:
         raise InputError(f"{len(specs)} LoRAs chosen; the limit is {MAX_APPLIED}")
     return tuple(specs)
+
+
+def _scale(name: object, cell: object) -> float | None:
+    """A scale cell as a number; None for off (0, or a cell left empty: a table sends that as None, "" or NaN)."""
+    if cell is None or (isinstance(cell, str) and not cell.strip()):
+        return None
+    if isinstance(cell, str):
+        try:
+            number = float(cell)
+        except ValueError:
+            raise InputError(f"LoRA {str(name)[:80]}: scale must be a number, not {cell[:40]!r}") from None
+    elif isinstance(cell, int | float) and not isinstance(cell, bool):
+        number = float(cell)
+    else:
+        raise InputError(f"LoRA {str(name)[:80]}: scale must be a number")
+    if number != number or number == 0:  # NaN: the table's empty cell
+        return None
+    return number

@@ -28,7 +28,9 @@ SIZE_PRESETS = {
 }
 CUSTOM_SIZE = "custom"
 POLL_S = 0.1  # how often the progress bar is brought up to date while an image denoises
-HISTORY_LIMIT = 200  # images a session's gallery keeps; the files stay in --out-dir regardless
+# Images a session's gallery shows: Gradio reads and hashes every one again on each Generate. The files stay in
+# --out-dir regardless.
+HISTORY_LIMIT = 24
 
 
 def failure(error: BaseException) -> str:
@@ -74,7 +76,8 @@ def build_page(studio: Studio, kind: ModelKind, *, title: str, lora_dir: Path | 
                     elem_id="rewrite",
                 )
                 with gr.Row():
-                    seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, elem_id="seed")
+                    # No `precision`: Gradio would round 17.6 to 18 unseen; the form says what is wrong instead.
+                    seed = gr.Number(label="Seed", value=0, minimum=0, elem_id="seed")
                     random_seed = gr.Checkbox(label="Random seed", value=False, elem_id="random-seed")
                 with gr.Row():
                     steps = gr.Slider(1, MAX_PAGE_STEPS, value=kind.steps, step=1, label="Steps", elem_id="steps")
@@ -83,8 +86,8 @@ def build_page(studio: Studio, kind: ModelKind, *, title: str, lora_dir: Path | 
                     size = gr.Dropdown(
                         [*SIZE_PRESETS, CUSTOM_SIZE], value="1024 × 1024", label="Size", elem_id="size-preset"
                     )
-                    width = gr.Number(label="Width", value=1024, precision=0, step=16, elem_id="width")
-                    height = gr.Number(label="Height", value=1024, precision=0, step=16, elem_id="height")
+                    width = gr.Number(label="Width", value=1024, step=16, elem_id="width")
+                    height = gr.Number(label="Height", value=1024, step=16, elem_id="height")
                 loras = gr.Dataframe(
                     lora_rows(lora_dir),
                     headers=["LoRA", "scale"],
@@ -219,8 +222,12 @@ def build_page(studio: Studio, kind: ModelKind, *, title: str, lora_dir: Path | 
             concurrency_limit=4,
             concurrency_id="encoder",
         )
-        # A rewrite is of the prompt it was made from: typing a new prompt drops it (in the browser, no round trip).
+        # A rewrite is of the prompt, seed and references it was made from: changing one drops it (in the browser,
+        # no round trip), so Generate asks for a new one.
         prompt.input(None, js="() => ''", outputs=rewrite)
+        seed.input(None, js="() => ''", outputs=rewrite)
+        random_seed.input(None, js="() => ''", outputs=rewrite)
+        references.change(None, js="() => ''", outputs=rewrite)
 
         def size_chosen(name: str) -> tuple[Any, Any]:
             if name not in SIZE_PRESETS:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +27,7 @@ from diffusion_client.preflight import PreparedJob
 from diffusion_client.studio.form import PageRequest
 
 MESSAGE_LIMIT = 500  # characters of a message shown on the page
+logger = logging.getLogger("flux2-studio")
 
 
 class Cancelled(Exception):
@@ -115,7 +118,8 @@ class Studio:
         self._jobs: list[StudioJob] = []
         self._lock = threading.Lock()
         self._numbers = itertools.count(1)
-        self._stamp = time.strftime("%Y%m%d-%H%M%S")  # this run's files never overwrite an earlier run's
+        # Names no one can guess (the page serves --out-dir to logged-in users) and no other run or server reuses.
+        self._stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
 
     def submit(self, request: PageRequest, owner: str) -> StudioJob:
         """Queue `request`; the returned job's future holds the image or the failure."""
@@ -135,7 +139,10 @@ class Studio:
 
     def rewrite(self, request: PageRequest) -> str:
         """The server's rewrite of the prompt, seeded with the request's seed, looking at its reference images."""
-        prepared = self._prepare(dataclasses.replace(request, upsample=True, rewrite=None), Path("rewrite.png"))
+        # preflight checks an output it could write: one in --out-dir, which is writable (nothing is written).
+        prepared = self._prepare(
+            dataclasses.replace(request, upsample=True, rewrite=None), self.out_dir / "rewrite.png"
+        )
         return self.generator.upsample_prompt(prepared)
 
     def close(self) -> None:
@@ -148,14 +155,17 @@ class Studio:
     def _run(self, job: StudioJob) -> None:
         what = f"job {job.number} (seed {job.request.seed})"
         try:
-            job.started = True
             job.check()
+            job.started = True
+            self.log(f"{what}: started, {job.request.steps} steps at {job.request.width}x{job.request.height}")
             image = self._make(job)
         except Cancelled:
             self.log(f"{what}: cancelled after {job.steps_done} of {job.request.steps} steps")
             job.future.set_exception(Cancelled("cancelled"))
         except BaseException as error:  # the page shows every failure; the worker lives on for the next job
             self.log(f"{what}: failed: {page_message(error)}")
+            if not isinstance(error, ClientError):  # a bug: the operator needs the traceback, the page never sees it
+                logger.exception("%s failed unexpectedly", what)
             job.future.set_exception(error)
         else:
             self.log(f"{what}: wrote {image.path.name} in {image.seconds:.2f} s")
