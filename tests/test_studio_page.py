@@ -213,6 +213,8 @@ def test_cancel_stops_the_job_between_steps_and_writes_nothing(page, page_proces
     fill_form(page, "a very long job", seed=21, steps=200)
     page.locator("#generate").click()
     page_process.wait_for_log("(seed 21): started")
+    # The per-step progress bar: "denoising", then steps done of 200.
+    page.locator("[data-testid='status-tracker']", has_text="denoising").first.wait_for(timeout=30_000)
     assert click_and_wait(page, "#cancel", "Cancelled") == "Cancelled."
     line = page_process.wait_for_log("(seed 21): cancelled after")
     done = int(line.split("cancelled after ")[1].split(" of ")[0])
