@@ -9,17 +9,21 @@ DEMO_OUT := out
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-gpu lint proto tiny-model demo bench-tiny clean
+.PHONY: install browser test test-gpu lint proto tiny-model demo bench-tiny clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install -e '.[dev,ray,studio]'
 	touch $(STAMP)
 
-test: install
+test: install browser
 	$(BIN)/pytest -n 2 --dist loadfile
+
+# The page's tests drive the system's Chromium: installed here when root can, else one line saying how.
+browser:
+	@bash scripts/ensure_chromium.sh
 
 test-gpu: install
 	$(BIN)/pytest -m gpu
@@ -43,7 +47,7 @@ tiny-model: $(TINY_MODEL)/model_index.json $(TINY_KLEIN)/model_index.json
 demo: install tiny-model
 	PYTHON=$(BIN)/python BIN=$(BIN) MODEL=$(TINY_MODEL) KLEIN_MODEL=$(TINY_KLEIN) OUT=$(DEMO_OUT) bash scripts/demo.sh
 
-bench-tiny: install
+bench-tiny: install browser
 	$(BIN)/python -m bench.encoder --tiny
 	$(BIN)/python -m bench.encoder --tiny --quantize none,int8,nf4
 	$(BIN)/python -m bench.client --tiny
@@ -52,6 +56,8 @@ bench-tiny: install
 	$(BIN)/python -m bench.wire --tiny
 	$(BIN)/python -m bench.train --tiny
 	$(BIN)/python -m bench.marking --tiny
+	$(BIN)/python -m bench.studio --tiny
+	$(BIN)/python -m bench.batch --tiny
 
 clean:
 	rm -rf $(VENV) .cache $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

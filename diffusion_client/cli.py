@@ -105,6 +105,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("prompt", nargs="?", help="what to draw (or use --prompts FILE)")
     add_encoder_arguments(parser)
     parser.add_argument("--model", required=True, type=Path, help="local FLUX.2 snapshot (transformer/, vae/)")
+    add_job_arguments(parser)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("image.png"),
+        help="output image, by extension .png, .jpg/.jpeg or .webp; with --prompts, image.png becomes "
+        "image-000.png, image-001.png, ...",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=("auto", "nf4", "none"),
+        default="auto",
+        help="transformer weights: nf4 (4-bit, CUDA only) or none; auto = nf4 on CUDA",
+    )
+    parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    parser.add_argument("--prompts", type=Path, help="one prompt per line, or JSONL with per-line settings")
+    add_upsample_arguments(parser)
+    parser.add_argument(
+        "--cache-mib",
+        type=cache_mib,
+        default=DEFAULT_CACHE_MIB,
+        help="memory for embeddings already fetched, so a repeated prompt is fetched once; 0 turns it off "
+        "(default %(default)s)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_marking_arguments(parser)
+    return parser
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """The settings every job takes from the command line unless its prompts-file line gives its own."""
     parser.add_argument(
         "--image",
         action="append",
@@ -138,21 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--width", type=int, default=1024)
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path("image.png"),
-        help="output image, by extension .png, .jpg/.jpeg or .webp; with --prompts, image.png becomes "
-        "image-000.png, image-001.png, ...",
-    )
-    parser.add_argument(
-        "--quantize",
-        choices=("auto", "nf4", "none"),
-        default="auto",
-        help="transformer weights: nf4 (4-bit, CUDA only) or none; auto = nf4 on CUDA",
-    )
-    parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
-    parser.add_argument("--prompts", type=Path, help="one prompt per line, or JSONL with per-line settings")
+
+
+def add_upsample_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--upsample` and its temperature: per-job settings too, which a prompts-file line may override."""
     parser.add_argument(
         "--upsample",
         action="store_true",
@@ -165,27 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_UPSAMPLE_TEMPERATURE,
         help=f"sampling temperature of --upsample, {TEMPERATURE_RANGE} (default %(default)s)",
     )
-    parser.add_argument(
-        "--cache-mib",
-        type=cache_mib,
-        default=DEFAULT_CACHE_MIB,
-        help="memory for embeddings already fetched, so a repeated prompt is fetched once; 0 turns it off "
-        "(default %(default)s)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_marking_arguments(parser)
-    return parser
 
 
-def _jobs(args: argparse.Namespace) -> list[GenerationJob]:
+def job_defaults(args: argparse.Namespace, prompt: str, out: Path) -> GenerationJob:
+    """The job the flags of `add_job_arguments` and `add_upsample_arguments` describe; lines of a prompts file
+    start from it."""
     from diffusion_client.pipeline import model_kind
 
-    if (args.prompt is None) == (args.prompts is None):
-        raise InputError("give either a PROMPT or --prompts FILE, not both or neither")
     kind = model_kind(args.model)  # the recommended steps and guidance differ between FLUX.2-dev and klein
-    defaults = GenerationJob(
-        prompt=args.prompt or "",
-        out=args.out,
+    return GenerationJob(
+        prompt=prompt,
+        out=out,
         seed=args.seed,
         steps=kind.steps if args.steps is None else args.steps,
         guidance=kind.guidance if args.guidance is None else args.guidance,
@@ -196,6 +206,12 @@ def _jobs(args: argparse.Namespace) -> list[GenerationJob]:
         upsample=args.upsample,
         upsample_temperature=args.upsample_temperature,
     )
+
+
+def _jobs(args: argparse.Namespace) -> list[GenerationJob]:
+    if (args.prompt is None) == (args.prompts is None):
+        raise InputError("give either a PROMPT or --prompts FILE, not both or neither")
+    defaults = job_defaults(args, prompt=args.prompt or "", out=args.out)
     return jobs_from_file(args.prompts, defaults) if args.prompts else [defaults]
 
 
@@ -216,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
     for text in marker.start_notes():
         note(text)
 
-    config = _pipeline_config(args)
+    config = pipeline_config(args)
     started = time.perf_counter()
     with encoder_from_args(args, token, cache_bytes=args.cache_mib * 2**20) as encoder:
         encoder.model = args.encoder_model
@@ -256,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
     return first_failure
 
 
-def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
+def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     import torch
 
     from diffusion_client.pipeline import PipelineConfig

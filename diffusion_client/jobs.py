@@ -62,25 +62,35 @@ def numbered_output(out: Path, index: int) -> Path:
 
 def jobs_from_file(path: Path, defaults: GenerationJob) -> list[GenerationJob]:
     """Parse a prompts file; each line inherits the CLI's settings and may override them."""
+    jobs: list[GenerationJob] = []
+    for number, text in prompt_lines(path):
+        jobs.append(job_from_line(f"{path}:{number}", text, defaults, numbered_output(defaults.out, len(jobs))))
+    if not jobs:
+        raise InputError(f"prompts file {path} has no prompts")
+    return jobs
+
+
+def prompt_lines(path: Path) -> list[tuple[int, str]]:
+    """The file's lines that hold a job, stripped, with their 1-based line numbers (blanks and `#` skipped)."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"cannot read prompts file {path}: {error}") from error
-    jobs: list[GenerationJob] = []
-    for number, line in enumerate(lines, start=1):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        where = f"{path}:{number}"
-        settings: dict[str, Any] = {"out": numbered_output(defaults.out, len(jobs)), "origin": where}
-        if text.startswith("{"):
-            settings.update(_parse_json_line(where, text))
-        else:
-            settings["prompt"] = text
-        jobs.append(dataclasses.replace(defaults, **settings))
-    if not jobs:
-        raise InputError(f"prompts file {path} has no prompts")
-    return jobs
+    stripped = ((number, line.strip()) for number, line in enumerate(lines, start=1))
+    return [(number, text) for number, text in stripped if text and not text.startswith("#")]
+
+
+def job_from_line(where: str, text: str, defaults: GenerationJob, out: Path) -> GenerationJob:
+    """One line's job: a plain prompt, or a JSON object's settings over `defaults`; `out` unless the line names one.
+
+    Raises `InputError` naming `where` (`prompts.jsonl:3`) for a line that does not parse.
+    """
+    settings: dict[str, Any] = {"out": out, "origin": where}
+    if text.startswith("{"):
+        settings.update(_parse_json_line(where, text))
+    else:
+        settings["prompt"] = text
+    return dataclasses.replace(defaults, **settings)
 
 
 def _parse_json_line(where: str, text: str) -> dict[str, Any]:

@@ -39,6 +39,8 @@ from diffusion_client.upsampling import (
 
 MAX_SIDE = 4096
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit value
+# FLUX.2 recommends 28 to 50; a typo of 10**9 would hold a GPU (and 8 GB of timesteps) for days instead of failing.
+MAX_STEPS = 1000
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,8 @@ def check_settings(job: GenerationJob, multiple: int) -> None:
             )
     if job.steps < 1:
         raise InputError(job.describe(f"steps must be at least 1, not {job.steps}"))
+    if job.steps > MAX_STEPS:
+        raise InputError(job.describe(f"steps must be at most {MAX_STEPS}, not {job.steps}"))
     if not 0 <= job.seed <= MAX_SEED:
         raise InputError(job.describe(f"seed must be between 0 and {MAX_SEED}, not {job.seed}"))
     if not math.isfinite(job.guidance):
