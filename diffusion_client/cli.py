@@ -113,12 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="output image, by extension .png, .jpg/.jpeg or .webp; with --prompts, image.png becomes "
         "image-000.png, image-001.png, ...",
     )
-    parser.add_argument(
-        "--quantize",
-        choices=("auto", "nf4", "none"),
-        default="auto",
-        help="transformer weights: nf4 (4-bit, CUDA only) or none; auto = nf4 on CUDA",
-    )
+    add_quantize_argument(parser)
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     parser.add_argument("--prompts", type=Path, help="one prompt per line, or JSONL with per-line settings")
     add_upsample_arguments(parser)
@@ -132,6 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_marking_arguments(parser)
     return parser
+
+
+def add_quantize_argument(parser: argparse.ArgumentParser) -> None:
+    """`--quantize`, as every command that loads the DiT takes it."""
+    parser.add_argument(
+        "--quantize",
+        choices=("auto", "nf4", "none"),
+        default="auto",
+        help="transformer weights: nf4 (4-bit, CUDA only) or none; auto = nf4 on CUDA",
+    )
 
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:

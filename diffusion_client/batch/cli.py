@@ -26,6 +26,7 @@ from diffusion_client.batch.results import MANIFEST
 from diffusion_client.cli import (
     DEFAULT_CACHE_MIB,
     add_job_arguments,
+    add_quantize_argument,
     add_upsample_arguments,
     cache_mib,
     job_defaults,
@@ -111,12 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="where workers generate: one GPU each, or CPU; auto = cuda when the cluster has GPUs",
     )
-    parser.add_argument(
-        "--quantize",
-        choices=("auto", "nf4", "none"),
-        default="auto",
-        help="transformer weights: nf4 (4-bit, CUDA only) or none; auto = nf4 on CUDA",
-    )
+    add_quantize_argument(parser)
     add_job_arguments(parser)
     add_upsample_arguments(parser)
     parser.add_argument(

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from diffusion_client.cli import DEFAULT_CACHE_MIB, cache_mib, note, run_command
+from diffusion_client.cli import DEFAULT_CACHE_MIB, add_quantize_argument, cache_mib, note, run_command
 from diffusion_client.encoder_flags import add_encoder_arguments, encoder_from_args, token_from_args
 from diffusion_client.errors import InputError, TransportError
 from diffusion_client.provenance.flags import add_marking_arguments, marking_from_args
@@ -68,12 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-upload-mib", type=upload_mib, default=DEFAULT_UPLOAD_MIB, help="largest upload (default %(default)s)"
     )
-    parser.add_argument(
-        "--quantize",
-        choices=("auto", "nf4", "none"),
-        default="auto",
-        help="transformer weights, as for flux2-generate: nf4 (CUDA only) or none; auto = nf4 on CUDA",
-    )
+    add_quantize_argument(parser)
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     parser.add_argument(
         "--cache-mib",
