@@ -29,6 +29,7 @@ from tests.browser import (
 )
 from tests.cli_runs import run_cli
 from tests.helpers import RunningServer, start_server
+from tests.lora_files import load_tiny_transformer, random_lora
 from tests.test_generate_errors import hand_made_png
 
 UPSAMPLE_TOKENS = 12
@@ -43,10 +44,18 @@ def upsampling_server(tiny_snapshot: Path) -> Iterator[RunningServer]:
 
 
 @pytest.fixture(scope="module")
+def lora_dir(tiny_snapshot: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("loras")
+    random_lora(load_tiny_transformer(tiny_snapshot), folder / "style", seed=3)
+    return folder
+
+
+@pytest.fixture(scope="module")
 def page_process(
-    upsampling_server: RunningServer, tiny_snapshot: Path, tmp_path_factory: pytest.TempPathFactory
+    upsampling_server: RunningServer, tiny_snapshot: Path, lora_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[StudioProcess]:
-    with studio(upsampling_server.target, tiny_snapshot, tmp_path_factory.mktemp("studio") / "images") as running:
+    out_dir = tmp_path_factory.mktemp("studio") / "images"
+    with studio(upsampling_server.target, tiny_snapshot, out_dir, "--lora-dir", str(lora_dir)) as running:
         yield running
 
 
@@ -299,3 +308,22 @@ def test_an_upload_over_max_upload_mib_is_refused_and_not_kept(page_process):
     after = sum(path.stat().st_size for path in uploads.rglob("*") if path.is_file())
     assert after - before < 2**20
     assert requests.get(page_process.url, timeout=30).status_code == 200
+
+
+def test_a_lora_given_a_scale_in_the_table_gives_flux2_generates_image(
+    page, lora_dir, upsampling_server, tiny_snapshot, tmp_path
+):
+    lora = next(lora_dir.rglob("*.safetensors"))
+    assert page.locator("#loras").inner_text().count(lora.relative_to(lora_dir).as_posix()) == 1
+    page.locator("#loras [data-testid='cell-0-1']").dblclick()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("0.8")
+    page.keyboard.press("Enter")
+    fill_form(page, "a fox", seed=10, width=64, height=64)
+    assert click_and_wait(page).startswith("Seed 10: wrote")
+    assert details(page)["loras"] == [{"name": lora.name, "scale": 0.8}]
+    from_cli = cli_image(
+        upsampling_server, tiny_snapshot, tmp_path / "cli.png", "a fox", "--seed", "10", "--steps", "2",
+        "--width", "64", "--height", "64", "--lora", f"{lora}:0.8",
+    )  # fmt: skip
+    assert np.array_equal(pixels(download(page, tmp_path / "page.png")), pixels(from_cli))
