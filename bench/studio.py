@@ -24,7 +24,7 @@ from bench.random_models import encoder_server, random_pipeline
 from diffusion_client.errors import ClientError
 from diffusion_client.generator import FailedJob, ImageGenerator
 from diffusion_client.jobs import GenerationJob
-from diffusion_client.pipeline import ModelKind, PipelineConfig, Quantize, load_pipeline, model_kind
+from diffusion_client.pipeline import ModelKind, PipelineConfig, load_pipeline, model_kind, resolve_quantize
 from diffusion_client.remote_encoder import RemoteTextEncoder
 
 log = logging.getLogger("bench.studio")
@@ -121,7 +121,7 @@ def benchmark(args: argparse.Namespace, scratch: Path, snapshot: Path | None) ->
     if snapshot is None:
         pipeline, kind = random_pipeline(args.device), ModelKind("Flux2Pipeline", True, 28, GUIDANCE)
     else:
-        quantize: Quantize = "nf4" if args.device.startswith("cuda") else "none"
+        quantize = resolve_quantize("auto", args.device)
         pipeline = load_pipeline(PipelineConfig(model_path=snapshot, device=args.device, quantize=quantize))
         kind = model_kind(snapshot)
     harness.release_memory(args.device)

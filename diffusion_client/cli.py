@@ -22,13 +22,13 @@ from diffusion_client.encoder_flags import (
 from diffusion_client.errors import (
     MESSAGE_LIMIT,
     BadReplyError,
-    ClientError,
     EncoderFailedError,
     EncoderRejectedError,
     InputError,
     ModelMismatchError,
     PipelineMismatchError,
     TransportError,
+    failure_text,
     printable_line,
 )
 from diffusion_client.jobs import GenerationJob, jobs_from_file
@@ -68,9 +68,7 @@ def note(text: str, prog: str = PROG) -> None:
 
 def report(failure: object, prog: str = PROG) -> None:
     """One failure, as exactly one printable line on stderr; ours say what to fix, others say what they are."""
-    known = isinstance(failure, ClientError) or not isinstance(failure, BaseException)
-    message = failure if known else f"unexpected {type(failure).__name__}: {failure}"
-    print(f"{prog}: error: {printable_line(message, MESSAGE_LIMIT)}", file=sys.stderr, flush=True)
+    print(f"{prog}: error: {printable_line(failure_text(failure), MESSAGE_LIMIT)}", file=sys.stderr, flush=True)
 
 
 def upsample_temperature(text: str) -> float:
@@ -280,13 +278,10 @@ def run(args: argparse.Namespace) -> int:
 def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     import torch
 
-    from diffusion_client.pipeline import PipelineConfig
+    from diffusion_client.pipeline import PipelineConfig, resolve_quantize
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    quantize = args.quantize
-    if quantize == "auto":
-        quantize = "nf4" if device.startswith("cuda") else "none"
-    return PipelineConfig(model_path=args.model, device=device, quantize=quantize)
+    return PipelineConfig(model_path=args.model, device=device, quantize=resolve_quantize(args.quantize, device))
 
 
 def run_command(

@@ -93,3 +93,10 @@ class InputError(ClientError):
 
 
 GenerationInputError = InputError  # the name before the tree had InputError; kept for existing imports
+
+
+def failure_text(failure: object) -> str:
+    """A failure in words: ours (and messages already made) as they are, anything else named by its type."""
+    if isinstance(failure, BaseException) and not isinstance(failure, ClientError):
+        return f"unexpected {type(failure).__name__}: {failure}"
+    return str(failure)

@@ -49,6 +49,15 @@ def model_kind(model_path: Path) -> ModelKind:
     return ModelKind(pipeline, distilled, steps=4 if distilled else 50, guidance=1.0 if distilled else 4.0)
 
 
+def resolve_quantize(flag: str, device: str) -> Quantize:
+    """`--quantize`: nf4 or none as given; auto is nf4 on CUDA (bitsandbytes' NF4 path) and none elsewhere."""
+    if flag == "auto":
+        return "nf4" if device.startswith("cuda") else "none"
+    if flag not in ("nf4", "none"):
+        raise ValueError(f"--quantize is auto, nf4 or none, not {flag!r}")
+    return "nf4" if flag == "nf4" else "none"
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     model_path: Path

@@ -36,6 +36,7 @@ from diffusion_client.upsampling import (
     max_new_tokens_for,
     read_reference_file,
 )
+from shared.info import ServerInfo
 
 MAX_SIDE = 4096
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit value
@@ -109,17 +110,9 @@ def _with_loras(prepared: list[PreparedJob], transformer_config: Mapping[str, An
 
 def _with_upsampling(prepared: list[PreparedJob], encoder: RemoteTextEncoder) -> list[PreparedJob]:
     """Check the encoder can upsample what the jobs ask, and read those jobs' reference files once."""
-    upsampling = [item.job for item in prepared if item.job.upsample]
-    if not upsampling:
+    if not any(item.job.upsample for item in prepared):
         return prepared
-    info = encoder.upsampling_info()
-    if not info.upsampling_available:
-        raise InputError(
-            upsampling[0].describe(
-                f"upsampling asked for, but the encoder at {encoder.target} does not offer it; restart it with "
-                "`flux2-encoder serve --enable-upsampling`, or generate without --upsample"
-            )
-        )
+    info = offered_upsampling(encoder, [item.job for item in prepared])
     files: dict[Path, ReferenceFile] = {}  # one read per file, however many jobs use it
     checked = []
     for item in prepared:
@@ -144,6 +137,20 @@ def _with_upsampling(prepared: list[PreparedJob], encoder: RemoteTextEncoder) ->
             raise InputError(job.describe(str(error))) from error
         checked.append(dataclasses.replace(item, reference_files=references))
     return checked
+
+
+def offered_upsampling(encoder: RemoteTextEncoder, jobs: Sequence[GenerationJob]) -> ServerInfo:
+    """The encoder's upsampling model; `InputError` naming the first job that upsamples if it offers none."""
+    info = encoder.upsampling_info()
+    upsampling = [job for job in jobs if job.upsample]
+    if upsampling and not info.upsampling_available:
+        raise InputError(
+            upsampling[0].describe(
+                f"upsampling asked for, but the encoder at {encoder.target} does not offer it; restart it with "
+                "`flux2-encoder serve --enable-upsampling`, or generate without --upsample"
+            )
+        )
+    return info
 
 
 def check_settings(job: GenerationJob, multiple: int) -> None:

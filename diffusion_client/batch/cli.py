@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from diffusion_client.batch.outputs import OutputDir
     from diffusion_client.batch.plan import PlannedJob
     from diffusion_client.batch.results import JobResult
-    from diffusion_client.pipeline import Quantize
     from diffusion_client.provenance.marking import Marker
     from diffusion_client.remote_encoder import RemoteTextEncoder
 
@@ -185,16 +184,12 @@ def _check_encoder(
 ) -> None:
     """What preflight asks of the encoder, once for the run: it feeds this transformer, and upsamples if asked."""
     from diffusion_client.pipeline import joint_attention_dim
+    from diffusion_client.preflight import offered_upsampling
 
     encoder.select_model(pipeline, joint_attention_dim(transformer_config))
     upsampling = [job.job for job in pending if job.job.upsample]
-    if upsampling and not encoder.upsampling_info().upsampling_available:
-        raise InputError(
-            upsampling[0].describe(
-                f"upsampling asked for, but the encoder at {encoder.target} does not offer it; restart it with "
-                "`flux2-encoder serve --enable-upsampling`, or generate without --upsample"
-            )
-        )
+    if upsampling:
+        offered_upsampling(encoder, upsampling)
 
 
 def _run_on_cluster(
@@ -208,13 +203,12 @@ def _run_on_cluster(
     """Run `pending` on the cluster, filling `results` as jobs finish; the exit code of a failure that stopped it."""
     from diffusion_client.batch.runner import cluster, run_jobs, size_pool
     from diffusion_client.batch.worker import WorkerConfig
+    from diffusion_client.pipeline import resolve_quantize
 
     with cluster(args.ray) as ray:
         pool = size_pool(ray, args.device, args.workers, args.cpus_per_worker)
         pool = dataclasses.replace(pool, workers=min(pool.workers, len(pending)))  # no worker loads for nothing
-        quantize: Quantize = "nf4" if pool.device == "cuda" else "none"
-        if args.quantize != "auto":
-            quantize = args.quantize
+        quantize = resolve_quantize(args.quantize, pool.device)
         if quantize == "nf4" and pool.device == "cpu":  # --device auto on a cluster without GPUs
             raise InputError(NF4_ON_CPU)
         config = WorkerConfig(

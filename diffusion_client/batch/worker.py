@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from diffusion_client.batch.outputs import OutputDir
 from diffusion_client.batch.plan import PlannedJob, decode_job
 from diffusion_client.batch.results import JobResult
-from diffusion_client.errors import ClientError, InputError
+from diffusion_client.errors import InputError, failure_text
 
 if TYPE_CHECKING:
     import numpy as np
@@ -51,11 +51,6 @@ class WorkerConfig:
     outputs: OutputDir
 
 
-def describe(error: BaseException) -> str:
-    """An error as `report` words it: ours say what to fix, others say what they are."""
-    return str(error) if isinstance(error, ClientError) else f"unexpected {type(error).__name__}: {error}"
-
-
 class BatchWorker:
     """The callable class `map_batches` runs on each actor: a batch of encoded jobs in, their results out."""
 
@@ -70,7 +65,7 @@ class BatchWorker:
         except Exception as error:  # reported once per job it was given, with the exit code that stops the run
             from diffusion_client.cli import exit_code
 
-            self.broken = (f"a worker on {socket.gethostname()} cannot start: {describe(error)}", exit_code(error))
+            self.broken = (f"a worker on {socket.gethostname()} cannot start: {failure_text(error)}", exit_code(error))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import numpy as np
@@ -91,7 +86,7 @@ class BatchWorker:
         except Exception as stop:  # not this job's failure but the run's, as `flux2-generate` stops on it
             from diffusion_client.cli import exit_code
 
-            return planned.result(output, "failed", error=describe(stop), stop_code=exit_code(stop))
+            return planned.result(output, "failed", error=failure_text(stop), stop_code=exit_code(stop))
         seconds = time.perf_counter() - started
         return planned.result(output, "ok" if error is None else "failed", seconds, error)
 

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from diffusion_client.errors import ClientError, InputError, printable_line
+from diffusion_client.errors import ClientError, InputError, failure_text, printable_line
 from diffusion_client.generator import Conditioning, ImageGenerator
 from diffusion_client.jobs import GenerationJob
 from diffusion_client.preflight import PreparedJob
@@ -102,9 +102,7 @@ def as_uploaded(message: str, references: tuple[Path, ...]) -> str:
 
 def page_message(error: BaseException) -> str:
     """A failure as the one line the page shows: ours say what to fix, others say what they are."""
-    if isinstance(error, ClientError | Cancelled):
-        return printable_line(str(error), MESSAGE_LIMIT)
-    return printable_line(f"unexpected {type(error).__name__}: {error}", MESSAGE_LIMIT)
+    return printable_line(str(error) if isinstance(error, Cancelled) else failure_text(error), MESSAGE_LIMIT)
 
 
 class Studio:
