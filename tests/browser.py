@@ -97,13 +97,23 @@ class StudioProcess:
 
 @contextmanager
 def studio(
-    encoder: str, snapshot: Path, out_dir: Path, *flags: str, limits: dict[str, int] | None = None
+    encoder: str,
+    snapshot: Path,
+    out_dir: Path,
+    *flags: str,
+    limits: dict[str, int] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[StudioProcess]:
-    """`flux2-studio` on a free loopback port, ready when this yields; `limits` as `tests.rlimits` takes them."""
+    """`flux2-studio` on a free loopback port, ready when this yields; `limits` as `tests.rlimits` takes them,
+    `env` (default: this process's) as its environment."""
     command = [sys.executable, "-m", "diffusion_client.studio.cli", "--encoder", encoder, "--model", str(snapshot)]
     command = limited([*command, "--port", "0", "--out-dir", str(out_dir), *flags], **(limits or {}))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_TEMP_DIR": str(out_dir.parent / "gradio-uploads")}
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    environment = {
+        **(env or os.environ),
+        "HF_HUB_OFFLINE": "1",
+        "GRADIO_TEMP_DIR": str(out_dir.parent / "gradio-uploads"),
+    }
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=environment)
     running = StudioProcess(process, out_dir)
     try:
         running.wait_ready()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.browser import StudioProcess, chromium, click_and_wait, fill_form, status_text, studio
-from tests.cli_runs import free_port
+from tests.cli_runs import REPO_ROOT, free_port
 from tests.helpers import start_server
+from tests.test_demo import AVX512_BF16_SITECUSTOMIZE
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +94,20 @@ def test_a_full_disk_is_one_message_leaves_no_partial_file_and_smaller_images_st
     fill_form(page, "a small picture", seed=3, width=64, height=64)
     assert click_and_wait(page).startswith("Seed 3: wrote")
     assert len(list(out_dir.iterdir())) == 1
+
+
+def test_the_page_prints_only_its_own_lines_even_where_bitsandbytes_sees_avx512_bf16(
+    browser, encoder_server, tiny_snapshot, tmp_path
+):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(AVX512_BF16_SITECUSTOMIZE)  # bitsandbytes' other CPU path, and its warning
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO_ROOT)])}
+    with studio(encoder_server.target, tiny_snapshot, tmp_path / "images", env=env) as running:
+        page = open_page(browser, running.url)
+        page.locator("#prompt textarea").wait_for()
+        fill_form(page, "a quiet page", seed=4, width=64, height=64)
+        assert click_and_wait(page).startswith("Seed 4: wrote")
+        running.wait_for_log("(seed 4): wrote")
+    lines = running.output().splitlines()
+    assert lines and all(line.startswith("flux2-studio: ") for line in lines), running.output()
