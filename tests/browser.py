@@ -131,8 +131,8 @@ def fill_form(page: Any, prompt: str, *, seed: int, steps: int = 2, width: int =
 
 
 def status_text(page: Any) -> str:
-    """The status box's own text (Gradio's progress overlay sits beside it)."""
-    return str(page.locator("#status [data-testid='markdown']").inner_text()).strip()
+    """The status box's text: a read-only textbox, so nothing in it is ever rendered as HTML."""
+    return str(page.locator("#status textarea").input_value()).strip()
 
 
 def upload(page: Any, *paths: Path) -> None:

@@ -12,7 +12,7 @@ from PIL import Image
 from diffusion_client.errors import InputError
 from diffusion_client.studio.form import PageRequest
 from diffusion_client.studio.loras import chosen_loras, lora_rows
-from diffusion_client.studio.studio import Cancelled, Studio
+from diffusion_client.studio.studio import Cancelled, QueueFull, QueueLimits, Studio
 from tests.cli_runs import run_cli
 from tests.lora_files import load_tiny_transformer, random_lora
 
@@ -105,3 +105,78 @@ def test_a_lora_picked_from_the_folder_gives_flux2_generates_image(
     assert cli.returncode == 0, cli.stderr
     assert np.array_equal(pixels(image.path), pixels(out))
     assert image.settings()["loras"] == [{"name": lora.name, "scale": 0.8}]
+
+
+@pytest.fixture
+def capped(studio, tmp_path):  # type: ignore[no-untyped-def]
+    """A second studio on the same pipeline with small queue limits and a log kept (the first one stays idle)."""
+    lines: list[str] = []
+    limits = QueueLimits(per_session=2, per_account=3, total=4)
+    made = Studio(studio.generator, tmp_path, log=lines.append, limits=limits)
+    made.lines = lines  # type: ignore[attr-defined]
+    yield made
+    made.close()  # cancels what is left
+
+
+def test_a_page_with_its_share_queued_is_refused_with_one_line_while_other_pages_still_queue(capped):
+    blocker = capped.submit(request(11, steps=200), owner="greedy", account="address 10.0.0.1")
+    capped.submit(request(12), owner="greedy", account="address 10.0.0.1")
+    with pytest.raises(QueueFull) as raised:
+        capped.submit(request(13), owner="greedy", account="address 10.0.0.1")
+    assert str(raised.value) == (
+        "this page has 2 images queued already, the most a page may have; wait for one to finish, or Cancel"
+    )
+    other = capped.submit(request(14), owner="another page", account="address 10.0.0.2")
+    capped.cancel_owner("greedy")
+    assert other.future.result(WAIT_S).request.seed == 14
+    assert blocker.steps_done < 200
+
+
+def test_an_address_with_its_share_queued_is_refused_on_any_of_its_pages_and_a_full_queue_refuses_all(capped):
+    capped.submit(request(21, steps=200), owner="page 1", account="address 10.0.0.1")
+    capped.submit(request(22), owner="page 2", account="address 10.0.0.1")
+    capped.submit(request(23), owner="page 3", account="address 10.0.0.1")
+    with pytest.raises(QueueFull, match="^this address has 3 images queued already on all your pages"):
+        capped.submit(request(24), owner="page 4", account="address 10.0.0.1")
+    capped.submit(request(25), owner="page 5", account="user ana")
+    with pytest.raises(QueueFull, match="the queue is full \\(4 images waiting\\)"):
+        capped.submit(request(26), owner="page 6", account="user bo")
+
+
+def test_a_job_whose_page_closed_before_it_started_is_dropped_unrun(capped):
+    blocker = capped.submit(request(31, steps=200), owner="busy page")
+    waiting = capped.submit(request(32), owner="closed page")
+    assert capped.ahead_of(waiting) == 1
+    assert capped.cancel_owner("closed page", why="its page closed") == 1
+    capped.cancel_owner("busy page")
+    with pytest.raises(Cancelled):
+        waiting.future.result(WAIT_S)
+    with pytest.raises(Cancelled):
+        blocker.future.result(WAIT_S)
+    assert "job 2 (seed 32): dropped before it started: its page closed" in capped.lines
+    assert not any("(seed 32): started" in line for line in capped.lines)
+    assert not waiting.started and waiting.steps_done == 0
+    assert not list(capped.out_dir.glob("*seed32*"))
+
+
+def test_a_failing_lora_is_named_as_listed_never_by_the_servers_folder(studio, tmp_path):
+    folder = tmp_path / "server-only-loras"
+    (folder / "styles").mkdir(parents=True)
+    (folder / "styles" / "broken.safetensors").write_bytes(b"not a LoRA at all")
+    picked = request(41, loras=chosen_loras([["styles/broken.safetensors", 1.0]], folder))
+    listed = Studio(studio.generator, tmp_path / "out", lora_dir=folder)
+    try:
+        with pytest.raises(InputError) as raised:
+            listed.submit(picked, owner="page").future.result(WAIT_S)
+    finally:
+        listed.close()
+    message = listed.message(raised.value, picked)
+    assert message.startswith("LoRA styles/broken.safetensors: ")
+    assert str(folder) not in message and "server-only-loras" not in message
+
+
+def test_image_names_carry_128_random_bits_each(studio):
+    names = [studio.submit(request(seed), owner="page").future.result(WAIT_S).path.name for seed in (51, 51)]
+    randoms = [name.split("-")[3] for name in names]
+    assert all(len(part) == 32 and int(part, 16) >= 0 for part in randoms)  # 32 hex digits: 128 bits
+    assert randoms[0] != randoms[1]

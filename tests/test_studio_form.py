@@ -174,3 +174,25 @@ def test_a_password_file_others_can_read_gets_a_note(tmp_path):
     assert exposure_notes("0.0.0.0", path) == [f"{path} can be read by other users of this machine; chmod 600 it"]
     path.chmod(0o600)
     assert exposure_notes("0.0.0.0", path) == []
+
+
+def test_a_password_is_taken_exactly_as_written_only_the_line_end_dropped(tmp_path):
+    path = tmp_path / "auth"
+    path.write_bytes(b"ana:pass word \nbo: lead\r\ncy:tab\t\n")
+    assert read_credentials(path) == [("ana", "pass word "), ("bo", " lead"), ("cy", "tab\t")]
+
+
+def test_a_padded_user_name_is_trimmed_as_the_login_form_trims_what_is_typed(tmp_path):
+    path = tmp_path / "auth"
+    path.write_text("  ana :secret\n")
+    assert read_credentials(path) == [("ana", "secret")]
+
+
+def test_a_user_listed_twice_is_one_line_naming_both_lines_and_no_password(tmp_path):
+    path = tmp_path / "auth"
+    path.write_text("ana:first-secret\nbo:other\n ana:second-secret\n")
+    with pytest.raises(InputError) as raised:
+        read_credentials(path)
+    message = str(raised.value)
+    assert f"{path}:3:" in message and "line 1" in message and "\n" not in message
+    assert "secret" not in message and "ana" not in message

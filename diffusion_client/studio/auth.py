@@ -13,23 +13,32 @@ LOOPBACK = "127.0.0.1"  # where the page listens unless told otherwise: this mac
 
 
 def read_credentials(path: Path) -> list[tuple[str, str]]:
-    """`(user, password)` pairs; blank lines and `#` comments skipped; anything else malformed is an error."""
+    """`(user, password)` pairs; blank lines and `#` comments skipped; anything else malformed is an error naming
+    its line. A password is taken exactly as written (only the line end is dropped); a user name is trimmed, as
+    the login form trims what is typed there."""
     try:
         if path.stat().st_size > MAX_AUTH_FILE_BYTES:
             raise InputError(
                 f"auth file {path} is over {MAX_AUTH_FILE_BYTES // 1024} KiB; it holds user:password lines"
             )
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"cannot read auth file {path}: {error}") from error
-    pairs = []
-    for number, line in enumerate(lines, start=1):
-        entry = line.strip()
-        if not entry or entry.startswith("#"):
+    pairs: list[tuple[str, str]] = []
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")  # a file saved with Windows line ends
+        if not line.strip() or line.lstrip().startswith("#"):
             continue
-        user, colon, password = entry.partition(":")
+        user, colon, password = line.partition(":")
+        user = user.strip()
         if not colon or not user or not password:
             raise InputError(f"auth file {path}:{number}: each line is user:password (no line is echoed here)")
+        if user in first_line:
+            raise InputError(
+                f"auth file {path}:{number}: this user is already on line {first_line[user]}; list each user once"
+            )
+        first_line[user] = number
         pairs.append((user, password))
     if not pairs:
         raise InputError(f"auth file {path} has no user:password lines")

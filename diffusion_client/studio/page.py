@@ -1,9 +1,11 @@
 """The page: Gradio Blocks over a `Studio`. Handlers only read the form, call the studio and show the outcome;
-every failure is one line in the status box, never a traceback.
+every failure is one line in the status box (plain text: names from files or uploads are never rendered as
+HTML or Markdown), never a traceback.
 
-Generating is one Gradio event with a concurrency limit of 1, so people sharing the page queue one after the
-other and see their place in the queue; the image's steps drive the progress bar. Cancel, or closing the page,
-cancels that session's job between steps. Each session keeps its own gallery.
+Generate hands the job to the studio's queue, which runs one at a time and limits how many each page, user and
+everyone may have waiting; the handler shows the job's place in that queue, then its steps on the progress bar.
+Cancel, or closing the page, cancels that session's jobs (between steps, or before they start). Each session
+keeps its own gallery, shown through copies only that browser (or user) may fetch (`shelf.py`).
 """
 
 import asyncio
@@ -16,7 +18,9 @@ from diffusion_client.errors import InputError, printable_line
 from diffusion_client.pipeline import ModelKind
 from diffusion_client.studio.form import MAX_PAGE_STEPS, MAX_REFERENCES, PageRequest, read_form
 from diffusion_client.studio.loras import chosen_loras, lora_rows
-from diffusion_client.studio.studio import MESSAGE_LIMIT, Studio, StudioImage, page_message
+from diffusion_client.studio.shelf import Shelf
+from diffusion_client.studio.studio import MESSAGE_LIMIT, Cancelled, QueueFull, Studio, StudioImage, page_message
+from diffusion_client.studio.visitors import Caller, caller_of_event
 
 SIZE_PRESETS = {
     "1024 × 1024": (1024, 1024),
@@ -33,8 +37,8 @@ POLL_S = 0.1  # how often the progress bar is brought up to date while an image 
 HISTORY_LIMIT = 24
 
 
-def failure(error: BaseException) -> str:
-    return f"**Error:** {page_message(error)}"
+def failure(message: str) -> str:
+    return f"Error: {message}"
 
 
 def session_of(request: gr.Request) -> str:
@@ -46,11 +50,11 @@ def preset_for(width: int, height: int) -> str:
     return next((name for name, size in SIZE_PRESETS.items() if size == (width, height)), CUSTOM_SIZE)
 
 
-def gallery_items(history: list[StudioImage]) -> list[tuple[str, str]]:
-    return [(str(item.path), f"seed {item.request.seed}") for item in history]
+def gallery_items(history: list[StudioImage], shelf: Shelf, caller: Caller) -> list[tuple[str, str]]:
+    return [(str(shelf.serve(item.path, caller)), f"seed {item.request.seed}") for item in history]
 
 
-def build_page(studio: Studio, kind: ModelKind, *, title: str, lora_dir: Path | None) -> gr.Blocks:
+def build_page(studio: Studio, shelf: Shelf, kind: ModelKind, *, title: str, lora_dir: Path | None) -> gr.Blocks:
     """The whole page; launching it is the caller's business."""
     # Uploads and the copies Gradio serves pile up in its cache on a page that runs for weeks: every 30 minutes,
     # files older than an hour go (the marked images stay in --out-dir).
@@ -102,7 +106,7 @@ def build_page(studio: Studio, kind: ModelKind, *, title: str, lora_dir: Path | 
                 with gr.Row():
                     generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
                     cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel")
-                status = gr.Markdown(elem_id="status")
+                status = gr.Textbox(label="Status", interactive=False, max_lines=6, elem_id="status")
             with gr.Column(scale=3):
                 gallery = gr.Gallery(label="This session's images", columns=3, elem_id="gallery")
                 details = gr.JSON(label="Settings of the selected image", elem_id="details")
@@ -160,29 +164,37 @@ def build_page(studio: Studio, kind: ModelKind, *, title: str, lora_dir: Path | 
             try:
                 page_request = read(fields)
             except InputError as error:
-                return {status: failure(error)}
-            job = studio.submit(page_request, owner=session_of(request))
+                return {status: failure(page_message(error))}
+            caller = caller_of_event(request)
+            try:
+                job = studio.submit(page_request, owner=session_of(request), account=caller.account)
+            except QueueFull as error:
+                return {status: failure(page_message(error))}
             try:
                 while not job.future.done():
                     if job.started:
                         progress((job.steps_done, page_request.steps), desc="denoising", unit="steps")
+                    else:
+                        progress(0.0, desc=f"in the queue: {studio.ahead_of(job)} ahead")
                     await asyncio.sleep(POLL_S)
             except asyncio.CancelledError:  # Cancel pressed: Gradio cancels this task; the job stops between steps
                 job.cancel()
                 raise
             try:
                 image = job.future.result()
+            except Cancelled:  # Cancel pressed (its handler says so too) or the session's jobs cancelled
+                return {status: "Cancelled."}
             except Exception as error:
-                return {status: failure(error)}
+                return {status: failure(studio.message(error, page_request))}
             past = [image, *past][:HISTORY_LIMIT]
-            notes = "".join(f"\n\nNote: {printable_line(note, MESSAGE_LIMIT)}" for note in image.notes)
+            notes = "".join(f"\nNote: {printable_line(note, MESSAGE_LIMIT)}" for note in image.notes)
             return {
-                status: f"Seed {image.request.seed}: wrote `{image.path.name}` in {image.seconds:.1f} s{notes}",
+                status: f"Seed {image.request.seed}: wrote {image.path.name} in {image.seconds:.1f} s{notes}",
                 history: past,
                 selected: 0,
-                gallery: gr.Gallery(value=gallery_items(past), selected_index=0),
+                gallery: gr.Gallery(value=gallery_items(past, shelf, caller), selected_index=0),
                 details: image.settings(),
-                download: str(image.path),
+                download: str(shelf.serve(image.path, caller)),
                 seed: image.request.seed,
                 rewrite: image.upsampled_prompt or "",
             }
@@ -191,8 +203,7 @@ def build_page(studio: Studio, kind: ModelKind, *, title: str, lora_dir: Path | 
             generate,
             inputs=[*form, history],
             outputs=[status, history, selected, gallery, details, download, seed, rewrite],
-            concurrency_limit=1,
-            concurrency_id="gpu",
+            concurrency_limit=None,  # handlers only wait: the studio queues the jobs, one at a time on the GPU
         )
 
         def cancel(request: gr.Request) -> str:
@@ -204,9 +215,12 @@ def build_page(studio: Studio, kind: ModelKind, *, title: str, lora_dir: Path | 
         def rewrite_now(*values: Any) -> dict[Any, Any]:
             try:
                 page_request = read([*values[:-2], True, None])
+            except InputError as error:
+                return {status: failure(page_message(error))}
+            try:
                 text = studio.rewrite(page_request)
             except Exception as error:
-                return {status: failure(error)}
+                return {status: failure(studio.message(error, page_request))}
             return {
                 rewrite: text,
                 upsample: True,
@@ -240,11 +254,11 @@ def build_page(studio: Studio, kind: ModelKind, *, title: str, lora_dir: Path | 
             side.input(lambda w, h: preset_for(w, h), inputs=[width, height], outputs=size, queue=False)
         refresh_loras.click(lambda: lora_rows(lora_dir), outputs=loras, queue=False)
 
-        def show(past: list[StudioImage], event: gr.SelectData) -> tuple[Any, ...]:
+        def show(past: list[StudioImage], event: gr.SelectData, request: gr.Request) -> tuple[Any, ...]:
             index = event.index if isinstance(event.index, int) and 0 <= event.index < len(past) else 0
             if not past:
                 return 0, None, None
-            return index, past[index].settings(), str(past[index].path)
+            return index, past[index].settings(), str(shelf.serve(past[index].path, caller_of_event(request)))
 
         gallery.select(show, inputs=history, outputs=[selected, details, download], queue=False)
 
@@ -274,7 +288,8 @@ def build_page(studio: Studio, kind: ModelKind, *, title: str, lora_dir: Path | 
         )
 
         def closed(request: gr.Request) -> None:
-            studio.cancel_owner(session_of(request))
+            if cancelled := studio.cancel_owner(session_of(request), why="its page closed"):
+                studio.log(f"a page closed: its {cancelled} job(s) cancelled")
 
         page.unload(closed)
     return page

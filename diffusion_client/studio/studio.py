@@ -2,7 +2,10 @@
 the image with the CLI's own `ImageGenerator` (preflight, remote embeddings, LoRAs, marks, atomic write), one
 job at a time on one worker thread, since the pipeline and its LoRA adapters belong to one GPU.
 
-A job reports its denoising steps as they finish and can be cancelled while it waits or between steps.
+The studio keeps the queue: jobs wait in the order submitted, each knows how many are ahead of it, and one page,
+one user (or one address without logins) and everyone together may each have only so many waiting. A job
+reports its denoising steps as they finish and can be cancelled while it waits (it is then dropped unrun) or
+between steps.
 """
 
 from __future__ import annotations
@@ -32,6 +35,19 @@ logger = logging.getLogger("flux2-studio")
 
 class Cancelled(Exception):
     """The page's Cancel button, or the page closed, while the job waited or denoised."""
+
+
+class QueueFull(Exception):
+    """A page, a user or everyone together has as many jobs waiting as allowed; `str()` says which."""
+
+
+@dataclass(frozen=True)
+class QueueLimits:
+    """Jobs waiting or running at once: per page session, per user (per address without logins), in all."""
+
+    per_session: int = 2
+    per_account: int = 4
+    total: int = 64
 
 
 @dataclass(frozen=True)
@@ -69,19 +85,23 @@ class StudioImage:
         }
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself: the queue finds and removes it by identity
 class StudioJob:
     """One request on its way through the worker: progress to show, a flag to cancel, the outcome."""
 
     request: PageRequest
     owner: str  # the page session that asked; closing that page cancels its jobs
     number: int  # in the order submitted, for the log
+    account: str = ""  # whose share of the queue it counts against: "user NAME" or "address HOST"
     future: Future[StudioImage] = field(default_factory=Future)
     steps_done: int = 0
     started: bool = False
     cancelled: threading.Event = field(default_factory=threading.Event)
+    why_cancelled: str = "cancelled"
 
-    def cancel(self) -> None:
+    def cancel(self, why: str = "cancelled") -> None:
+        if not self.cancelled.is_set():
+            self.why_cancelled = why
         self.cancelled.set()
 
     def check(self) -> None:
@@ -93,47 +113,87 @@ class StudioJob:
         self.check()  # raising here stops the pipeline's loop after this step
 
 
-def as_uploaded(message: str, references: tuple[Path, ...]) -> str:
-    """`message` naming each uploaded file by its name, not by where the page's server keeps uploads."""
-    for path in references:
+def as_listed(message: str, request: PageRequest, lora_dir: Path | None) -> str:
+    """`message` naming each upload by its file name and each LoRA as the page lists it, never by where the
+    server keeps them."""
+    for path in request.references:
         message = message.replace(str(path), path.name)
+    if lora_dir is not None:
+        for spec in request.loras:
+            if spec.path.is_relative_to(lora_dir):
+                message = message.replace(str(spec.path), spec.path.relative_to(lora_dir).as_posix())
+        for folder in {str(lora_dir.resolve()), str(lora_dir)}:
+            message = message.replace(folder, "the LoRA folder")
     return message
 
 
 def page_message(error: BaseException) -> str:
     """A failure as the one line the page shows: ours say what to fix, others say what they are."""
-    return printable_line(str(error) if isinstance(error, Cancelled) else failure_text(error), MESSAGE_LIMIT)
+    plain = isinstance(error, Cancelled | QueueFull)
+    return printable_line(str(error) if plain else failure_text(error), MESSAGE_LIMIT)
 
 
 class Studio:
     """Runs page requests on a loaded pipeline, writing each marked image into `out_dir`."""
 
-    def __init__(self, generator: ImageGenerator, out_dir: Path, log: Callable[[str], None] = lambda _: None) -> None:
+    def __init__(
+        self,
+        generator: ImageGenerator,
+        out_dir: Path,
+        log: Callable[[str], None] = lambda _: None,
+        *,
+        limits: QueueLimits = QueueLimits(),  # noqa: B008 (frozen)
+        lora_dir: Path | None = None,
+    ) -> None:
         self.generator = generator
         self.out_dir = out_dir
-        self.log = log  # one line per job: written, cancelled or failed
+        self.log = log  # one line per job: written, cancelled, dropped or failed
+        self.limits = limits
+        self.lora_dir = lora_dir  # messages name LoRAs as listed under it
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="studio-gpu")
-        self._jobs: list[StudioJob] = []
+        self._jobs: list[StudioJob] = []  # unfinished, in the order submitted: the queue
         self._lock = threading.Lock()
         self._numbers = itertools.count(1)
-        # Names no one can guess (the page serves --out-dir to logged-in users) and no other run or server reuses.
-        self._stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
 
-    def submit(self, request: PageRequest, owner: str) -> StudioJob:
-        """Queue `request`; the returned job's future holds the image or the failure."""
+    def submit(self, request: PageRequest, owner: str, account: str = "") -> StudioJob:
+        """Queue `request` for page session `owner` of `account`; the job's future holds the image or the failure.
+        Raises `QueueFull` when the page, the account or everyone has as many jobs as allowed."""
+        limits = self.limits
         with self._lock:
-            job = StudioJob(request, owner, next(self._numbers))
+            if sum(job.owner == owner for job in self._jobs) >= limits.per_session:
+                raise QueueFull(
+                    f"this page has {limits.per_session} images queued already, the most a page may have; "
+                    "wait for one to finish, or Cancel"
+                )
+            if account and sum(job.account == account for job in self._jobs) >= limits.per_account:
+                who = "you have" if account.startswith("user ") else "this address has"
+                raise QueueFull(
+                    f"{who} {limits.per_account} images queued already on all your pages, the most allowed; "
+                    "wait for one to finish"
+                )
+            if len(self._jobs) >= limits.total:
+                raise QueueFull(f"the queue is full ({limits.total} images waiting); try again in a while")
+            job = StudioJob(request, owner, next(self._numbers), account)
             self._jobs.append(job)
         self._worker.submit(self._run, job)
         return job
 
-    def cancel_owner(self, owner: str) -> int:
+    def ahead_of(self, job: StudioJob) -> int:
+        """How many jobs run or wait before `job` (0 once it runs)."""
+        with self._lock:
+            return self._jobs.index(job) if job in self._jobs else 0
+
+    def cancel_owner(self, owner: str, why: str = "cancelled") -> int:
         """Cancel every unfinished job of one page session; how many there were."""
         with self._lock:
             mine = [job for job in self._jobs if job.owner == owner]
         for job in mine:
-            job.cancel()
+            job.cancel(why)
         return len(mine)
+
+    def message(self, error: BaseException, request: PageRequest) -> str:
+        """The one line the page shows for a failure of `request`."""
+        return as_listed(page_message(error), request, self.lora_dir)
 
     def rewrite(self, request: PageRequest) -> str:
         """The server's rewrite of the prompt, seeded with the request's seed, looking at its reference images."""
@@ -141,7 +201,10 @@ class Studio:
         prepared = self._prepare(
             dataclasses.replace(request, upsample=True, rewrite=None), self.out_dir / "rewrite.png"
         )
-        return self.generator.upsample_prompt(prepared)
+        try:
+            return self.generator.upsample_prompt(prepared)
+        except InputError as error:
+            raise InputError(as_listed(str(error), request, self.lora_dir)) from None
 
     def close(self) -> None:
         with self._lock:
@@ -153,7 +216,10 @@ class Studio:
     def _run(self, job: StudioJob) -> None:
         what = f"job {job.number} (seed {job.request.seed})"
         try:
-            job.check()
+            if job.cancelled.is_set():
+                self.log(f"{what}: dropped before it started: {job.why_cancelled}")
+                job.future.set_exception(Cancelled("cancelled"))
+                return
             job.started = True
             self.log(f"{what}: started, {job.request.steps} steps at {job.request.width}x{job.request.height}")
             image = self._make(job)
@@ -161,7 +227,7 @@ class Studio:
             self.log(f"{what}: cancelled after {job.steps_done} of {job.request.steps} steps")
             job.future.set_exception(Cancelled("cancelled"))
         except BaseException as error:  # the page shows every failure; the worker lives on for the next job
-            self.log(f"{what}: failed: {page_message(error)}")
+            self.log(f"{what}: failed: {self.message(error, job.request)}")
             if not isinstance(error, ClientError):  # a bug: the operator needs the traceback, the page never sees it
                 logger.exception("%s failed unexpectedly", what)
             job.future.set_exception(error)
@@ -175,7 +241,8 @@ class Studio:
     def _make(self, job: StudioJob) -> StudioImage:
         started = time.time()
         request = job.request
-        name = f"studio-{self._stamp}-{job.number:04d}-seed{request.seed}.png"
+        # 128 random bits of its own: nobody guesses another's image from their own file's name.
+        name = f"studio-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(16)}-seed{request.seed}.png"
         prepared = self._prepare(request, self.out_dir / name)
         conditioning = self._conditioning(prepared, request)
         job.check()
@@ -199,7 +266,7 @@ class Studio:
         try:
             return self.generator.prepare([job])[0]
         except InputError as error:
-            raise InputError(as_uploaded(str(error), request.references)) from None
+            raise InputError(as_listed(str(error), request, self.lora_dir)) from None
 
     def _conditioning(self, prepared: PreparedJob, request: PageRequest) -> Conditioning:
         """As the CLI fetches it; a rewrite shown on the page (perhaps edited) is used as the page shows it."""
