@@ -4,9 +4,9 @@ ClientError                         base; str() is one printable line
 ├── EncoderError                    concerns one server (or its replicas): .target
 │   ├── EncoderCallError            the call ended with a gRPC status: .code (grpc.StatusCode)
 │   │   ├── TransportError          nothing was computed for us; may be retried
-│   │   │   ├── EncoderUnavailableError   UNAVAILABLE (also failed TLS, never reached) or RESOURCE_EXHAUSTED
+│   │   │   ├── EncoderUnavailableError   UNAVAILABLE (also failed TLS, never reached) or RESOURCE_EXHAUSTED (busy)
 │   │   │   └── EncoderTimeoutError       DEADLINE_EXCEEDED
-│   │   ├── EncoderRejectedError    INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION, ...
+│   │   ├── EncoderRejectedError    INVALID_ARGUMENT, UNAUTHENTICATED, ..., a request over a gRPC message size limit
 │   │   └── EncoderFailedError      INTERNAL, UNKNOWN, ... (server failed on a valid request)
 │   ├── BadReplyError               reply failed its checks (header dtype/shape, bytes, checksum; upsampled prompts)
 │   └── ModelMismatchError          server's model does not fit this transformer, or not the pinned fingerprint
@@ -69,7 +69,8 @@ class EncoderTimeoutError(TransportError):
 
 
 class EncoderRejectedError(EncoderCallError):
-    """The server refused the request: bad arguments, no or wrong token, ..."""
+    """The server refused the request: bad arguments, no or wrong token, a message larger than it (or this client)
+    takes (RESOURCE_EXHAUSTED, but never retried: the same request is refused again), ..."""
 
 
 class EncoderFailedError(EncoderCallError):

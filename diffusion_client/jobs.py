@@ -4,7 +4,8 @@ A prompts file holds one prompt per line, or JSON objects (JSONL) with per-line 
 `{"prompt": "...", "seed": 7, "steps": 20, "guidance": 3.5, "height": 768, "width": 1024,
 "images": ["ref.png"], "out": "name.png", "upsample": true, "upsample_temperature": 0.15,
 "loras": [{"path": "style.safetensors", "scale": 0.8}]}` (a line's "loras" replace the CLI's `--lora`s). Blank lines and
-lines starting with `#` are skipped.
+lines starting with `#` are skipped. Lines end at `\n` (a `\r` before it is stripped); the file is read a line at a
+time, and a line over `MAX_LINE_BYTES` or not UTF-8 is a bad line, so a huge file never sits in memory whole.
 Parsing checks each value's type; whether the values make a valid job is `preflight`'s business.
 """
 
@@ -13,9 +14,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from diffusion_client.errors import InputError
 from diffusion_client.lora.specs import LoraSpec
@@ -64,20 +66,45 @@ def jobs_from_file(path: Path, defaults: GenerationJob) -> list[GenerationJob]:
     """Parse a prompts file; each line inherits the CLI's settings and may override them."""
     jobs: list[GenerationJob] = []
     for number, text in prompt_lines(path):
+        if isinstance(text, InputError):
+            raise text
         jobs.append(job_from_line(f"{path}:{number}", text, defaults, numbered_output(defaults.out, len(jobs))))
     if not jobs:
         raise InputError(f"prompts file {path} has no prompts")
     return jobs
 
 
-def prompt_lines(path: Path) -> list[tuple[int, str]]:
-    """The file's lines that hold a job, stripped, with their 1-based line numbers (blanks and `#` skipped)."""
+MAX_LINE_BYTES = 1 << 20  # 1 MiB: 50 times the encoder's default prompt limit, and bounded memory per line
+
+
+def prompt_lines(path: Path) -> Iterator[tuple[int, str | InputError]]:
+    """The file's lines that hold a job, stripped, with their 1-based line numbers (blanks and `#` skipped), read one
+    at a time. A line that cannot be a job's text (over `MAX_LINE_BYTES`, not UTF-8) comes as the `InputError`
+    naming it, so a caller may report it and read on; a file that cannot be read raises `InputError`."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"cannot read prompts file {path}: {error}") from error
-    stripped = ((number, line.strip()) for number, line in enumerate(lines, start=1))
-    return [(number, text) for number, text in stripped if text and not text.startswith("#")]
+        with path.open("rb") as file:
+            number = 0
+            while line := file.readline(MAX_LINE_BYTES + 1):
+                number += 1
+                if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+                    _skip_rest_of_line(file)
+                    yield number, InputError(f"{path}:{number}: the line is over {MAX_LINE_BYTES:,} bytes")
+                    continue
+                try:
+                    text = line.decode("utf-8").strip()
+                except UnicodeDecodeError as error:
+                    yield number, InputError(f"{path}:{number}: not UTF-8 text (byte {error.start + 1} of the line)")
+                    continue
+                if text and not text.startswith("#"):
+                    yield number, text
+    except OSError as error:
+        raise InputError(f"cannot read prompts file {path}: {error.strerror or error}") from error
+
+
+def _skip_rest_of_line(file: BinaryIO) -> None:
+    """Read past the end of the current line, a bounded piece at a time."""
+    while (piece := file.readline(MAX_LINE_BYTES)) and not piece.endswith(b"\n"):
+        pass
 
 
 def job_from_line(where: str, text: str, defaults: GenerationJob, out: Path) -> GenerationJob:

@@ -2,9 +2,9 @@
 
 `preflight` validates each job's settings against the model's configs, checks that each output can be
 written and that no two jobs write one file, decodes every reference image once, and checks that the
-encoder's embeddings fit the transformer and, for jobs that upsample their prompt, that the encoder offers
-upsampling and takes their reference files (read once, sent later as they are). Each LoRA file is checked
-once against the transformer's layers (`diffusion_client.lora.files`). The CLI runs it on the
+encoder's embeddings fit the transformer, that it takes each prompt's length and, for jobs that upsample their
+prompt, that it offers upsampling and takes their reference files (read once, sent later as they are). Each LoRA
+file is checked once against the transformer's layers (`diffusion_client.lora.files`). The CLI runs it on the
 snapshot's `config.json` files before loading any weights; `ImageGenerator.prepare` runs it on a loaded
 pipeline's configs. Only its result, `PreparedJob`s, can be generated.
 """
@@ -85,7 +85,18 @@ def preflight(
         prepared.append(PreparedJob(job, tuple(decoded[path] for path in job.images)))
     prepared = _with_loras(prepared, transformer_config)
     encoder.select_model(pipeline, joint_attention_dim(transformer_config), layers)
+    for job in jobs:
+        check_prompt_fits(job, encoder)
     return _with_upsampling(prepared, encoder)
+
+
+def check_prompt_fits(job: GenerationJob, encoder: RemoteTextEncoder) -> None:
+    """`InputError` naming the job if its prompt is longer than the encoder takes (the limit `GetInfo` states):
+    found here, before any image, rather than as the job's failure once its turn comes."""
+    try:
+        encoder.check_prompts([job.prompt])
+    except InputError as error:
+        raise InputError(job.describe(str(error))) from None
 
 
 def _with_loras(prepared: list[PreparedJob], transformer_config: Mapping[str, Any]) -> list[PreparedJob]:

@@ -7,7 +7,8 @@ RemoteTextEncoder("dns:///flux2-encoder:50051", tls_ca="ca.pem", cache_bytes=256
 
 Replies are held to the tensor asked for: the server's `GetInfo` (fetched once) gives the dtype and width,
 the request gives the rest, and a header announcing anything else is refused before a byte is allocated.
-Upsample requests are checked against the limits `GetInfo` states before they are sent.
+Encode and Upsample requests are checked against the limits `GetInfo` states before they are sent (`InputError`),
+and a request gRPC refuses by its size (either side's message limit) is refused at once, never retried.
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ from diffusion_client.embedding_cache import EmbeddingCache
 from diffusion_client.errors import (
     BadReplyError,
     EncoderCallError,
+    EncoderError,
     EncoderFailedError,
     EncoderRejectedError,
     EncoderTimeoutError,
     EncoderUnavailableError,
+    InputError,
     ModelMismatchError,
     printable_line,
 )
@@ -83,6 +86,10 @@ BROKEN_STREAM_CODES = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNO
 TLS_REFUSED = re.compile(
     r"handshake failed.*SSL_ERROR_SSL|verification check failed|not in peer certificate", re.IGNORECASE
 )
+# A message over a gRPC size limit ends RESOURCE_EXHAUSTED too (gRPC 1.85: "SERVER: Received message larger than max
+# (N vs. M)", "CLIENT: Sent message larger than max ...", or a reply too large for us: "CLIENT: Received ..."), but
+# sending it again is refused again: the request's own failure, not an overloaded server.
+TOO_LARGE = re.compile(r"(sent|received) message larger than max", re.IGNORECASE)
 REJECTED = frozenset(
     {
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -110,7 +117,7 @@ class RemoteTextEncoder:
             Once one has answered, an unreachable server is retried until `timeout`, as a lost replica is.
         token: sent as `authorization: Bearer <token>` for servers behind an authenticating proxy.
         retries: most extra attempts when the server is UNAVAILABLE or RESOURCE_EXHAUSTED (nothing else is
-            retried); None keeps trying until the deadline.
+            retried, nor a message over a size limit); None keeps trying until the deadline.
         backoff_s, max_backoff_s: the first retry delay, doubled each attempt up to the cap, with jitter.
         expected_fingerprint: refuse (`ModelMismatchError`) a server whose weights fingerprint does not
             start with this, to pin a deployment to one model.
@@ -261,11 +268,31 @@ class RemoteTextEncoder:
     def _fetch(
         self, prompts: list[str], max_sequence_length: int, layers: tuple[int, ...], info: ServerInfo, deadline: float
     ) -> torch.Tensor:
+        self.check_prompts(prompts, info)
         expected = info.embedding_spec(len(prompts), max_sequence_length, layers)
         request = encoder_pb2.EncodeRequest(
             prompts=prompts, max_sequence_length=max_sequence_length, hidden_state_layers=list(layers), model=self.model
         )
         return self._call(lambda options: self._receive(request, expected, options), deadline)  # [B, L, D]
+
+    def check_prompts(self, prompts: Sequence[str], info: ServerInfo | None = None) -> None:
+        """Raise `InputError` unless one Encode request may carry `prompts`, by the limits the server states (a server
+        stating none, 0, is not checked): the request is then never sent."""
+        info = info or self.info()
+        most = info.max_prompts_per_request
+        if most and len(prompts) > most:
+            raise InputError(
+                f"{len(prompts)} prompts in one request; the encoder at {self.target} takes at most {most} "
+                "(split them into several requests)"
+            )
+        limit = info.max_prompt_chars
+        for index, prompt in enumerate(prompts):
+            if limit and len(prompt) > limit:
+                which = "the prompt" if len(prompts) == 1 else f"prompt {index}"
+                raise InputError(
+                    f"{which} is {len(prompt):,} characters; the encoder at {self.target} takes at most {limit:,} "
+                    "(it uses only the first 512 tokens anyway)"
+                )
 
     def _fetch_cached(
         self,
@@ -386,10 +413,10 @@ class RemoteTextEncoder:
         """Run `call` by `deadline`, retrying UNAVAILABLE and RESOURCE_EXHAUSTED with capped, jittered backoff.
 
         A stream broken mid-reply counts as UNAVAILABLE (`BROKEN_STREAM`); a TLS handshake our settings cannot
-        pass is not retried. Until a server has answered once, attempts stop at `connect_timeout` (so a listener
-        that never speaks is noticed too) and the error says why nothing answered; after that, retries go on until
-        the deadline (or `retries` runs out). Every other status is mapped at once to one `EncoderCallError`. With
-        replicas, each attempt goes to one that is up.
+        pass and a message over a size limit (`TOO_LARGE`) are not retried. Until a server has answered once,
+        attempts stop at `connect_timeout` (so a listener that never speaks is noticed too) and the error says why
+        nothing answered; after that, retries go on until the deadline (or `retries` runs out). Every other status
+        is mapped at once to one `EncoderCallError`. With replicas, each attempt goes to one that is up.
         """
         attempt = 0
         unavailable: Failure | None = None  # the last retryable failure
@@ -410,6 +437,8 @@ class RemoteTextEncoder:
                     # We never cancel a call we still wait for: a server shutting down under it did (measured:
                     # details "CANCELLED" when a replica stops as the call starts). Nothing ran for us.
                     code = grpc.StatusCode.UNAVAILABLE
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED and TOO_LARGE.search(details or ""):
+                    raise self._too_large_error(code, details) from None
                 self._reached = self._reached or server_answered(code, details)
                 if not self._reached:
                     unreached = more_telling(unreached, (code, details))
@@ -434,6 +463,25 @@ class RemoteTextEncoder:
                 delay = min(self.backoff_s * 2**attempt, self.max_backoff_s) * random.uniform(0.5, 1.0)
                 time.sleep(min(delay, remaining - LAST_ATTEMPT_S))  # the last try comes just before the deadline
                 attempt += 1
+
+    def _too_large_error(self, code: grpc.StatusCode, details: str | None) -> EncoderError:
+        """A message over a gRPC size limit, in one line saying whose limit and which message."""
+        said, target, text = printable_line(details or "no details"), self.target, (details or "").lower()
+        ours, sent = "client:" in text, "sent message" in text
+        if ours and not sent:
+            return BadReplyError(
+                f"a reply from the encoder at {target} is larger than this client takes ({said})", target=target
+            )
+        if not ours and sent:
+            return EncoderFailedError(
+                f"the encoder at {target} could not send its reply ({said}); see the server log",
+                target=target,
+                code=code,
+            )
+        whose = f"this client's limit for the encoder at {target}" if ours else f"what the encoder at {target} takes"
+        return EncoderRejectedError(
+            f"the request is larger than {whose} ({said}); shorten the prompt", target=target, code=code
+        )
 
     def _unreached_error(self, failure: Failure) -> EncoderUnavailableError:
         return unreached_error(self.target, failure, tls=self.tls, waited_s=min(self.timeout, self.connect_timeout))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -110,9 +110,11 @@ class FakeEncoder(encoder_pb2_grpc.TextEncoderServicer):
 
 
 @contextlib.contextmanager
-def fake_server(servicer: encoder_pb2_grpc.TextEncoderServicer) -> Iterator[str]:
-    """Serve `servicer` on 127.0.0.1:0; yields the target to dial."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+def fake_server(
+    servicer: encoder_pb2_grpc.TextEncoderServicer, options: Sequence[tuple[str, Any]] = ()
+) -> Iterator[str]:
+    """Serve `servicer` on 127.0.0.1:0 with these gRPC server `options`; yields the target to dial."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=list(options))
     encoder_pb2_grpc.add_TextEncoderServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()

@@ -1,4 +1,5 @@
-"""Run a command under lower resource limits: `python -m tests.rlimits NOFILE=256 -- COMMAND...`.
+"""Run a command under lower resource limits: `python -m tests.rlimits NOFILE=256 -- COMMAND...`; or measure its
+peak memory: `python -m tests.rlimits --peak -- COMMAND...` (`measured`, `peak_rss_kib`).
 
 Tests use this instead of `subprocess`'s `preexec_fn`: that forks the test process, which runs gRPC threads
 of its own, and a fork there can leave gRPC's poller in the child printing errors into the output a test reads.
@@ -9,7 +10,10 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import subprocess
 import sys
+
+PEAK = "tests.rlimits: peak resident KiB "
 
 
 def limited(command: list[str], **limits: int) -> list[str]:
@@ -18,7 +22,22 @@ def limited(command: list[str], **limits: int) -> list[str]:
     return [sys.executable, "-m", "tests.rlimits", *settings, "--", *command]
 
 
+def measured(command: list[str]) -> list[str]:
+    """`command`, run as the only child of a Python that then prints its peak resident memory (`peak_rss_kib`)."""
+    return [sys.executable, "-m", "tests.rlimits", "--peak", "--", *command]
+
+
+def peak_rss_kib(stderr: str) -> tuple[int, str]:
+    """A `measured` run's stderr: the command's peak resident memory in KiB, and the command's own stderr."""
+    own, _, peak = stderr.rpartition(PEAK)
+    return int(peak), own
+
+
 def main(argv: list[str]) -> None:
+    if argv[0] == "--peak":  # the command's ru_maxrss alone: this process's only child
+        finished = subprocess.run(argv[argv.index("--") + 1 :])
+        print(f"{PEAK}{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}", file=sys.stderr)
+        sys.exit(finished.returncode)
     split = argv.index("--")
     for setting in argv[:split]:
         name, value = setting.split("=")

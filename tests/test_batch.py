@@ -201,7 +201,6 @@ def test_a_worker_killed_mid_run_has_its_jobs_retried_and_every_image_written_on
         if driver.poll() is None:
             driver.kill()
         log.close()
-    assert "will be retried" in (workspace / "killed.log").read_text()  # Ray's word that the task was retried
     manifest = read_manifest(out_dir)
     assert [row["index"] for row in manifest] == list(range(12))  # each job once
     assert {row["status"] for row in manifest} == {"ok"}

@@ -13,10 +13,13 @@ import pytest
 
 from diffusion_client.batch import runner
 from diffusion_client.batch.cli import main as batch_main
+from diffusion_client.batch.head import head_address
 from diffusion_client.batch.outputs import OutputDir
 from diffusion_client.errors import InputError
-from tests.batch_runs import error_lines, write_jobs
+from tests.batch_runs import batch_command, batch_env, error_lines, write_jobs
 from tests.cli_runs import free_port
+from tests.helpers import start_server
+from tests.rlimits import measured, peak_rss_kib
 
 HEAVY = ("torch", "diffusers", "transformers", "grpc", "PIL", "numpy", "ray", "pyarrow")
 GOOD = {"prompt": "a lighthouse", "height": 64, "width": 64, "steps": 2}
@@ -129,6 +132,103 @@ def test_an_out_outside_the_folder_or_of_another_kind_is_refused(batch, out, mes
     assert code == 2
     [error] = errors
     assert message in error
+
+
+def test_an_out_through_a_symbolic_link_in_the_out_dir_is_a_bad_line(batch, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "evil").symlink_to(elsewhere)
+    (tmp_path / "out" / "taken.png").symlink_to(elsewhere / "taken.png")  # a link in the file's own place
+    code, errors, _ = batch([GOOD, {**GOOD, "out": "evil/a.png"}, {**GOOD, "out": "taken.png"}])
+    assert code == 2
+    assert [error.split(": ")[2].rsplit("/", 1)[1] for error in errors] == ["prompts.jsonl:2", "prompts.jsonl:3"]
+    assert f"passes the symbolic link {tmp_path / 'out' / 'evil'} (to {elsewhere})" in errors[0]
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_symbolic_link_planted_after_planning_fails_the_write_and_writes_nothing_outside(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for folder in (tmp_path / "local", tmp_path / "uri"):
+        outputs = OutputDir.parse(str(folder) if folder.name == "local" else folder.as_uri())
+        outputs.prepare()
+        outputs.check_name("evil/a.png")  # planned while `evil` does not exist
+        (folder / "evil").symlink_to(elsewhere)
+        with pytest.raises(OSError, match="evil"):
+            outputs.write("evil/a.png", b"image bytes")
+        outputs.write("fine/a.png", b"image bytes")
+        assert (folder / "fine" / "a.png").read_bytes() == b"image bytes"
+    assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "out,message",
+    [
+        (r"a\u0000b.png", "holds a NUL character"),
+        ("n" * 252 + ".png", "has a name of 256 bytes; file systems take at most 255"),
+        ("\u00e9" * 126 + ".png", "has a name of 256 bytes"),  # 130 characters, 256 bytes of UTF-8
+        ("d/" * 600 + "a.png", "is 1,205 bytes long; the limit is 1,024"),
+        (r"\ud800.png", "is not valid Unicode"),
+        ("sub", "is a folder in --out-dir"),
+    ],
+    ids=["nul", "long-name", "long-utf8-name", "long-path", "lone-surrogate", "a-folder"],
+)
+def test_names_no_file_system_takes_are_bad_lines_before_anything_starts(batch, tmp_path, out, message):
+    (tmp_path / "out" / "sub").mkdir(parents=True)
+    line = json.dumps({**GOOD, "out": "OUT"}).replace('"OUT"', f'"{out}"')  # JSON escapes as a user writes them
+    code, errors, stderr = batch([GOOD, line])
+    assert code == 2, stderr
+    [error] = errors
+    assert "prompts.jsonl:2: " in error and message in error
+
+
+def test_a_prompt_longer_than_the_encoder_takes_is_a_bad_line_before_any_worker_starts(batch, tiny_snapshot, tmp_path):
+    lines = [GOOD, {**GOOD, "prompt": "y" * 65}, GOOD, {**GOOD, "prompt": "z" * 99}]
+    with start_server(tiny_snapshot, max_prompt_chars=64) as server:
+        code, errors, _ = batch(lines, encoder=server.target)
+    assert code == 2
+    takes = f"the encoder at {server.target} takes at most 64 (it uses only the first 512 tokens anyway)"
+    assert errors == [
+        f"flux2-batch: error: {tmp_path / 'prompts.jsonl'}:{number}: the prompt is {length} characters; {takes}"
+        for number, length in ((2, 65), (4, 99))
+    ]
+
+
+def test_a_line_over_1_mib_is_a_bad_line_naming_its_number(batch):
+    code, errors, _ = batch([GOOD, {**GOOD, "prompt": "y" * 2**21}, GOOD])
+    assert code == 2
+    [error] = errors
+    assert error.endswith("prompts.jsonl:2: the line is over 1,048,576 bytes")
+
+
+def test_a_64_mib_line_is_never_held_whole(tiny_snapshot, tmp_path):
+    """The prompts file is read a line at a time: the run's peak memory is that of a run over a small bad file."""
+    huge, small = tmp_path / "huge.jsonl", tmp_path / "small.jsonl"
+    with huge.open("w") as file:
+        file.write(json.dumps(GOOD) + '\n{"prompt": "')
+        for _ in range(64):
+            file.write("y" * 2**20)
+        file.write('"}\n')
+    small.write_text(json.dumps(GOOD) + '\n{"prompt": "x", "bad": 1}\n')
+    peaks = {}
+    for prompts in (huge, small):
+        flags = ["--prompts", str(prompts), "--model", str(tiny_snapshot), "--out-dir", str(tmp_path / "out")]
+        finished = subprocess.run(measured(batch_command(*flags)), capture_output=True, text=True, env=batch_env())
+        peaks[prompts], stderr = peak_rss_kib(finished.stderr)
+        assert finished.returncode == 2, stderr
+        assert [line.split(": ")[2] for line in error_lines(stderr)] == [f"{prompts}:2"]
+    grown_mib = (peaks[huge] - peaks[small]) / 1024
+    assert grown_mib < 16, f"a 64 MiB line raised the peak by {grown_mib:.0f} MiB"
+
+
+def test_the_manifest_is_ascii_so_no_name_breaks_its_lines():
+    from diffusion_client.batch.results import JobResult, manifest_bytes
+
+    odd = JobResult(0, "p.jsonl:1", "/out/a\u2028b\u0085c\u00e9.png", 0, 1.0, "failed", "said \u2029 this")
+    data = manifest_bytes([odd])
+    assert data.isascii() and len(data.decode().splitlines()) == 1
+    assert json.loads(data) == {**json.loads(odd.manifest_line()), "output": "/out/a\u2028b\u0085c\u00e9.png"}
 
 
 def test_an_out_dir_that_is_a_file_exits_2_in_one_line(batch, tmp_path):
@@ -248,15 +348,9 @@ def test_the_rayjob_example_runs_a_command_flux2_batch_accepts() -> None:
     assert args.out_dir.startswith("s3://") and args.ray is None  # KubeRay's RAY_ADDRESS names the cluster
 
 
-def test_a_ray_head_nothing_listens_on_fails_in_one_line_at_once() -> None:
-    address = f"127.0.0.1:{free_port()}"
-    with pytest.raises(runner.ClusterError, match=f"cannot reach the Ray cluster at {address}"):
-        runner.cluster(address).__enter__()
-
-
 def test_a_ray_address_without_a_port_is_refused() -> None:
     with pytest.raises(InputError, match="give the head's HOST:PORT"):
-        runner.cluster("head-node").__enter__()
+        head_address("head-node")
 
 
 def test_nf4_on_cpu_workers_is_refused_before_anything_starts(batch):

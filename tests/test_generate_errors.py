@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,9 +17,10 @@ import pytest
 
 from diffusion_client.cli import main as generate_main
 from shared.tiny_snapshot import TinySnapshotShape, build_tiny_snapshot
-from tests.cli_runs import assert_one_line_error, free_port, run_cli
+from tests.cli_runs import assert_one_line_error, error_lines, free_port, run_cli
 from tests.fake_encoder import FakeEncoder, embeds_for, fake_server
 from tests.helpers import TINY_EMBED_DIM, TINY_HIDDEN_SIZE, start_server
+from tests.rlimits import measured, peak_rss_kib
 
 SIZE = ["--height", "64", "--width", "64", "--steps", "2"]
 
@@ -304,3 +309,63 @@ def test_reference_image_too_small_for_flux2_exits_2_before_loading_weights(gene
     code = generate("edit", "--image", str(small), "--out", str(tmp_path / "x.png"), *SIZE)
     assert code == 2
     assert_one_line_error(capsys.readouterr().err, f"cannot read reference image {small}", "at least 64px")
+
+
+def test_a_prompts_line_longer_than_the_encoder_takes_exits_2_before_any_image(tiny_snapshot, tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a short one"}\n' + "y" * 65 + "\n")
+    with start_server(tiny_snapshot, max_prompt_chars=64) as server:
+        code = generate_main(
+            ["--prompts", str(prompts), "--encoder", server.target, "--model", str(tiny_snapshot)]
+            + ["--out", str(tmp_path / "x.png"), "--timeout", "60", *SIZE]
+        )
+    assert code == 2
+    [line] = error_lines(capsys.readouterr().err)
+    assert line.endswith(f"{prompts}:2: the prompt is 65 characters; the encoder at {server.target} takes at most 64 "
+                         "(it uses only the first 512 tokens anyway)")  # fmt: skip
+    assert list(tmp_path.glob("x-*.png")) == []  # found by preflight, before the first image
+
+
+def test_a_prompt_the_servers_message_limit_refuses_fails_its_job_alone_at_once(tiny_snapshot, tmp_path, capsys):
+    """A server whose gRPC receive limit (4 KiB) is below what its stated prompt limit (20,000) allows: the client
+    cannot know, and gRPC answers RESOURCE_EXHAUSTED as for an overloaded server; it must not be retried."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("a short one\n" + "y" * 10_000 + "\nanother short one\n")
+    with fake_server(FakeEncoder(), options=[("grpc.max_receive_message_length", 4096)]) as target:
+        started = time.monotonic()
+        code = generate_main(
+            ["--prompts", str(prompts), "--encoder", target, "--model", str(tiny_snapshot), "--quiet"]
+            + ["--out", str(tmp_path / "x.png"), "--timeout", "60", *SIZE]
+        )
+        seconds = time.monotonic() - started
+    assert code == 2  # flux2-generate's code for a request the encoder refuses
+    [line] = error_lines(capsys.readouterr().err)
+    assert line.startswith(f"flux2-generate: error: {prompts}:2: the request is larger than what the encoder at")
+    assert "shorten the prompt" in line
+    assert sorted(path.name for path in tmp_path.glob("x-*.png")) == ["x-000.png", "x-002.png"]
+    assert seconds < 45, seconds  # not retried until the 60 s deadline (loading the pipeline included)
+
+
+def test_a_prompts_line_over_1_mib_is_refused_without_reading_it_whole(tiny_snapshot, tmp_path):
+    """A 64 MiB line is a bad line naming its number; the file is read a line at a time, so the peak memory of the
+    run stays that of a run over a small file (read whole, a 64 MiB line costs about 4 copies of it)."""
+    huge, small = tmp_path / "huge.jsonl", tmp_path / "small.jsonl"
+    with huge.open("w") as file:
+        file.write('{"prompt": "fine"}\n{"prompt": "')
+        for _ in range(64):
+            file.write("y" * 2**20)
+        file.write('"}\n{"prompt": "fine"}\n')
+    small.write_text('{"prompt": "fine"}\n{"prompt": "x", "bad": 1}\n')
+    peaks, errors = {}, {}
+    generate_command = [sys.executable, "-m", "diffusion_client.cli", "--model", str(tiny_snapshot)]
+    for prompts in (huge, small):
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        command = measured([*generate_command, "--prompts", str(prompts)])
+        finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+        peaks[prompts], stderr = peak_rss_kib(finished.stderr)
+        assert finished.returncode == 2, stderr
+        [errors[prompts]] = error_lines(stderr)
+    assert errors[huge] == f"flux2-generate: error: {huge}:2: the line is over 1,048,576 bytes"
+    assert errors[small].startswith(f"flux2-generate: error: {small}:2: unknown keys")
+    grown_mib = (peaks[huge] - peaks[small]) / 1024
+    assert grown_mib < 16, f"a 64 MiB line raised the peak by {grown_mib:.0f} MiB"

@@ -138,6 +138,68 @@ def test_server_failure_is_not_retried():
     assert "see the server log" in str(error.value)
 
 
+def test_a_prompt_longer_than_the_server_takes_is_refused_before_it_is_sent(tiny_snapshot):
+    with start_server(tiny_snapshot, max_prompt_chars=64) as server:
+        with RemoteTextEncoder(server.target, timeout=30) as encoder:
+            started = time.monotonic()
+            with pytest.raises(InputError) as error:  # ours, not the server's INVALID_ARGUMENT: never sent
+                encoder.encode(["a short prompt", "y" * 65])
+            seconds = time.monotonic() - started
+            assert encoder.encode("y" * 64).shape == (1, 512, TINY_EMBED_DIM)  # at the limit: sent and answered
+    assert str(error.value) == (
+        f"prompt 1 is 65 characters; the encoder at {server.target} takes at most 64 "
+        "(it uses only the first 512 tokens anyway)"
+    )
+    assert seconds < 5, seconds
+
+
+def test_more_prompts_than_the_server_takes_in_one_request_are_refused_before_they_are_sent():
+    servicer = FakeEncoder(info=dataclasses.replace(TINY_INFO, max_prompts_per_request=2))
+    with fake_server(servicer) as target, RemoteTextEncoder(target) as encoder:
+        with pytest.raises(InputError, match=f"3 prompts in one request; the encoder at {target} takes at most 2"):
+            encoder.encode(["a", "b", "c"])
+        assert encoder.encode(["a", "b"]).shape[0] == 2
+    assert servicer.calls == 1  # the two prompts'; the three were never sent
+
+
+def test_a_request_over_the_servers_message_limit_fails_at_once_and_is_not_retried_as_overload():
+    servicer = FakeEncoder()  # it states the real server's 20,000 characters; its gRPC server takes 4 KiB messages
+    with fake_server(servicer, options=[("grpc.max_receive_message_length", 4096)]) as target:
+        with RemoteTextEncoder(target, timeout=30) as encoder:
+            started = time.monotonic()
+            with pytest.raises(EncoderRejectedError) as error:
+                encoder.encode("z" * 10_000)
+            seconds = time.monotonic() - started
+            assert encoder.encode("a short prompt").shape == (1, 512, TINY_EMBED_DIM)  # the server still serves
+    assert seconds < 3, seconds  # not retried until the 30 s deadline
+    assert servicer.calls == 1  # the short prompt's; the long one never reached the handler
+    assert error.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    message = str(error.value)
+    assert message.startswith(f"the request is larger than what the encoder at {target} takes (")
+    assert "larger than max (100" in message and message.endswith("; shorten the prompt")
+    assert "overloaded" not in message
+
+
+def test_a_request_over_this_clients_own_send_limit_fails_at_once(encoder_server):
+    options = [("grpc.max_send_message_length", 4096)]
+    with RemoteTextEncoder(encoder_server.target, timeout=30, channel_options=options) as encoder:
+        started = time.monotonic()
+        with pytest.raises(EncoderRejectedError, match="this client's limit for the encoder at"):
+            encoder.encode("z" * 10_000)
+        assert time.monotonic() - started < 3
+
+
+def test_a_reply_over_this_clients_receive_limit_is_a_bad_reply_not_retried():
+    servicer = FakeEncoder()
+    options = [("grpc.max_receive_message_length", 16 * 1024)]
+    with fake_server(servicer) as target, RemoteTextEncoder(target, timeout=30, channel_options=options) as encoder:
+        started = time.monotonic()
+        with pytest.raises(BadReplyError, match="is larger than this client takes"):
+            encoder.encode("x")
+        assert time.monotonic() - started < 3
+    assert servicer.calls == 1
+
+
 HOSTILE_TEXT = "\x1b[31mred\x1b[0m\nsecond line\r\x07\x1b]0;title\x07\u202e" + "x" * 5000
 
 

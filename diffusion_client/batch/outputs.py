@@ -6,6 +6,11 @@ a local folder is written through `atomic_files` (temporary file, fsync, rename)
 streamed under a temporary name beside its own and then moved into place. An object store's move is a copy, but a
 put that failed half-way could otherwise leave a partial object under the final name. Temporary names start with
 `.` and end in `.tmp`, so they never look like an output.
+
+Nothing is written outside the folder: a name whose way passes a symbolic link in it is refused when the run is
+planned (`check_name`), and a local write opens each folder on the way without following links
+(`atomic_files.write_bytes_beneath`), so a link planted after planning fails that job's write instead of redirecting
+it. A `file://` folder, written through pyarrow (which follows links), is checked again just before each write.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ import contextlib
 import os
 import posixpath
 import secrets
+import stat
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from diffusion_client.atomic_files import write_bytes
+from diffusion_client.atomic_files import write_bytes_beneath
 from diffusion_client.errors import InputError
 
 
@@ -84,6 +90,32 @@ class OutputDir:
         """`name`'s full path or URI, as the manifest records it."""
         return str(self.local / name) if self.local is not None else f"{self.text}/{name}"
 
+    def check_name(self, name: str) -> None:
+        """Refuse (`InputError`) an output name whose way passes a symbolic link in the folder, or that names a folder.
+
+        Checked on this machine's filesystem for a local or `file://` folder; an object store has no links.
+        """
+        root = self._on_this_machine()
+        if root is None or not root.is_dir():  # a folder missing is made by `prepare`, a file refused there
+            return
+        where = root
+        parts = PurePosixPath(name).parts
+        for depth, part in enumerate(parts, start=1):
+            where = where / part
+            try:
+                mode = os.lstat(where).st_mode
+            except FileNotFoundError:
+                return  # made by the write, as a real folder
+            except OSError as error:
+                raise InputError(f'"out" {name}: cannot check {where}: {error.strerror or error}') from None
+            if stat.S_ISLNK(mode):
+                raise InputError(
+                    f'"out" {name} passes the symbolic link {where} (to {os.readlink(where)}); outputs are written '
+                    "only in real folders inside --out-dir"
+                )
+            if depth == len(parts) and stat.S_ISDIR(mode):
+                raise InputError(f'"out" {name} is a folder in --out-dir; give a file name')
+
     def exists(self, name: str) -> bool:
         if self.local is not None:
             return (self.local / name).is_file()
@@ -92,13 +124,20 @@ class OutputDir:
         return bool(self.filesystem.get_file_info(self._remote(name)).type == fs.FileType.File)
 
     def write(self, name: str, data: bytes) -> None:
-        """`data` as the file `name`, whole or not at all; raises OSError as the filesystem does."""
+        """`data` as the file `name`, whole or not at all; raises OSError as the filesystem does, and for a name
+        whose way a symbolic link has taken since it was checked."""
         if self.local is not None:
-            write_bytes(self.local / name, data)
+            write_bytes_beneath(self.local, name, data)
             return
+        if self._on_this_machine() is not None:
+            try:
+                self.check_name(name)
+            except InputError as error:
+                raise OSError(str(error)) from None
         final = self._remote(name)
         folder, file_name = posixpath.split(final)
-        temporary = posixpath.join(folder, f".{file_name}.{secrets.token_hex(4)}.tmp")
+        stem = file_name.encode()[:200].decode(errors="ignore")  # the temporary name fits NAME_MAX too
+        temporary = posixpath.join(folder, f".{stem}.{secrets.token_hex(4)}.tmp")
         self.filesystem.create_dir(folder, recursive=True)
         try:
             with self.filesystem.open_output_stream(temporary) as stream:
@@ -111,3 +150,11 @@ class OutputDir:
 
     def _remote(self, name: str) -> str:
         return posixpath.join(self.base, name)
+
+    def _on_this_machine(self) -> Path | None:
+        """The folder's path on this machine's filesystem: a local folder, or a `file://` URI's."""
+        if self.local is not None:
+            return self.local
+        from pyarrow import fs
+
+        return Path(self.base) if isinstance(self.filesystem, fs.LocalFileSystem) else None

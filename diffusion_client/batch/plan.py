@@ -6,13 +6,16 @@ The files a line names (reference images, LoRAs) are read by the worker that run
 decode fails that job alone, and the manifest says so.
 
 Job `i` (0-based, in file order) writes `image-{i:06d}.png` in the output folder, or the line's own `"out"`, a
-relative path inside the folder; names are fixed by the file, so a rerun finds the images already written.
+relative path inside the folder; names are fixed by the file, so a rerun finds the images already written. A name is
+checked as text here (no `..`, no NUL, parts of at most 255 bytes) and, by the caller's `check_output`, against the
+folder on disk (no symbolic link on the way).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -51,11 +54,17 @@ def default_name(index: int) -> str:
     return f"image-{index:06d}.png"
 
 
-def plan_jobs(prompts: Path, defaults: GenerationJob, size_multiple: int) -> list[PlannedJob]:
+def plan_jobs(
+    prompts: Path,
+    defaults: GenerationJob,
+    size_multiple: int,
+    check_output: Callable[[str], None] = lambda _name: None,
+) -> list[PlannedJob]:
     """Every job of `prompts`, checked; raises `BadLinesError` naming every bad line, or `InputError` for the file.
 
-    Reference images and LoRA files are made absolute (against this directory, as `flux2-generate` reads them),
-    since workers run elsewhere.
+    `check_output` raises `InputError` for an output name the output folder cannot take as it is on disk. Reference
+    images and LoRA files are made absolute (against this directory, as `flux2-generate` reads them), since workers
+    run elsewhere; images' metadata names references by file name only.
     """
     planned: list[PlannedJob] = []
     errors: list[str] = []
@@ -63,12 +72,15 @@ def plan_jobs(prompts: Path, defaults: GenerationJob, size_multiple: int) -> lis
     for index, (number, text) in enumerate(prompt_lines(prompts)):
         where = f"{prompts}:{number}"
         try:
+            if isinstance(text, InputError):
+                raise text
             job = job_from_line(where, text, defaults, Path(default_name(index)))
             check_settings(job, size_multiple)
             name = output_name(job)
             if (earlier := writers.get(name.casefold())) is not None:
                 raise InputError(job.describe(f"writes {name}, as {earlier} does; give each job its own output"))
             writers[name.casefold()] = where
+            _described(job, check_output, name)
         except InputError as error:
             errors.append(str(error))
             continue
@@ -86,14 +98,40 @@ def plan_jobs(prompts: Path, defaults: GenerationJob, size_multiple: int) -> lis
     return planned
 
 
+def _described(job: GenerationJob, check: Callable[[str], object], name: str) -> None:
+    """`check(name)`, its `InputError` prefixed with the job's line."""
+    try:
+        check(name)
+    except InputError as error:
+        raise InputError(job.describe(str(error))) from None
+
+
+MAX_NAME_PART_BYTES = 255  # NAME_MAX of ext4, XFS, APFS, NTFS (in UTF-16 units there)
+MAX_NAME_BYTES = 1024  # an S3 or GCS object key's limit, well inside PATH_MAX
+
+
 def output_name(job: GenerationJob) -> str:
     """The job's output as a clean relative name inside the output folder, or a one-line error."""
+    text = str(job.out)
+    if "\0" in text:
+        raise InputError(job.describe(f'"out" {text!r} holds a NUL character, which no file name can'))
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InputError(job.describe(f'"out" {text!r} is not valid Unicode (a lone surrogate)')) from None
     out = PurePosixPath(job.out.as_posix())
     if out.is_absolute() or ".." in out.parts or not out.name or out.name in (".", ".."):
-        raise InputError(job.describe(f'"out" {str(job.out)!r} must be a relative path inside --out-dir'))
+        raise InputError(job.describe(f'"out" {text!r} must be a relative path inside --out-dir'))
+    if size > MAX_NAME_BYTES:
+        raise InputError(job.describe(f'"out" is {size:,} bytes long; the limit is {MAX_NAME_BYTES:,}'))
+    for part in out.parts:
+        if len(part.encode("utf-8")) > MAX_NAME_PART_BYTES:
+            raise InputError(
+                job.describe(f'"out" has a name of {len(part.encode("utf-8"))} bytes; file systems take at most 255')
+            )
     if out.as_posix() == MANIFEST:
         raise InputError(job.describe(f'"out" {MANIFEST} is the manifest\'s name'))
-    format_for(Path(out.name))  # .png, .jpg/.jpeg or .webp (none: PNG)
+    _described(job, lambda name: format_for(Path(name)), out.name)  # .png, .jpg/.jpeg or .webp (none: PNG)
     return out.as_posix()
 
 

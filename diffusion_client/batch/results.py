@@ -40,7 +40,8 @@ class JobResult:
         fields = asdict(self)
         del fields["stop_code"]  # how the run ended is its exit code's business, not the job's
         fields["seconds"] = round(self.seconds, 3)
-        return json.dumps(fields, ensure_ascii=False)
+        # ASCII: a name's U+2028 or U+0085 would end the line for readers that split on every line break.
+        return json.dumps(fields, ensure_ascii=True)
 
 
 def manifest_bytes(results: Iterable[JobResult]) -> bytes:

@@ -11,21 +11,26 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
+import os
+import signal
+import sys
+import threading
 import warnings
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
+from diffusion_client.batch.head import join, probe_head
 from diffusion_client.batch.plan import PlannedJob, encode_job
 from diffusion_client.batch.results import JobResult
 from diffusion_client.batch.worker import BatchWorker, WorkerConfig
 from diffusion_client.errors import ClientError, InputError
 
-CONNECT_TIMEOUT_S = 10.0  # for the head's port to accept a connection
 RAY_MISSING = "flux2-batch runs on Ray, which is not installed: pip install 'flux2-split[ray]'"
 MAX_TASK_RETRIES = 3  # retries of a job whose worker died; Ray Data's default, -1, retries forever
 MAX_BLOCKS = 10_000  # one job per block up to here; beyond, blocks of several jobs keep the driver's bookkeeping small
+SILENT = logging.CRITICAL + 1  # above every level Ray logs at
 
 
 class ClusterError(ClientError):
@@ -43,35 +48,70 @@ def import_ray() -> ModuleType:
 
 
 @contextlib.contextmanager
-def cluster(address: str | None) -> Iterator[ModuleType]:
+def cluster(address: str | None, connect_timeout_s: float = 5.0, verbose: bool = False) -> Iterator[ModuleType]:
     """Connected to the cluster at `address` (`local`: always a fresh local one); none: `ray.init()`'s own choice,
     $RAY_ADDRESS (as a KubeRay RayJob sets it) or a `ray start` cluster on this machine, else a new local one.
-    Disconnecting ends this run's actors; a local cluster it started stops with it."""
+    A head's address (given, or $RAY_ADDRESS) is probed first, within `connect_timeout_s` (`head.probe_head`).
+    Ray's own log lines stay off stderr unless `verbose`. Disconnecting ends this run's actors; a local cluster it
+    started stops with it."""
     ray = import_ray()
-    if address not in (None, "local", "auto"):
-        _check_reachable(address)
+    options = _quiet_ray(ray, verbose)
+    head = address if address not in (None, "local", "auto") else None
+    if address in (None, "auto") and os.environ.get("RAY_ADDRESS", "auto") not in ("auto", "local"):
+        head = os.environ["RAY_ADDRESS"]
+    our_handler = signal.getsignal(signal.SIGTERM)
     try:
-        ray.init(address=address, logging_level=logging.WARNING)
+        if head is not None:
+            probe_head(head, connect_timeout_s)
+        with _stderr_closed(not verbose):
+            if head is not None:
+                join(ray, head, options)
+            else:
+                ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise ClusterError(f"cannot reach the Ray cluster at {address or '(default)'}: {error}") from None
+    finally:
+        if threading.current_thread() is threading.main_thread() and our_handler is not None:
+            signal.signal(signal.SIGTERM, our_handler)  # ray.init's own exits with code 15, skipping the manifest
     try:
         yield ray
     finally:
         ray.shutdown()
 
 
-def _check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
-    """Refuse a head nothing listens on: `ray.init` would retry it for many minutes, saying little."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise InputError(f"--ray {address}: give the head's HOST:PORT (as `ray start --head` prints it), or local")
+@contextlib.contextmanager
+def _stderr_closed(closed: bool) -> Iterator[None]:
+    """This process's stderr (fd 2) pointed at /dev/null while `closed`: Ray's C++ core, starting, prints a line of
+    its own whatever its log level (naming the level it was given), and nothing of ours is printed meanwhile."""
+    if not closed:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    nowhere = os.open(os.devnull, os.O_WRONLY)
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
-    except OSError as error:
-        reason = error.strerror or str(error) or type(error).__name__
-        raise ClusterError(
-            f"cannot reach the Ray cluster at {address}: {reason}; is `ray start --head` running there?"
-        ) from None
+        os.dup2(nowhere, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(nowhere)
+
+
+def _quiet_ray(ray: ModuleType, verbose: bool) -> dict[str, Any]:
+    """Keep Ray's own lines (its Python loggers, its C++ core's, Ray Data's progress, workers' output) off this
+    process's stderr unless `verbose`; the `ray.init` options that do their part."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = verbose
+    context.print_on_execution_start = verbose
+    if verbose:
+        return {"logging_level": logging.INFO, "log_to_driver": True}
+    # Read by Ray's C++ core when it starts (this driver's, and a local cluster's processes, which log to files).
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler):  # its console handler; the file handler stays
+            handler.setLevel(SILENT)
+    return {"logging_level": SILENT, "log_to_driver": False}
 
 
 @dataclass(frozen=True)

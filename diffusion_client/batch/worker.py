@@ -58,8 +58,10 @@ class BatchWorker:
         self.outputs = config.outputs
         self.generator: ImageGenerator | None = None
         self.broken: tuple[str, int] | None = None  # why this worker cannot generate, and the exit code
-        # Remote outputs are marked and written here first, by the same code as local ones, then uploaded.
-        self.scratch = Path(tempfile.mkdtemp(prefix="flux2-batch-")) if config.outputs.local is None else None
+        # Images are marked and written here first, by `flux2-generate`'s own code, then put in the output folder by
+        # `OutputDir.write`, which never follows a link out of it. Removed when the actor's process ends.
+        self._scratch = tempfile.TemporaryDirectory(prefix="flux2-batch-")
+        self.scratch = Path(self._scratch.name)
         try:
             self.generator = _start(config)
         except Exception as error:  # reported once per job it was given, with the exit code that stops the run
@@ -95,9 +97,7 @@ class BatchWorker:
         from diffusion_client.generator import FailedJob
 
         assert self.generator is not None
-        local = self.outputs.local if self.outputs.local is not None else self.scratch
-        assert local is not None
-        job = dataclasses.replace(planned.job, out=local / planned.name)
+        job = dataclasses.replace(planned.job, out=self.scratch / planned.name)
         try:
             prepared = self.generator.prepare([job])  # decodes its references, checks its LoRAs
         except InputError as error:  # already names the line
@@ -105,14 +105,20 @@ class BatchWorker:
         [outcome] = self.generator.run(prepared)  # to the end: its threads finish with it
         if isinstance(outcome, FailedJob):
             return str(outcome)
-        if self.outputs.local is None:
-            try:
-                self.outputs.write(planned.name, job.out.read_bytes())
-            except OSError as error:
-                return job.describe(f"cannot write {self.outputs.path(planned.name)}: {error}")
-            finally:
-                job.out.unlink(missing_ok=True)
+        try:
+            self.outputs.write(planned.name, job.out.read_bytes())
+        except OSError as error:
+            return job.describe(f"cannot write {self.outputs.path(planned.name)}: {_os_error_text(error)}")
+        finally:
+            job.out.unlink(missing_ok=True)
         return None
+
+
+def _os_error_text(error: OSError) -> str:
+    """`strerror: filename` (or the message) without Python's `[Errno N]`."""
+    if error.strerror is None:
+        return str(error)
+    return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
 
 
 def _start(config: WorkerConfig) -> ImageGenerator:
@@ -135,4 +141,12 @@ def _start(config: WorkerConfig) -> ImageGenerator:
     pipeline = load_pipeline(PipelineConfig(config.model_path, device=config.device, quantize=config.quantize))
     encoder = encoder_from_args(config.encoder_args, config.token, cache_bytes=config.cache_bytes)
     encoder.model = config.encoder_model
-    return ImageGenerator(pipeline, encoder, model_name=config.model_name, progress=False, marker=marker)
+    # References are named by file name, as the page names uploads: not the driver's folders in every image.
+    return ImageGenerator(
+        pipeline,
+        encoder,
+        model_name=config.model_name,
+        progress=False,
+        marker=marker,
+        reference_label=lambda path: path.name,
+    )
