@@ -4,6 +4,7 @@ what the PNG records, and bad LoRA files refused before any weights load."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,18 @@ import torch
 from PIL import Image
 
 from diffusion_client.errors import InputError
-from diffusion_client.lora.files import file_sha256
+from diffusion_client.lora.adapters import AppliedLora, LoraAdapters
+from diffusion_client.lora.files import CheckedLora, check_lora, file_sha256, layer_shapes
 from diffusion_client.lora.specs import parse_lora_spec
+from diffusion_client.pipeline import read_component_config
 from shared.tiny_snapshot import TinySnapshotShape, build_transformer
 from tests.cli_runs import assert_one_line_error, run_cli
-from tests.lora_files import load_tiny_transformer, random_lora
+from tests.lora_files import (
+    CreatesFileWhenUnpickled,
+    load_tiny_transformer,
+    pickled_like_safetensors,
+    random_lora,
+)
 from tests.test_generate import SIZE, generate, pixels
 
 PROMPT = "a paper boat on a pond"
@@ -123,6 +131,75 @@ def test_file_that_is_not_safetensors_is_refused_naming_it(encoder_server, tiny_
     text = tmp_path / "notes.safetensors"
     text.write_text("this is not a LoRA")
     assert "not a safetensors file" in _bad_lora_error(encoder_server, tiny_snapshot, tmp_path, str(text))
+
+
+def test_torch_save_of_a_real_lora_shaped_like_safetensors_is_refused_not_unpickled(
+    encoder_server, tiny_snapshot, lora_file, tmp_path
+):
+    path = pickled_like_safetensors(safetensors.torch.load_file(lora_file), tmp_path / "pickled.pt")
+    assert "not a safetensors file" in _bad_lora_error(encoder_server, tiny_snapshot, tmp_path, str(path))
+
+
+def test_pickle_payload_in_a_lora_file_never_reaches_an_unpickler(tiny_snapshot, lora_file, tmp_path):
+    marker = tmp_path / "unpickled"
+    tensors = {**safetensors.torch.load_file(lora_file), "payload": CreatesFileWhenUnpickled(marker)}
+    path = pickled_like_safetensors(tensors, tmp_path / "payload.pt")
+    layers = layer_shapes(read_component_config(tiny_snapshot, "transformer"))
+    with pytest.raises(InputError, match="not a safetensors file"):
+        check_lora(path, layers)
+    assert not marker.exists()
+    with path.open("rb") as pickled, pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(pickled, weights_only=True)  # where diffusers' fallback took such a file
+    with path.open("rb") as pickled:
+        torch.load(pickled, weights_only=False)  # the payload is live: an unrestricted unpickler runs it
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_lora_with_nan_or_infinite_weights_is_refused_naming_the_tensor(
+    encoder_server, tiny_snapshot, lora_file, tmp_path, bad
+):
+    tensors = safetensors.torch.load_file(lora_file)
+    name = sorted(tensors)[3]
+    tensors[name][0, 0] = bad
+    path = tmp_path / "diverged.safetensors"
+    safetensors.torch.save_file(tensors, path)
+    message = _bad_lora_error(encoder_server, tiny_snapshot, tmp_path, str(path))
+    assert f"tensor {name!r} holds NaN or infinite values" in message
+
+
+@pytest.mark.parametrize(("dtype", "called"), [(torch.int8, "int8"), (torch.bool, "bool")])
+def test_lora_with_integer_or_bool_tensors_is_refused_before_the_dit_loads(
+    tiny_snapshot, lora_file, tmp_path, dtype, called
+):
+    tensors = safetensors.torch.load_file(lora_file)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].to(dtype)
+    path = tmp_path / f"{called}.safetensors"
+    safetensors.torch.save_file(tensors, path)
+    layers = layer_shapes(read_component_config(tiny_snapshot, "transformer"))
+    with pytest.raises(InputError, match=f"tensor '{name}' is {called}; LoRA weights must be float32"):
+        check_lora(path, layers)
+
+
+def test_lora_path_that_is_a_directory_is_refused_saying_so(encoder_server, tiny_snapshot, tmp_path):
+    folder = tmp_path / "folder.safetensors"
+    folder.mkdir()
+    assert "is a directory" in _bad_lora_error(encoder_server, tiny_snapshot, tmp_path, str(folder))
+
+
+def test_lora_path_that_is_a_fifo_is_refused_without_waiting_for_a_writer(encoder_server, tiny_snapshot, tmp_path):
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    assert "is not a regular file" in _bad_lora_error(encoder_server, tiny_snapshot, tmp_path, str(fifo))
+
+
+def test_lora_replaced_after_its_check_is_not_loaded(lora_file, second_lora):
+    checked_earlier = CheckedLora(lora_file, file_sha256(second_lora), rank=8, modules=1)
+    adapters = LoraAdapters(pipeline=None)  # refused before the pipeline is touched
+    with pytest.raises(InputError, match="changed since it was checked"):
+        adapters.activate([AppliedLora(checked_earlier, 1.0)])
+    assert adapters.loaded == []
 
 
 def test_lora_whose_keys_match_nothing_is_refused_naming_it(encoder_server, tiny_snapshot, lora_file, tmp_path):

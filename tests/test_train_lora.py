@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from diffusion_client.training.cli import main as train_main
 from tests.cli_runs import free_port
 from tests.helpers import RunningServer, prompts_encoded, start_server
 from tests.lora_files import to_bfl, to_kohya
+from tests.rlimits import limited
 from tests.test_generate import generate, pixels
 from tests.test_generate_errors import hand_made_png
 
@@ -279,6 +281,123 @@ def test_output_folder_that_cannot_be_written_is_one_line(counting_server, tiny_
     out = tmp_path / "out"
     out.mkdir()
     (out / "checkpoints").write_text("a file where the checkpoints folder goes")
-    assert train(counting_server, tiny_snapshot, data, out, "--steps", "2", "--checkpoint-every", "1") == 1
+    assert train(counting_server, tiny_snapshot, data, out, "--steps", "2", "--checkpoint-every", "1") == 2
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("flux2-train-lora: error:")]
-    assert "cannot write checkpoint" in line
+    assert "could not write checkpoint 1: " in line and "no checkpoint was written yet" in line
+
+
+@pytest.mark.timeout(60)  # reading a FIFO waits for a writer that never comes
+@pytest.mark.parametrize("fifo", ["metadata.jsonl", "image0.png", "image0.txt", "pipe.png"])
+def test_a_fifo_among_the_data_files_is_refused_naming_it(capsys, tiny_snapshot, tmp_path, fifo):
+    data = flat_images(tmp_path / "data", [RED])
+    if fifo == "pipe.png":  # named by metadata.jsonl
+        (data / "metadata.jsonl").write_text(json.dumps({"file_name": "pipe.png", "text": CAPTION}))
+    else:
+        (data / fifo).unlink(missing_ok=True)
+    os.mkfifo(data / fifo)
+    message = _refused(capsys, data, tiny_snapshot, tmp_path)
+    assert f"{fifo} is not a regular file" in message
+
+
+@pytest.mark.parametrize("layout", ["folder", "metadata"])
+def test_a_link_leading_out_of_the_data_folder_is_refused_in_either_layout(capsys, tiny_snapshot, tmp_path, layout):
+    outside = flat_images(tmp_path / "elsewhere", [RED], caption=None) / "image0.png"
+    data = flat_images(tmp_path / "data", [RED])
+    (data / "linked.png").symlink_to(outside)
+    (data / "linked.txt").write_text(CAPTION)
+    if layout == "metadata":
+        (data / "metadata.jsonl").write_text(json.dumps({"file_name": "linked.png", "text": CAPTION}))
+    assert "linked.png is outside the data folder" in _refused(capsys, data, tiny_snapshot, tmp_path)
+
+
+FULL = "disk full (file size limit reached)"  # what RLIMIT_FSIZE's EFBIG is reported as
+
+
+def _train_process(
+    server: RunningServer, snapshot: Path, data: Path, out: Path, *flags: str, file_size: int
+) -> subprocess.CompletedProcess[str]:
+    """flux2-train-lora in its own process, where no file may grow past `file_size` bytes (a full disk)."""
+    args = ["--data", str(data), "--model", str(snapshot), "--encoder", server.target, "--out", str(out)]
+    command = limited([sys.executable, "-m", "diffusion_client.training.cli", *args, *FAST, *flags], FSIZE=file_size)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+
+
+def _one_error(finished: subprocess.CompletedProcess[str]) -> str:
+    assert finished.returncode == 2, finished.stderr
+    assert "Traceback" not in finished.stderr, finished.stderr
+    (line,) = [line for line in finished.stderr.splitlines() if line.startswith("flux2-train-lora:")]
+    assert line.startswith("flux2-train-lora: error: ")
+    return line
+
+
+def test_full_disk_at_a_checkpoint_names_the_checkpoint_still_intact(trained, counting_server, tiny_snapshot, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(trained["out"], out)  # checkpoint 3 and the caches
+    adapter_bytes = (out / "checkpoints" / "step-000003" / "adapter.safetensors").stat().st_size
+    flags = ["--resume", str(out), "--steps", "5", "--checkpoint-every", "1"]
+    finished = _train_process(counting_server, tiny_snapshot, trained["data"], out, *flags, file_size=adapter_bytes + 1)
+    line = _one_error(finished)  # the adapter fits; the optimizer's state, twice its size, does not
+    intact = out / "checkpoints" / "step-000003"
+    assert (
+        f"could not write checkpoint 4: disk full (file size limit reached); checkpoint 3 ({intact}) is intact" in line
+    )
+    assert sorted(path.name for path in (out / "checkpoints").iterdir()) == ["step-000003"]  # no staging left
+
+
+def test_full_disk_at_the_final_lora_leaves_no_partial_file(trained, counting_server, tiny_snapshot, tmp_path):
+    out = tmp_path / "out"
+    flags = ["--steps", "1", "--cache-dir", str(trained["out"] / "cache")]  # cached captions and latents: only reads
+    finished = _train_process(counting_server, tiny_snapshot, trained["data"], out, *flags, file_size=4096)
+    line = _one_error(finished)
+    lora = out / "pytorch_lora_weights.safetensors"
+    assert (
+        f"could not write the LoRA {lora}: disk full (file size limit reached); no checkpoint was written yet" in line
+    )
+    assert list(out.iterdir()) == []
+
+
+def test_full_disk_while_caching_captions_is_one_line(counting_server, tiny_snapshot, tmp_path):
+    data = flat_images(tmp_path / "data", [RED])
+    finished = _train_process(counting_server, tiny_snapshot, data, tmp_path / "out", "--steps", "1", file_size=1024)
+    line = _one_error(finished)
+    assert "could not write " in line and FULL in line
+
+
+@pytest.mark.parametrize(("flag", "trained_with"), [(["--rank", "8"], "--rank 4"), (["--alpha", "2"], "--alpha 4")])
+def test_resume_with_another_rank_or_alpha_is_refused_naming_both(
+    trained, counting_server, tiny_snapshot, tmp_path, capsys, flag, trained_with
+):
+    flags = ["--resume", str(trained["out"]), "--steps", "8", *flag]
+    assert train(counting_server, tiny_snapshot, trained["data"], tmp_path / "out", *flags) == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("flux2-train-lora:")]
+    assert f"was trained with {trained_with}, not {' '.join(flag)}; give {trained_with} to continue" in line
+
+
+def test_resume_with_another_seed_notes_it_once_and_continues(
+    trained, counting_server, tiny_snapshot, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    flags = ["--resume", str(trained["out"]), "--steps", "4", "--seed", "7"]
+    assert train(counting_server, tiny_snapshot, trained["data"], out, *flags) == 0
+    ours = [line for line in capsys.readouterr().err.splitlines() if line.startswith("flux2-train-lora:")]
+    assert len(ours) == 1 and ours[0].startswith("flux2-train-lora: note: ")
+    assert "was trained with --seed 0; steps 4 to 4 draw their examples and noise from --seed 7" in ours[0]
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_staging_left_by_a_killed_run_is_removed_at_start_and_nothing_else(
+    counting_server, tiny_snapshot, tmp_path, capsys
+):
+    data = flat_images(tmp_path / "data", [RED])
+    out = tmp_path / "out"
+    ours = [out / "checkpoints" / ".step-000250.0123abcd.tmp", out / ".lora-89abcdef.tmp"]
+    theirs = [out / "checkpoints" / ".step-000250.mine.tmp", out / "checkpoints" / "notes", out / ".lora-keep.tmp"]
+    for folder in ours + theirs:
+        folder.mkdir(parents=True)
+        (folder / "adapter.safetensors").write_bytes(b"half a file")
+    (out / ".pytorch_lora_weights.0123abcd.tmp").write_bytes(b"half a LoRA")
+    assert train(counting_server, tiny_snapshot, data, out, "--steps", "1") == 0
+    assert not any(path.exists() for path in ours) and not (out / ".pytorch_lora_weights.0123abcd.tmp").exists()
+    assert all((path / "adapter.safetensors").exists() for path in theirs)
+    assert "removed 3 unfinished" in capsys.readouterr().err

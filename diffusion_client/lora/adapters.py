@@ -1,7 +1,9 @@
 """Switch LoRAs on a loaded pipeline between jobs, without reloading the DiT.
 
-Each file is loaded once, as an adapter named after its hash, through diffusers' own `load_lora_weights` (so a
-file gives the same image here as in diffusers); a job then activates its adapters at its scales with
+Each file is loaded once, as an adapter named after its hash: read by safetensors alone (`files.read_lora`, the
+bytes whose hash was checked, never a path diffusers might unpickle), then handed to diffusers' own
+`load_lora_into_transformer` with its adapter settings, as `load_lora_weights` does (so a file gives the same
+image here as in diffusers); a job then activates its adapters at its scales with
 `set_adapters`, and a job without LoRAs turns them all off. On an NF4 DiT the adapters stay unfused: fusing
 into 4-bit weights would dequantise and round them again.
 """
@@ -13,7 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from diffusion_client.lora.files import CheckedLora
+from diffusion_client.errors import InputError
+from diffusion_client.lora.files import CheckedLora, read_lora
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ class LoraAdapters:
         for applied in loras:
             name = applied.lora.adapter_name
             if name not in self._loaded:
-                self._pipeline.load_lora_weights(str(applied.lora.path), adapter_name=name)
+                self._load(applied.lora)
             self._loaded[name] = None
             self._loaded.move_to_end(name)
         if wanted:
@@ -65,6 +68,20 @@ class LoraAdapters:
             self._pipeline.disable_lora()
         self._active = wanted
         self._evict({name for name, _ in wanted})
+
+    def _load(self, lora: CheckedLora) -> None:
+        contents = read_lora(lora.path)
+        if contents.sha256 != lora.sha256:  # the file was replaced since the preflight checked it
+            raise InputError(f"LoRA {lora.path} changed since it was checked; run again to check the new file")
+        pipeline = self._pipeline
+        pipeline.load_lora_into_transformer(
+            contents.state_dict,
+            transformer=pipeline.transformer,
+            adapter_name=lora.adapter_name,
+            metadata=contents.adapter_metadata or None,  # rank and alpha as trained; None: inferred, as diffusers does
+            _pipeline=pipeline,  # as load_lora_weights passes them: offloading paused while the adapter loads,
+            low_cpu_mem_usage=True,  # and no random initialisation of weights about to be overwritten
+        )
 
     def _evict(self, active: set[str]) -> None:
         spare = [name for name in self._loaded if name not in active]

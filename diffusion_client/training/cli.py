@@ -3,8 +3,9 @@
 flux2-train-lora --data ./my-dog --encoder encoder-box:50051 --model /models/FLUX.2-dev --out ./sks-dog \\
     --rank 16 --steps 1000 --resolution 1024
 
-Everything that can be wrong with the data or the flags is found before any weights load, and said in one
-line (exit 2). Ctrl-C or SIGTERM writes a checkpoint and exits (130 / 143); `--resume` continues from it.
+Everything that can be wrong with the data or the flags (or a `--resume` checkpoint's rank and alpha) is found
+before any weights load, and said in one line (exit 2); so is a checkpoint, cache or LoRA that cannot be
+written (a full disk). Ctrl-C or SIGTERM writes a checkpoint and exits (130 / 143); `--resume` continues from it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from diffusion_client.cli import run_command
+from diffusion_client.cli import note, run_command
 from diffusion_client.encoder_flags import add_encoder_arguments, encoder_from_args, token_from_args
 from diffusion_client.errors import InputError
 from diffusion_client.training.config import TARGET_PRESETS, WEIGHTING_SCHEMES, TrainConfig, parse_target_modules
@@ -123,9 +124,12 @@ def run(args: argparse.Namespace) -> int:
             yield step
             bar.set_postfix(loss=f"{smoothed(losses):.4f}")  # tqdm shows the rate: s/step or step/s
 
+    def noted(text: str) -> None:
+        note(text, PROG)
+
     with encoder_from_args(args, token) as encoder:
         try:
-            result = train(config, examples, encoder, progress, lambda step, loss: losses.append(loss))
+            result = train(config, examples, encoder, progress, lambda _, loss: losses.append(loss), noted)
         except Interrupted as stopped:
             print(f"{PROG}: {stopped}", file=sys.stderr, flush=True)
             return 128 + stopped.signum

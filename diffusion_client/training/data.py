@@ -6,14 +6,18 @@ Two layouts, as kohya/ai-toolkit and Hugging Face's imagefolder users already ha
 - a `metadata.jsonl` with one `{"file_name": "dog1.png", "text": "a photo of sks dog"}` per line, where a line
   may add `"images": ["before.png"]`: reference images, so the LoRA learns an edit (as diffusers'
   `train_dreambooth_lora_flux2_img2img.py` does).
-Every image is decoded once here (size capped before decoding) and every caption read as UTF-8; the first
-problem is one line naming the file.
+Both layouts follow one rule for every file they name (`data_file`): a regular file whose resolved path stays
+inside the data folder (a link or `..` out of it, a FIFO that would hang the read, a folder: refused). Every
+image is decoded once here (size capped before decoding) and every caption read as UTF-8; the first problem is
+one line naming the file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +42,10 @@ def find_examples(data: Path, instance_prompt: str | None) -> list[Example]:
     if not data.is_dir():
         raise InputError(f"training data {data} is not a folder; give a folder of images with captions")
     metadata = data / METADATA_FILE
-    examples = _from_metadata(data, metadata) if metadata.is_file() else _from_folder(data, instance_prompt)
+    if os.path.lexists(metadata):
+        examples = _from_metadata(data, data_file(data, metadata, "metadata file"))
+    else:
+        examples = _from_folder(data, instance_prompt)
     if not examples:
         raise InputError(f"training data {data} holds no images ({', '.join(IMAGE_SUFFIXES)}); add some")
     checked: set[Path] = set()
@@ -50,20 +57,39 @@ def find_examples(data: Path, instance_prompt: str | None) -> list[Example]:
     return examples
 
 
+def data_file(data: Path, path: Path, what: str) -> Path:
+    """`path` resolved, if it is a regular file inside `data`; else one line naming it. Both layouts' one rule."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(data.resolve()):
+        raise InputError(f"{what} {path} is outside the data folder {data} (a link or '..' leads out of it)")
+    try:
+        mode = resolved.stat().st_mode
+    except FileNotFoundError:
+        raise InputError(f"{what} {path} does not exist") from None
+    except OSError as error:
+        raise InputError(f"cannot read {what} {path}: {error.strerror or error}") from None
+    if stat.S_ISDIR(mode):
+        raise InputError(f"{what} {path} is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{what} {path} is not a regular file (a FIFO, socket or device); training reads files only")
+    return resolved
+
+
 def _from_folder(data: Path, instance_prompt: str | None) -> list[Example]:
-    images = sorted(path for path in data.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+    images = sorted(path for path in data.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
     examples = []
     for image in images:
-        caption_file = image.with_suffix(".txt")
-        if caption_file.is_file():
-            caption = _read_caption(caption_file)
+        caption_file = image.with_suffix(".txt")  # beside the name listed, wherever a link leads
+        image_file = data_file(data, image, "training image")
+        if os.path.lexists(caption_file):
+            caption = _read_caption(data_file(data, caption_file, "caption"))
         elif instance_prompt is not None:
             caption = instance_prompt
         else:
             raise InputError(
                 f"training image {image} has no caption {caption_file.name}; add one, or give --instance-prompt"
             )
-        examples.append(Example(image, _checked_caption(caption, caption_file)))
+        examples.append(Example(image_file, _checked_caption(caption, caption_file)))
     return examples
 
 
@@ -110,9 +136,9 @@ def _from_metadata(data: Path, metadata: Path) -> list[Example]:
             raise InputError(f"{where}: {len(references)} reference images; the limit is {MAX_REFERENCES}")
         examples.append(
             Example(
-                _inside(data, entry["file_name"], where),
+                _named(data, entry["file_name"], where),
                 _checked_caption(text.strip(), where),
-                tuple(_inside(data, item, where) for item in references),
+                tuple(_named(data, item, where) for item in references),
             )
         )
     edits = {bool(example.references) for example in examples}
@@ -121,12 +147,12 @@ def _from_metadata(data: Path, metadata: Path) -> list[Example]:
     return examples
 
 
-def _inside(data: Path, name: str, where: str) -> Path:
-    """A file named by the metadata, which must stay inside the data folder."""
-    path = (data / name).resolve()
-    if not path.is_relative_to(data.resolve()):
-        raise InputError(f"{where}: {name!r} is outside the data folder")
-    return path
+def _named(data: Path, name: str, where: str) -> Path:
+    """A file a metadata line names, by the rule for every data file."""
+    try:
+        return data_file(data, data / name, "image")
+    except InputError as error:
+        raise InputError(f"{where}: {error}") from None
 
 
 def dataset_digest(examples: list[Example]) -> str:

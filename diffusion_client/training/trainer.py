@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from diffusion_client.errors import ClientError
+from diffusion_client.errors import ClientError, InputError
 from diffusion_client.pipeline import (
     PipelineConfig,
     joint_attention_dim,
@@ -31,7 +31,14 @@ from diffusion_client.pipeline import (
 )
 from diffusion_client.remote_encoder import RemoteTextEncoder
 from diffusion_client.training.captions import CaptionStats, caption_embeddings
-from diffusion_client.training.checkpoints import load_checkpoint, resolve_checkpoint, save_checkpoint, save_lora
+from diffusion_client.training.checkpoints import (
+    clean_staging,
+    load_checkpoint,
+    read_state,
+    resolve_checkpoint,
+    save_checkpoint,
+    save_lora,
+)
 from diffusion_client.training.config import TrainConfig, expand_targets
 from diffusion_client.training.data import Example, dataset_digest
 from diffusion_client.training.latents import image_latents
@@ -102,23 +109,59 @@ def _sample_order(examples: int, seed: int, start: int, count: int) -> list[int]
     return order
 
 
+def resume_point(config: TrainConfig, note: Callable[[str], None]) -> tuple[Path, int] | None:
+    """The checkpoint `--resume` names and its step, if it was trained with this rank and alpha (else one line);
+    a changed seed is noted and taken for the remaining steps."""
+    if config.resume is None:
+        return None
+    checkpoint = resolve_checkpoint(config.resume)
+    state = read_state(checkpoint)
+    given = {"--rank": config.rank, "--alpha": config.lora_alpha}
+    for flag, trained in (("--rank", state.get("rank")), ("--alpha", state.get("alpha"))):
+        if trained is not None and trained != given[flag]:
+            raise InputError(
+                f"--resume {checkpoint} was trained with {flag} {_shown(trained)}, not {flag} {_shown(given[flag])}; "
+                f"give {flag} {_shown(trained)} to continue it, or another --out to start over"
+            )
+    seed, step = state.get("seed"), state["step"]
+    if seed is not None and seed != config.seed and step < config.steps:
+        note(
+            f"--resume {checkpoint} was trained with --seed {_shown(seed)}; steps {step + 1} to {config.steps} draw "
+            f"their examples and noise from --seed {config.seed}, so the LoRA matches no single uninterrupted run"
+        )
+    return checkpoint, int(state["step"])
+
+
+def _shown(value: object) -> str:
+    """A number from state.json or a flag as the flag is written: 16, 8.5 (and anything else as what it is)."""
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:g}" if isinstance(value, float) else repr(value)
+
+
 def train(
     config: TrainConfig,
     examples: list[Example],
     encoder: RemoteTextEncoder,
     progress: Callable[[Iterator[int], int, int], Iterator[int]] = lambda steps, start, total: steps,
     on_step: Callable[[int, float], None] = lambda step, loss: None,
+    note: Callable[[str], None] = lambda text: None,
 ) -> TrainResult:
-    """Train to `config.steps` (from a checkpoint with `config.resume`) and write the LoRA into `config.out`."""
+    """Train to `config.steps` (from a checkpoint with `config.resume`) and write the LoRA into `config.out`.
+
+    `note` is told what the user should know that is not a failure (a changed seed, staging folders removed)."""
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
+    resume = resume_point(config, note)  # before anything is fetched or loaded
     device = config.device
     compute_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     # The served model that feeds this DiT (FLUX.2-dev's Mistral3, or klein's Qwen3), before any caption is encoded.
     transformer_config = read_component_config(config.model, "transformer")
     encoder.select_model(model_kind(config.model).pipeline, joint_attention_dim(transformer_config))
     config.out.mkdir(parents=True, exist_ok=True)
+    if removed := clean_staging(config.out):
+        note(f"removed {removed} unfinished checkpoint or LoRA write(s) a stopped run left in {config.out}")
     embeds, caption_stats = caption_embeddings(encoder, [example.caption for example in examples], config.caches)
     paths = [path for example in examples for path in (example.image, *example.references)]
     latents, encoded = image_latents(paths, config.model, config.resolution, config.caches, device, compute_dtype)
@@ -145,11 +188,9 @@ def train(
         parameter.data = parameter.data.float()  # adapters train in float32 whatever the DiT computes in
     optimizer = _optimizer(config, parameters)
     start = 0
-    if config.resume is not None:
-        checkpoint = resolve_checkpoint(config.resume)
-        adapter, state = load_checkpoint(checkpoint, optimizer)
-        set_peft_model_state_dict(transformer, adapter)
-        start = int(state["step"])
+    if resume is not None:
+        checkpoint, start = resume
+        set_peft_model_state_dict(transformer, load_checkpoint(checkpoint, optimizer))
     objective = Objective.from_scheduler(
         config.model / "scheduler",
         guidance=config.guidance,
