@@ -232,9 +232,6 @@ def run(args: argparse.Namespace) -> int:
     from diffusion_client.provenance.marking import Marker
 
     marker = Marker.start(marking)  # a certificate c2pa refuses fails here, before anything loads
-    for text in marker.start_notes():
-        note(text)
-
     config = pipeline_config(args)
     started = time.perf_counter()
     with encoder_from_args(args, token, cache_bytes=args.cache_mib * 2**20) as encoder:
@@ -271,7 +268,10 @@ def run(args: argparse.Namespace) -> int:
                 raise
             report(error)  # a later failure that stops the run; the exit code stays the first one's
     seconds = time.perf_counter() - started
-    print(f"{written} of {len(jobs)} image(s) written in {seconds:.1f} s", file=sys.stderr)
+    if not first_failure:  # a failed run's stderr is its error lines alone
+        for text in marker.success_notes():
+            note(text)
+    print(f"{written} of {len(jobs)} image(s) written in {seconds:.1f} s", flush=True)  # beside the `wrote` lines
     return first_failure
 
 

@@ -41,12 +41,8 @@ class ModelConfig:
     name: str | None = None  # what requests name it by (`EncodeRequest.model`); None: the snapshot's display name
 
     def __post_init__(self) -> None:
-        name = self.name
-        if name is not None and not (0 < len(name) <= MAX_MODEL_NAME_CHARS and name.isprintable() and "," not in name):
-            raise ConfigError(
-                f"a model name must be 1 to {MAX_MODEL_NAME_CHARS} printable characters without a comma, "
-                f"not {name[:MAX_MODEL_NAME_CHARS]!r}."
-            )
+        if self.name is not None and (problem := model_name_problem(self.name)):
+            raise ConfigError(f"{problem}.")
         if self.dtype is not None and self.dtype not in SUPPORTED_DTYPES:
             raise ConfigError(f"--dtype must be one of {', '.join(SUPPORTED_DTYPES)}, not {self.dtype!r}.")
         if self.max_layer is not None and self.max_layer < 1:
@@ -63,6 +59,17 @@ class ModelConfig:
             return self.dtype
         unquantized = self.quantize in (None, "none")
         return "float32" if self.device == "cpu" and unquantized else "bfloat16"
+
+
+def model_name_problem(name: str) -> str | None:
+    """Why requests cannot call a model `name`, or None: the one rule for `,name=` and for a name taken from the
+    snapshot's folder, as names reach logs, metrics and error messages."""
+    if 0 < len(name) <= MAX_MODEL_NAME_CHARS and name.isprintable() and "," not in name:
+        return None
+    return (
+        f"a model name must be 1 to {MAX_MODEL_NAME_CHARS} printable characters without a comma, "
+        f"not {name[:MAX_MODEL_NAME_CHARS]!r}"
+    )
 
 
 MODEL_OPTIONS = "name=NAME, quantize=none|int8|nf4, max_layer=N, dtype=..., device=... or upsampling"

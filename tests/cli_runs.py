@@ -27,12 +27,14 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def run_cli(*args: str, timeout: float = 180, limits: dict[str, int] | None = None) -> subprocess.CompletedProcess[str]:
-    """`python -m diffusion_client.cli ARGS` in a fresh process, offline; `limits` as `tests.rlimits` takes them."""
+def run_cli(
+    *args: str, timeout: float = 180, limits: dict[str, int] | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m diffusion_client.cli ARGS` in a fresh process, offline; `limits` as `tests.rlimits` takes them,
+    `env` adds to the environment."""
     command = limited([sys.executable, "-m", "diffusion_client.cli", *args], **(limits or {}))
-    return subprocess.run(
-        command, capture_output=True, text=True, timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"}
-    )
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment)
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -42,13 +44,13 @@ def error_lines(stderr: str) -> list[str]:
 
 
 def assert_one_line_error(stderr: str, *fragments: str) -> str:
-    """Exactly one `flux2-generate:` line besides notes, an error holding every fragment; returns it."""
-    ours = [line for line in stderr.splitlines() if line.startswith(PREFIX) and not line.startswith(f"{PREFIX} note:")]
-    errors = error_lines(stderr)
-    assert len(ours) == len(errors) == 1, stderr
+    """stderr is exactly one line, a `flux2-generate: error:` holding every fragment (no note before it); returns
+    it."""
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines == error_lines(stderr), stderr
     for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
+        assert fragment in lines[0], lines[0]
+    return lines[0]
 
 
 READY = re.compile(r"ready on .*:(\d+) ")

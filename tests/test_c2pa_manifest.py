@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -127,21 +130,63 @@ def test_local_authority_is_made_once_and_reused_with_its_key_private(tmp_path):
     folder = tmp_path / "c2pa"
     first = local_authority(folder)
     second = local_authority(folder)
-    assert first == second
+    assert (first.chain_pem, first.key_pem) == (second.chain_pem, second.key_pem)
+    assert first.created and not second.created  # only the call that made it says it did
     assert stat.S_IMODE((folder / SIGNER_KEY).stat().st_mode) == 0o600
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     assert sorted(path.name for path in folder.iterdir()) == sorted([ROOT_CERT, SIGNER_CHAIN, SIGNER_KEY])
 
 
+def test_local_authority_made_under_umask_000_keeps_private_modes(tmp_path):
+    config = tmp_path / "config"  # missing: made too, 0700 as XDG asks
+    make = "import os; os.umask(0); from diffusion_client.provenance import authority; authority.local_authority()"
+    env = {**os.environ, "XDG_CONFIG_HOME": str(config)}
+    subprocess.run([sys.executable, "-c", make], env=env, check=True, timeout=120)
+    folder = config / "flux2-split" / "c2pa"
+    modes = {path: stat.S_IMODE(path.stat().st_mode) for path in (config, folder.parent, folder, *folder.iterdir())}
+    assert modes == {
+        config: 0o700,
+        folder.parent: 0o700,
+        folder: 0o700,
+        folder / ROOT_CERT: 0o644,
+        folder / SIGNER_CHAIN: 0o644,
+        folder / SIGNER_KEY: 0o600,
+    }
+
+
+def test_local_authority_key_others_can_read_is_refused_saying_chmod_600(tmp_path):
+    folder = tmp_path / "c2pa"
+    local_authority(folder)
+    (folder / SIGNER_KEY).chmod(0o644)
+    with pytest.raises(InputError, match=f"mode 0644.*; chmod 600 {folder / SIGNER_KEY}$"):
+        local_authority(folder)
+
+
+def test_own_key_others_can_read_gets_one_note_for_the_end_of_the_run(tmp_path):
+    local_authority(tmp_path / "team")
+    key = tmp_path / "team" / SIGNER_KEY
+    options = MarkingOptions(cert=tmp_path / "team" / SIGNER_CHAIN, key=key)
+    assert Marker.start(options).success_notes() == []
+    key.chmod(0o640)
+    [note] = Marker.start(options).success_notes()
+    assert note == f"--c2pa-key {key} can be read by other users of this machine, who could sign as you; chmod 600 it"
+
+
 def test_processes_starting_together_share_one_local_authority(tmp_path):
     folder = tmp_path / "c2pa"
-    made: list[bytes] = []
-    threads = [threading.Thread(target=lambda: made.append(local_authority(folder).chain_pem)) for _ in range(6)]
+    made: list[tuple[bytes, bool]] = []
+
+    def start() -> None:
+        credentials = local_authority(folder)
+        made.append((credentials.chain_pem, credentials.created))
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(made) == 6 and len(set(made)) == 1
+    assert len(made) == 6 and len({chain for chain, _ in made}) == 1
+    assert [created for _, created in made].count(True) == 1  # one made it; the others found it
     assert [path.name for path in tmp_path.iterdir()] == ["c2pa"]  # no staging folder left behind
 
 

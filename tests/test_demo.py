@@ -90,6 +90,7 @@ def test_demo_script_serves_dev_and_klein_generates_marked_images_and_stops_with
         "OUT": str(tmp_path),
         "GENERATE_ARGS": "--height 256 --width 256 --steps 2 --quiet",  # 256x256: the watermark's minimum
         "KLEIN_ARGS": "--height 256 --width 256 --quiet",
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),  # a first run: the demo makes its local signing authority
     }
     finished = subprocess.run(
         ["bash", "scripts/demo.sh"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
@@ -108,3 +109,5 @@ def test_demo_script_serves_dev_and_klein_generates_marked_images_and_stops_with
     assert "shutting down" in server_log
     everything = finished.stdout + finished.stderr + server_log
     assert "WARNING" not in everything and "bitsandbytes" not in everything, everything
+    assert everything.count("signing authority") == 1, everything  # said once, not once per image
+    assert all(line.startswith("flux2-generate: note: ") for line in finished.stderr.splitlines()), finished.stderr

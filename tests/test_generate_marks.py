@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from diffusion_client.provenance.authority import SIGNER_CHAIN, SIGNER_KEY, local_authority
+from diffusion_client.provenance.marking import authority_note
 from diffusion_client.provenance.verify import check_file
 from diffusion_client.provenance.watermark import embed_watermark, too_small_note
 from tests.c2pa_files import c2pa_store, scene_file
@@ -76,11 +77,35 @@ def test_small_image_gets_one_note_and_the_other_marks(encoder_server, tiny_snap
         "--out", str(tmp_path / "small.png"), *SMALL,
     )  # fmt: skip
     assert finished.returncode == 0, finished.stderr
-    notes = [line for line in finished.stderr.splitlines() if line.startswith("flux2-generate: note: ")]
-    assert notes[1:] == [f"flux2-generate: note: {too_small_note(64, 64)}"]  # once for the run, not per image
-    assert "local signing authority" in notes[0] and "untrusted" in notes[0]
+    small = f"flux2-generate: note: {too_small_note(64, 64)}"
+    assert finished.stderr.splitlines().count(small) == 1  # once for the run, not per image
     marks = check_file(tmp_path / "small-001.png")
     assert marks.watermark is None and marks.manifest.state == "valid" and marks.marked
+
+
+def test_only_the_run_that_makes_the_local_authority_says_so_at_its_end(encoder_server, tiny_snapshot, tmp_path):
+    config = {"XDG_CONFIG_HOME": str(tmp_path / "config")}  # no authority yet
+    folder = tmp_path / "config" / "flux2-split" / "c2pa"
+    command = ["a fox", "--encoder", encoder_server.target, "--model", str(tiny_snapshot), "--quiet", "--no-watermark"]
+    first = run_cli(*command, *SMALL, "--out", str(tmp_path / "first.png"), env=config)
+    second = run_cli(*command, *SMALL, "--out", str(tmp_path / "second.png"), env=config)
+    assert (first.returncode, second.returncode) == (0, 0), first.stderr + second.stderr
+    assert first.stderr.splitlines() == [f"flux2-generate: note: {authority_note(folder)}"]
+    assert second.stderr == ""  # it found the authority the first run made
+    assert "untrusted" in authority_note(folder) and str(folder / "root.pem") in authority_note(folder)
+
+
+def test_local_authority_key_others_can_read_is_one_line_saying_chmod_600(tiny_snapshot, tmp_path):
+    folder = tmp_path / "config" / "flux2-split" / "c2pa"
+    local_authority(folder)
+    key = folder / SIGNER_KEY
+    key.chmod(0o644)
+    finished = run_cli(
+        "a fox", "--encoder", f"127.0.0.1:{free_port()}", "--model", str(tiny_snapshot),
+        "--out", str(tmp_path / "x.png"), env={"XDG_CONFIG_HOME": str(tmp_path / "config")},
+    )  # fmt: skip
+    assert finished.returncode == 2
+    assert_one_line_error(finished.stderr, f"{key} is open to other users", f"chmod 600 {key}")
 
 
 def test_own_certificate_signs_without_the_local_authority_note(encoder_server, tiny_snapshot, tmp_path):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,8 +18,11 @@ import torch
 from encoder_server.cli import main as encoder_main
 from encoder_server.config import ConfigError, ModelConfig, ServerConfig, parse_model_option
 from encoder_server.errors import NotEnabledError
+from encoder_server.model.prompt_encoder import PromptEncoder
+from encoder_server.model.request import EncodeRequest
 from encoder_server.model.upsampler import UpsampleRequest
 from encoder_server.server import create_server, ready_line
+from encoder_server.serving.forward_lock import forward_lock
 from encoder_server.serving.models import ServedEngines
 from shared.info import ServerInfo
 from shared.protocol import encoder_pb2
@@ -132,6 +137,36 @@ def test_dev_and_klein_clients_running_at_once_each_get_their_own_prompts(
     assert two_models.background.batch_counts(DEV)[1] >= 8 and two_models.background.batch_counts(KLEIN)[1] >= 8
 
 
+def test_models_on_one_device_never_run_forward_passes_at_the_same_time(two_models, monkeypatch):
+    passes: list[tuple[float, float]] = []  # (start, end) of every pass, both models
+    encode_many = PromptEncoder.encode_many
+
+    def timed(self: PromptEncoder, requests: Sequence[EncodeRequest]) -> list[torch.Tensor]:
+        started = time.monotonic()
+        time.sleep(0.02)  # a longer pass: two unlocked forward threads would overlap all the more
+        try:
+            return encode_many(self, requests)
+        finally:
+            passes.append((started, time.monotonic()))
+
+    monkeypatch.setattr(PromptEncoder, "encode_many", timed)
+    calls = [(model, f"pass {index} of {model}: {uuid.uuid4()}") for index in range(6) for model in (DEV, KLEIN)]
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:  # both models' batchers fill at once
+        list(pool.map(lambda call: encode_model_via(two_models.stub, [call[1]], call[0]), calls))
+
+    assert len(passes) >= 2  # at least one pass of each model (each batch holds one model's prompts)
+    ordered = sorted(passes)
+    overlaps = [(a, b) for a, b in zip(ordered, ordered[1:], strict=False) if b[0] < a[1]]
+    assert overlaps == [], f"{len(overlaps)} of {len(passes)} passes overlapped the one before"
+
+
+def test_one_forward_lock_per_device():
+    assert forward_lock("cpu") is forward_lock("cpu:0")
+    assert forward_lock("cuda") is forward_lock("cuda:0")  # the current CUDA device (0 without a GPU)
+    assert forward_lock("cuda:0") is not forward_lock("cuda:1")
+    assert forward_lock("cpu") is not forward_lock("cuda:0")
+
+
 def test_health_metrics_and_ready_line_cover_every_model(two_models):
     handle = two_models.handle
     line = ready_line(handle, 1.0)
@@ -233,3 +268,21 @@ def test_upsample_to_a_model_that_cannot_names_the_one_that_can(tiny_snapshot, t
     engines = ServedEngines.build(ServerConfig(models=models))  # nothing loads until `load`
     with pytest.raises(NotEnabledError, match="klein does not upsample prompts; dev does: name it in the request"):
         asyncio.run(engines.upsample(UpsampleRequest(("a cat",), ((),)), None))
+
+
+@pytest.mark.parametrize("folder", ["tiny\x1b[2Jflux2", "tiny\nflux2"], ids=["escape", "newline"])
+def test_a_folder_name_that_is_no_model_name_is_refused_at_start_asking_for_one(tiny_snapshot, tmp_path, folder):
+    odd = tmp_path / folder  # a snapshot whose folder name would reach the log raw, were it the model's name
+    odd.mkdir()
+    for part in tiny_snapshot.iterdir():
+        (odd / part.name).symlink_to(part)
+    server = serve_encoder("--model", str(odd), "--host", "127.0.0.1", "--port", "0", "--device", "cpu")
+    try:
+        code = server.process.wait(120)
+    finally:
+        server.stop()
+    output = server.output()
+    assert code == 2
+    [line] = output.splitlines()
+    assert line.startswith(f"flux2-encoder: error: --model {str(odd)!r} would be named after its folder, but a model")
+    assert "give it a name with ,name=NAME after its path" in line and "\x1b" not in output

@@ -4,16 +4,19 @@ Without `--c2pa-cert/--c2pa-key`, a local authority is made once in the user's c
 (`$XDG_CONFIG_HOME/flux2-split/c2pa`, else `~/.config/flux2-split/c2pa`): a root certificate and an ES256
 end-entity certificate it issued (c2pa refuses a self-signed CA as a signer, and only accepts end-entity
 certificates with an allowed extended key usage and an authority key identifier). Only the signer's key is
-kept, mode 0600; the root's key is thrown away once it has signed, so nothing else can be issued under it.
+kept, mode 0600, and a signer key others can read is refused; the root's key is thrown away once it has signed,
+so nothing else can be issued under it. Folders it makes are 0700 and certificates 0644, whatever the umask.
 Verifiers show that signer as untrusted unless they add `root.pem` to their trust anchors.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import secrets
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ SIGNER_KEY = "signer.key"  # PKCS#8, mode 0600
 ROOT_CERT = "root.pem"  # what a verifier adds to its trust anchors to trust this authority
 VALID_YEARS = 10
 MAX_PEM_BYTES = 1 << 20  # a chain of a few certificates is a few KiB
+FOLDER_MODE, CERTIFICATE_MODE, KEY_MODE = 0o700, 0o644, 0o600
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class SigningCredentials:
     algorithm: str  # c2pa's name: "es256", "es384", "es512", "ps256" or "ed25519"
     source: str  # how messages name where they came from
     local_authority: Path | None = None  # the folder, when they are the local authority's
+    created: bool = False  # the local authority was made by this call, not found
+    notes: tuple[str, ...] = ()  # worth saying once the run has succeeded (a key others can read)
 
 
 def config_folder() -> Path:
@@ -101,34 +107,70 @@ def check_credentials(chain_pem: bytes, key_pem: bytes, source: str) -> SigningC
 
 
 def load_credentials(cert: Path, key: Path) -> SigningCredentials:
-    """The user's chain (`--c2pa-cert`) and key (`--c2pa-key`), checked."""
+    """The user's chain (`--c2pa-cert`) and key (`--c2pa-key`), checked; a key others can read gets a note."""
     source = f"--c2pa-cert {cert} / --c2pa-key {key}"
-    return check_credentials(_read_pem(cert, "certificate"), _read_pem(key, "key"), source)
+    credentials = check_credentials(_read_pem(cert, "certificate"), _read_pem(key, "key"), source)
+    if _open_to_others(key):
+        note = f"--c2pa-key {key} can be read by other users of this machine, who could sign as you; chmod 600 it"
+        return dataclasses.replace(credentials, notes=(note,))
+    return credentials
 
 
 def local_authority(folder: Path | None = None) -> SigningCredentials:
-    """The local authority's credentials, made on first use; several processes starting at once make one."""
+    """The local authority's credentials, made on first use (`created` then says so); several processes starting
+    at once make one. A signer key others can read is refused: anyone who read it could sign as this authority."""
     folder = folder or config_folder() / AUTHORITY_FOLDER
-    if not folder.exists():
-        _create_authority(folder)
+    created = not folder.exists() and _create_authority(folder)
     source = f"the local signing authority in {folder}"
+    key_path = folder / SIGNER_KEY
     try:
-        chain_pem, key_pem = (folder / SIGNER_CHAIN).read_bytes(), (folder / SIGNER_KEY).read_bytes()
+        chain_pem, key_pem = (folder / SIGNER_CHAIN).read_bytes(), key_path.read_bytes()
     except OSError as error:
         raise InputError(
             f"{source} cannot be read ({error.strerror or error}); remove the folder to make a new one"
         ) from error
+    if _open_to_others(key_path):
+        raise InputError(
+            f"{key_path} is open to other users of this machine (mode {stat.S_IMODE(key_path.stat().st_mode):04o}), "
+            f"who could sign as you; chmod 600 {key_path}"
+        )
     try:
         credentials = check_credentials(chain_pem, key_pem, source)
     except InputError as error:
         raise InputError(f"{error}; remove the folder to make a new one") from None
-    return SigningCredentials(
-        credentials.chain_pem, credentials.key_pem, credentials.algorithm, source, local_authority=folder
-    )
+    return dataclasses.replace(credentials, local_authority=folder, created=created)
 
 
-def _create_authority(folder: Path) -> None:
-    """Write a root and a signer it issued into a new folder beside `folder`, then rename it into place."""
+def _open_to_others(path: Path) -> bool:
+    """Whether the group or others have any access to `path`."""
+    try:
+        return bool(path.stat().st_mode & 0o077)
+    except OSError:
+        return False
+
+
+def _make_folders(folder: Path) -> None:
+    """`folder` and any missing parents, each made 0700 whatever the umask (as XDG asks of its config home)."""
+    missing = [parent for parent in (folder, *folder.parents) if not parent.exists()]
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=FOLDER_MODE)
+        except FileExistsError:  # another process made it meanwhile
+            continue
+        os.chmod(path, FOLDER_MODE)
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """A new file with exactly `mode`, whatever the umask."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(descriptor, "wb") as file:
+        os.fchmod(file.fileno(), mode)
+        file.write(data)
+
+
+def _create_authority(folder: Path) -> bool:
+    """Write a root and a signer it issued into a new folder beside `folder`, then rename it into place; False when
+    another process made it first (theirs is used)."""
     from cryptography.hazmat.primitives import serialization
 
     authority = secrets.token_hex(4)  # tells two users' authorities apart without naming either
@@ -136,20 +178,21 @@ def _create_authority(folder: Path) -> None:
     signer_key, signer = _signer_certificate(root_key, root, authority)
     staging = folder.with_name(f".{folder.name}.{secrets.token_hex(4)}.tmp")
     try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging.mkdir(mode=0o700)
+        _make_folders(folder.parent)
+        staging.mkdir(mode=FOLDER_MODE)
+        os.chmod(staging, FOLDER_MODE)
         pem = serialization.Encoding.PEM
-        (staging / ROOT_CERT).write_bytes(root.public_bytes(pem))
-        (staging / SIGNER_CHAIN).write_bytes(signer.public_bytes(pem) + root.public_bytes(pem))
+        _write_new(staging / ROOT_CERT, root.public_bytes(pem), CERTIFICATE_MODE)
+        _write_new(staging / SIGNER_CHAIN, signer.public_bytes(pem) + root.public_bytes(pem), CERTIFICATE_MODE)
         key_bytes = signer_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        descriptor = os.open(staging / SIGNER_KEY, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(key_bytes)
+        _write_new(staging / SIGNER_KEY, key_bytes, KEY_MODE)
         try:
             os.rename(staging, folder)  # fails if another process made it first: theirs is used
         except OSError:
             if not folder.is_dir():
                 raise
+            return False
+        return True
     except OSError as error:
         raise InputError(
             f"cannot make a local C2PA signing authority in {folder}: {error.strerror or error}; "

@@ -12,7 +12,12 @@ if TYPE_CHECKING:  # marking imports PIL and numpy; `--help` should not wait for
 
 def add_marking_arguments(parser: argparse.ArgumentParser) -> None:
     marks = parser.add_argument_group(
-        "provenance marks (all on by default; see docs/design.md, Provenance, for what each costs and survives)"
+        "provenance marks (all on by default; see docs/design.md, Provenance, for what each costs and survives)",
+        description="Without --c2pa-cert/--c2pa-key, C2PA manifests are signed by a local signing authority, made "
+        "on first use in $XDG_CONFIG_HOME/flux2-split/c2pa (else ~/.config/flux2-split/c2pa; the run that makes it "
+        "says so if it succeeds): verifiers show its signer as untrusted unless they trust its root.pem. The "
+        "watermark and the IPTC/EXIF tags say an image is AI-generated, but anyone can add them to any image: only "
+        "a trusted C2PA signature says who made it.",
     )
     marks.add_argument(
         "--no-watermark",

@@ -20,7 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog=PROG,
         description="Check images for provenance marks: the flux2-split (or BFL) invisible watermark, a C2PA "
-        "manifest and whether it validates, and IPTC/EXIF metadata.",
+        "manifest and whether it validates, and IPTC/EXIF metadata. The watermark and the IPTC/EXIF tags disclose "
+        "that an image is AI-generated; anyone can add them to any image, so they do not say who made it. Only a C2PA "
+        "signature from a signer you trust (--trust-anchors) attributes an image.",
     )
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
     parser.add_argument("--json", action="store_true", help="print a JSON array, one object per file")

@@ -4,11 +4,11 @@ A prompt's trip: a handler (gRPC or HTTP) hands a plain `EncodeRequest` to `Enco
 validates it against bounds built once at load and reserves its reply's bytes. Each prompt is then served
 from the `EmbeddingCache`, or joins an identical computation already in flight (single flight), or is
 queued on the `DynamicBatcher` with the request's other misses. The batcher's forward thread runs
-`PromptEncoder.encode_many` and copies results to host memory; a finisher thread frames and checksums each
-prompt's row for the wire (`shared.wire.encode_row`), once, so the cache and every caller share the same
-bytes. The reservation is given back when the caller has sent the reply or given up, so replies held in
-memory, however slowly they are read, never exceed `ServerConfig.max_pending_reply_bytes`. Nothing here
-imports grpc.
+`PromptEncoder.encode_many` and copies results to host memory, holding its device's forward lock (models sharing a
+GPU take turns); a finisher thread frames and checksums each prompt's row for the wire (`shared.wire.encode_row`),
+once, so the cache and every caller share the same bytes. The reservation is given back when the caller has sent
+the reply or given up, so replies held in memory, however slowly they are read, never exceed
+`ServerConfig.max_pending_reply_bytes`. Nothing here imports grpc.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from encoder_server.model.request import EncodeRequest, RequestBounds, validate_
 from encoder_server.model.upsampler import PromptUpsampler, UpsampleRequest, validate_upsample_request
 from encoder_server.serving.batcher import BatcherStats, DynamicBatcher
 from encoder_server.serving.cache import CacheStats, EmbeddingCache, ScopedKey
+from encoder_server.serving.forward_lock import forward_lock
 from encoder_server.serving.info import served_model, server_info
 from encoder_server.serving.warm_up import warm_up
 from encoder_server.team.metrics import ServerMetrics
@@ -110,13 +111,15 @@ class _Ready:
         )
         self.served = served_model(models, name)
         self.info = server_info(models, config, self.served)
+        self.device_lock = forward_lock(encoder.info.device)  # models on one device take turns
 
     def _forward(self, requests: Sequence[EncodeRequest]) -> list[tuple[torch.Tensor, int]]:
         """Forward-thread work for one batch: the pass, then each result copied to host memory."""
-        started = time.perf_counter()
-        results = self.encoder.encode_many(requests)
-        prompts = sum(len(request.prompts) for request in requests)
-        hosted = [(embeds.to("cpu"), prompts) for embeds in results]
+        with self.device_lock:
+            started = time.perf_counter()
+            results = self.encoder.encode_many(requests)
+            prompts = sum(len(request.prompts) for request in requests)
+            hosted = [(embeds.to("cpu"), prompts) for embeds in results]
         self.metrics.batch_finished(prompts, time.perf_counter() - started)
         return hosted
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Sequence
 
-from encoder_server.config import ConfigError, ModelConfig, ServerConfig
+from encoder_server.config import ConfigError, ModelConfig, ServerConfig, model_name_problem
 from encoder_server.errors import ModelLoadError, ModelNotFoundError, NotEnabledError, NotReadyError
 from encoder_server.model.loaded import load_models
 from encoder_server.model.loading import model_display_name
@@ -27,8 +27,17 @@ SHOWN_NAME_CHARS = 100  # of a name a request asked for, in the error that says 
 
 
 def model_name(model: ModelConfig) -> str:
-    """What requests call `model`: its `name`, else its snapshot's display name (`org/name` or the folder's)."""
-    return model.name or model_display_name(model.model_path)
+    """What requests call `model`: its `name`, else its snapshot's display name (`org/name` or the folder's), which
+    must pass the rule `name=` does (`ConfigError` asking for a `,name=` otherwise)."""
+    if model.name is not None:
+        return model.name
+    name = model_display_name(model.model_path)
+    if problem := model_name_problem(name):
+        raise ConfigError(
+            f"--model {str(model.model_path)!r} would be named after its folder, but {problem}; give it a name with "
+            ",name=NAME after its path."
+        )
+    return name
 
 
 class ServedEngines:

@@ -14,6 +14,7 @@ from encoder_server.errors import ModelLoadError
 from encoder_server.model.loaded import LoadedModels
 from encoder_server.model.request import EncodeRequest
 from encoder_server.model.upsampler import UpsampleRequest
+from encoder_server.serving.forward_lock import forward_lock
 
 WARM_UP_PROMPT = "warm-up: a red fox in fresh snow"
 
@@ -28,7 +29,8 @@ def warm_up(models: LoadedModels, config: ServerConfig) -> float:
     layers = tuple(layer for layer in encoder.info.family.default_layers if layer <= deepest) or (deepest,)
     request = EncodeRequest((WARM_UP_PROMPT,) * batch, config.limits.max_sequence_length, layers)
     try:
-        (prompt_embeds,) = encoder.encode_many([request])  # [batch, max_sequence_length, width]
+        with forward_lock(encoder.info.device):  # the pass serving will run, alone on its device as serving's are
+            (prompt_embeds,) = encoder.encode_many([request])  # [batch, max_sequence_length, width]
         if not bool(prompt_embeds.isfinite().all()):
             raise ValueError("it produced NaN or infinite values")
         if models.upsampler is not None:
