@@ -58,6 +58,7 @@ bench-tiny: install browser
 	$(BIN)/python -m bench.marking --tiny
 	$(BIN)/python -m bench.studio --tiny
 	$(BIN)/python -m bench.batch --tiny
+	$(BIN)/python -m bench.serve --tiny
 
 clean:
 	rm -rf $(VENV) .cache $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

@@ -35,7 +35,7 @@ from diffusion_client.errors import (
 from diffusion_client.jobs import GenerationJob
 from diffusion_client.lora.adapters import LoraAdapters
 from diffusion_client.preflight import PreparedJob, preflight
-from diffusion_client.provenance.marking import ImageRecord, Marker, MarkingOptions
+from diffusion_client.provenance.marking import ImageRecord, MarkedImage, Marker, MarkingOptions
 from diffusion_client.remote_encoder import RemoteTextEncoder
 from diffusion_client.upsampling import max_new_tokens_for
 
@@ -162,19 +162,29 @@ class ImageGenerator:
             return self._negative_embeds
 
     def generate(
-        self, prepared: PreparedJob, prompt_embeds: torch.Tensor, on_step: Callable[[int, int], None] | None = None
+        self,
+        prepared: PreparedJob,
+        prompt_embeds: torch.Tensor,
+        on_step: Callable[[int, int], None] | None = None,
+        *,
+        on_latents: Callable[[int, torch.Tensor], None] | None = None,
+        negative_embeds: torch.Tensor | None = None,
     ) -> Image.Image:
         """One image from already-fetched embeddings; the same seed gives the same pixels.
 
-        `on_step(done, total)` is called after each denoising step; an exception it raises stops the image.
+        `on_step(done, total)` is called after each denoising step, then `on_latents(done, latents)` with the
+        packed latents (for previews); an exception either raises stops the image. `negative_embeds` replaces
+        the embedding of "" for models that run a negative prompt.
         """
         job = prepared.job
         self.adapters.activate(prepared.loras)
         guidance: dict[str, Any] = {"guidance_scale": job.guidance}
         if self.runs_negative_prompt and job.guidance > 1:
-            guidance["negative_prompt_embeds"] = self.negative_embeds()
-        if on_step is not None:
-            guidance["callback_on_step_end"] = _step_callback(on_step, job.steps)
+            negative = negative_embeds if negative_embeds is not None else self.negative_embeds()
+            guidance["negative_prompt_embeds"] = negative
+        if on_step is not None or on_latents is not None:
+            guidance["callback_on_step_end"] = _step_callback(on_step, on_latents, job.steps)
+            guidance["callback_on_step_end_tensor_inputs"] = ["latents"]
         result = self.pipeline(
             image=list(prepared.references) or None,
             prompt_embeds=prompt_embeds,
@@ -240,20 +250,31 @@ class ImageGenerator:
     def save(self, prepared: PreparedJob, image: Image.Image, upsampled_prompt: str | None = None) -> GeneratedImage:
         """Mark `image` and write it to the job's output, atomically; a write that fails is the job's failure."""
         job = prepared.job
-        parameters = self.metadata(prepared, upsampled_prompt)
-        record = ImageRecord(
-            model=self.model_name,
-            parameters=parameters,
-            prompt=parameters["prompt"],
-            references=job.images,
-            decoded_references=prepared.references,
-        )
-        marked = self.marker.mark(image, job.out, record)
+        marked = self.mark(prepared, image, upsampled_prompt)
         try:
             write_bytes(job.out, marked.data)
         except OSError as error:
             raise InputError(f"cannot write {job.out}: {error.strerror or error}") from error
         return GeneratedImage(job, job.out, upsampled_prompt, marked.notes)
+
+    def mark(
+        self,
+        prepared: PreparedJob,
+        image: Image.Image,
+        upsampled_prompt: str | None = None,
+        *,
+        quality: int | None = None,
+    ) -> MarkedImage:
+        """`image` as the bytes of its marked file in the job's output format (`quality` for JPEG/WebP)."""
+        parameters = self.metadata(prepared, upsampled_prompt)
+        record = ImageRecord(
+            model=self.model_name,
+            parameters=parameters,
+            prompt=parameters["prompt"],
+            references=prepared.job.images,
+            decoded_references=prepared.references,
+        )
+        return self.marker.mark(image, prepared.job.out, record, quality=quality)
 
     def metadata(self, prepared: PreparedJob, upsampled_prompt: str | None = None) -> dict[str, Any]:
         """How the image was made; `prompt` is what it was generated from, the rewrite if one was made."""
@@ -282,11 +303,18 @@ class ImageGenerator:
         }
 
 
-def _step_callback(on_step: Callable[[int, int], None], total: int) -> Callable[..., dict[str, Any]]:
-    """diffusers' `callback_on_step_end`, reporting steps done; it hands the latents back untouched."""
+def _step_callback(
+    on_step: Callable[[int, int], None] | None,
+    on_latents: Callable[[int, torch.Tensor], None] | None,
+    total: int,
+) -> Callable[..., dict[str, Any]]:
+    """diffusers' `callback_on_step_end`, reporting steps done (and the latents); it hands them back untouched."""
 
     def callback(_pipeline: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        on_step(step + 1, total)
+        if on_step is not None:
+            on_step(step + 1, total)
+        if on_latents is not None:
+            on_latents(step + 1, tensors["latents"])
         return tensors
 
     return callback

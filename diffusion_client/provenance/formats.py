@@ -46,13 +46,15 @@ def encode_image(
     text: Mapping[str, Any] | None = None,
     xmp: bytes | None = None,
     exif: bytes | None = None,
+    quality: int | None = None,
 ) -> bytes:
-    """The file's bytes: `image` in `fmt`, with PNG text chunks (`text`; other formats carry them in `xmp`).
+    """The file's bytes: `image` in `fmt`, with PNG text chunks (`text`; other formats carry them in `xmp`);
+    `quality` (0-100) for JPEG and WebP, else `QUALITY`.
 
     Raises `InputError` when the encoder refuses the image or its metadata (a job's own failure, not the run's).
     """
     try:
-        return _encode(image, fmt, text, xmp, exif)
+        return _encode(image, fmt, text, xmp, exif, QUALITY if quality is None else quality)
     except (ValueError, OSError) as error:
         raise InputError(f"cannot encode the image as {fmt.name}: {error}") from None
 
@@ -74,6 +76,7 @@ def _encode(
     text: Mapping[str, Any] | None,
     xmp: bytes | None,
     exif: bytes | None,
+    quality: int,
 ) -> bytes:
     buffer = io.BytesIO()
     options: dict[str, Any] = {}
@@ -92,8 +95,8 @@ def _encode(
         if xmp:
             options["xmp"] = xmp
         if fmt is JPEG:
-            options.update(quality=QUALITY, subsampling=0)
+            options.update(quality=quality, subsampling=0)
         else:
-            options.update(quality=QUALITY)
+            options.update(quality=quality)
         image.save(buffer, format=fmt.name, **options)
     return buffer.getvalue()

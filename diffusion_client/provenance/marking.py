@@ -3,6 +3,7 @@
     marker = Marker.start(MarkingOptions())         # credentials checked (and a local authority made) up front
     marked = marker.mark(image, out, record)        # the file's final bytes, and notes (e.g. too small to mark)
     write_bytes(out, marked.data)
+    marker.success_notes()                          # once the run has succeeded: e.g. a local authority was made
 
 The order matters: pixels first (the watermark), then the file with its metadata, then the manifest, which
 hashes the final bytes, so nothing may change the file after it is signed.
@@ -18,7 +19,7 @@ from typing import Any
 from PIL import Image
 
 from diffusion_client.errors import InputError
-from diffusion_client.provenance.authority import load_credentials, local_authority
+from diffusion_client.provenance.authority import ROOT_CERT, load_credentials, local_authority
 from diffusion_client.provenance.formats import PNG, encode_image, format_for, sniff_mime_type
 from diffusion_client.provenance.iptc import exif_software, xmp_packet
 from diffusion_client.provenance.manifest import (
@@ -95,17 +96,18 @@ class Marker:
             signer.check()
         return cls(options, signer)
 
-    def start_notes(self) -> list[str]:
-        """One-line notes worth printing once per run."""
-        if self.signer is not None and self.signer.credentials.local_authority is not None:
-            folder = self.signer.credentials.local_authority
-            return [
-                f"C2PA manifests are signed by a local signing authority ({folder}); verifiers will show the signer "
-                f"as untrusted unless they trust {folder / 'root.pem'}; --c2pa-cert/--c2pa-key sign as you"
-            ]
-        return []
+    def success_notes(self) -> list[str]:
+        """One-line notes for the end of a run that succeeded, never before an error: that this run made the local
+        signing authority (said once, on the run that made it), or that the signing key is open to others."""
+        if self.signer is None:
+            return []
+        credentials = self.signer.credentials
+        notes = list(credentials.notes)
+        if credentials.created and credentials.local_authority is not None:
+            notes.append(authority_note(credentials.local_authority))
+        return notes
 
-    def mark(self, image: Image.Image, out: Path, record: ImageRecord) -> MarkedImage:
+    def mark(self, image: Image.Image, out: Path, record: ImageRecord, *, quality: int | None = None) -> MarkedImage:
         fmt = format_for(out)
         notes: list[str] = []
         if self.options.watermark:
@@ -119,7 +121,7 @@ class Marker:
             tool = f"{GENERATOR} {generator_version()}"
             xmp = xmp_packet(creator_tool=tool, model=record.model, parameters=record.parameters)
             exif = exif_software()
-        data = encode_image(image, fmt, text=text, xmp=xmp, exif=exif)
+        data = encode_image(image, fmt, text=text, xmp=xmp, exif=exif, quality=quality)
         if self.signer is not None:
             private = not self.options.include_prompt  # file names are often prompts, or people's names
             content = ManifestContent(
@@ -134,6 +136,14 @@ class Marker:
             )
             data = self.signer.sign(data, fmt.mime_type, content)
         return MarkedImage(data, tuple(notes))
+
+
+def authority_note(folder: Path) -> str:
+    """What a user should know once about the local signing authority just made in `folder`."""
+    return (
+        f"made a local C2PA signing authority in {folder} to sign manifests; verifiers show its signer as untrusted "
+        f"unless they trust {folder / ROOT_CERT}; --c2pa-cert/--c2pa-key sign as you"
+    )
 
 
 # What a manifest records of the settings by default: nothing a user typed (prompts, file paths).

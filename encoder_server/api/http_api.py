@@ -15,7 +15,7 @@ Errors are JSON `{"error": "<what to fix>"}` with the status `encoder_server.api
 batching, cache, reply budget), the tokens
 and the call log with gRPC: its reply stays reserved until it is sent, and a reader that stops reading for
 `send_timeout_s` loses it; a body must arrive within the same time. Slow or idle connections are bounded by
-`encoder_server.api.http_guard` (a deadline for headers, a cap on connections). uvicorn installs no signal handlers
+`shared.http_guard` (a deadline for headers, a cap on connections). uvicorn installs no signal handlers
 and configures no logging here: the gRPC serve loop owns SIGINT, SIGTERM and SIGHUP. With TLS configured the
 port speaks HTTPS only.
 """
@@ -28,7 +28,6 @@ import io
 import json
 import logging
 import math
-import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +35,6 @@ from typing import Any
 
 import safetensors.torch
 import torch
-import uvicorn
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -44,7 +42,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from encoder_server.api.http_guard import ConnectionCount, accept_connections, guarded_protocol
 from encoder_server.api.status import RETRY_AFTER_S, http_status_for
 from encoder_server.config import ServerConfig
 from encoder_server.errors import EncoderError, InvalidRequestError
@@ -55,6 +52,7 @@ from encoder_server.serving.quotas import CallerQuotas
 from encoder_server.team.calls import Call, CallLog
 from encoder_server.team.metrics import CONTENT_TYPE
 from encoder_server.team.tokens import ANONYMOUS, HTTP_DENIED_MESSAGE, UNKNOWN, TokenRegistry
+from shared.http_guard import ConnectionCount, GuardedServer, bind_listener, start_guarded_server
 
 log = logging.getLogger("flux2-encoder.http")
 
@@ -366,24 +364,25 @@ class HttpServer:
     """The HTTP endpoint's uvicorn server, running as a task on the gRPC server's loop."""
 
     port: int
-    server: uvicorn.Server = field(repr=False)
-    task: asyncio.Task[None] = field(repr=False)
+    guarded: GuardedServer = field(repr=False)
     health: _Health = field(repr=False)
-    connections: ConnectionCount = field(repr=False)
+
+    @property
+    def connections(self) -> ConnectionCount:
+        return self.guarded.connections
 
     async def stop(self, grace_s: float) -> None:
         """Report NOT_SERVING, stop accepting, let replies in flight finish within `grace_s`, then close."""
         self.health.stopping = True
-        self.server.config.timeout_graceful_shutdown = math.ceil(grace_s)
-        self.server.should_exit = True
-        await self.task
+        await self.guarded.stop(grace_s)
 
 
 async def start_http_server(
     config: ServerConfig, engines: ServedEngines, access: HttpAccess, max_connections: int
 ) -> HttpServer:
     """Bind `config.http_port` (0: any free port) on `config.host` and serve the app on the running loop, at most
-    `max_connections` connections at once."""
+    `max_connections` connections at once (`shared.http_guard`: our accept loop, header deadlines; the gRPC serve
+    loop owns the signals)."""
     assert config.http_port is not None
     health = _Health(engines)
     app = create_app(config, engines, access, health.serving)
@@ -392,69 +391,18 @@ async def start_http_server(
         tls = dict(ssl_certfile=config.tls.cert, ssl_keyfile=config.tls.key)
         if config.tls.client_ca is not None:
             tls.update(ssl_ca_certs=config.tls.client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
-    count = ConnectionCount(max_connections)
-    header_timeout_s = config.connections.http_header_timeout_s
-    uvicorn_config = uvicorn.Config(
-        app,
-        http=guarded_protocol(header_timeout_s, count),
-        lifespan="off",
-        log_config=None,
-        access_log=False,  # the call log writes one line per /predict
-        proxy_headers=False,
-        server_header=False,
-        timeout_graceful_shutdown=math.ceil(config.shutdown_grace_s),
-        **tls,
-    )
-    sock = _bind(config.host, config.http_port)
-    server = uvicorn.Server(uvicorn_config)
-    loop = asyncio.get_running_loop()
+    sock = bind_listener(config.host, config.http_port)
     try:
-        # What `uvicorn.Server.serve` does, less `capture_signals` (the gRPC serve loop owns the signals) and with
-        # our own accept loop (`encoder_server.api.http_guard`) where `Server.startup` would call `create_server`.
-        uvicorn_config.load()
-        server.lifespan = uvicorn_config.lifespan_class(uvicorn_config)
-        server.servers = []  # no asyncio server: `shutdown` closes `sock` itself
-        sock.listen(LISTEN_BACKLOG)
+        guarded = await start_guarded_server(
+            app,
+            sock,
+            max_connections=max_connections,
+            header_timeout_s=config.connections.http_header_timeout_s,
+            grace_s=config.shutdown_grace_s,
+            tls=tls,
+        )
     except BaseException:
         sock.close()
         raise
-
-    def create_protocol() -> asyncio.Protocol:
-        return uvicorn_config.http_protocol_class(  # type: ignore[call-arg]
-            config=uvicorn_config, server_state=server.server_state, app_state=server.lifespan.state
-        )
-
-    accepting = loop.create_task(
-        accept_connections(sock, create_protocol, count, uvicorn_config.ssl, header_timeout_s), name="http-accept"
-    )
-
-    async def run() -> None:
-        await server.main_loop()
-        accepting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await accepting
-        await server.shutdown(sockets=[sock])
-
-    task = loop.create_task(run(), name="http-server")
-    port = sock.getsockname()[1]
-    log.info("HTTP /predict on %s:%d (%s)", config.host, port, "HTTPS" if config.tls else "clear text")
-    return HttpServer(port, server, task, health, count)
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    """A listening socket on `host` ("[::]" is dual-stack, as for gRPC), bound now so port 0 is known."""
-    sock: socket.socket | None = None
-    try:
-        name = host.strip("[]") or None
-        found = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, kind, proto, _, address = found[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind(address)
-        return sock
-    except OSError as error:
-        if sock is not None:
-            sock.close()
-        raise OSError(f"could not listen for HTTP on {host}:{port}: {error.strerror or error}") from error
+    log.info("HTTP /predict on %s:%d (%s)", config.host, guarded.port, "HTTPS" if config.tls else "clear text")
+    return HttpServer(guarded.port, guarded, health)

@@ -10,7 +10,8 @@ moment it is accepted, TLS handshake included, and each request's headers have a
   counted from the connection's start or from the previous reply (bytes trickled in do not extend it): past
   it the connection gets 408 (or, if it sent nothing, is closed as an idle keep-alive connection is).
 
-The body has its own deadline in the /predict handler (`ServerConfig.send_timeout_s`).
+`bind_listener` and `start_guarded_server` put an ASGI app behind both on uvicorn: `flux2-encoder`'s /predict and
+`flux2-serve` use them. A request body's own deadline is the app's business.
 """
 
 from __future__ import annotations
@@ -19,17 +20,21 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import h11
+import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from encoder_server.api.status import RETRY_AFTER_S
+log = logging.getLogger("flux2-split.http")
 
-log = logging.getLogger("flux2-encoder.http")
+RETRY_AFTER_S = 1  # what a connection refused past the cap is told
+LISTEN_BACKLOG = 512  # connections the kernel queues before we accept them (they hold no descriptor of ours)
 
 
 def _raw_response(status: str, message: str, extra_headers: str = "") -> bytes:
@@ -164,3 +169,93 @@ def guarded_protocol(header_timeout_s: float, count: ConnectionCount) -> type[H1
             self.transport.close()
 
     return GuardedH11Protocol
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A listening socket on `host` ("[::]" is dual-stack, as for gRPC), bound now so port 0 is known."""
+    sock: socket.socket | None = None
+    try:
+        name = host.strip("[]") or None
+        found = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = found[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+        sock.listen(LISTEN_BACKLOG)
+        return sock
+    except OSError as error:
+        if sock is not None:
+            sock.close()
+        raise OSError(f"could not listen for HTTP on {host}:{port}: {error.strerror or error}") from error
+
+
+@dataclass
+class GuardedServer:
+    """A uvicorn server on our own accept loop, running as a task on the loop that started it."""
+
+    port: int
+    server: uvicorn.Server = field(repr=False)
+    task: asyncio.Task[None] = field(repr=False)
+    connections: ConnectionCount = field(repr=False)
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop accepting, let replies in flight finish within `grace_s`, then close."""
+        self.server.config.timeout_graceful_shutdown = math.ceil(grace_s)
+        self.server.should_exit = True
+        await self.task
+
+
+async def start_guarded_server(
+    app: Any,
+    sock: socket.socket,
+    *,
+    max_connections: int,
+    header_timeout_s: float,
+    grace_s: float,
+    tls: dict[str, Any] | None = None,
+    lifespan: Literal["auto", "on", "off"] = "off",
+) -> GuardedServer:
+    """Serve `app` on the listening `sock` from the running loop, at most `max_connections` connections at once.
+
+    What `uvicorn.Server.serve` does, less `capture_signals` (the caller owns the signals) and with
+    `accept_connections` where `Server.startup` would call `create_server`.
+    """
+    count = ConnectionCount(max_connections)
+    config = uvicorn.Config(
+        app,
+        http=guarded_protocol(header_timeout_s, count),
+        lifespan=lifespan,
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        timeout_graceful_shutdown=math.ceil(grace_s),
+        **(tls or {}),
+    )
+    server = uvicorn.Server(config)
+    loop = asyncio.get_running_loop()
+    config.load()
+    server.lifespan = config.lifespan_class(config)
+    server.servers = []  # no asyncio server: `shutdown` closes `sock` itself
+    await server.lifespan.startup()  # a no-op for lifespan "off"
+
+    def create_protocol() -> asyncio.Protocol:
+        return config.http_protocol_class(  # type: ignore[call-arg]
+            config=config, server_state=server.server_state, app_state=server.lifespan.state
+        )
+
+    accepting = loop.create_task(
+        accept_connections(sock, create_protocol, count, config.ssl, header_timeout_s), name="http-accept"
+    )
+
+    async def run() -> None:
+        await server.main_loop()
+        accepting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await accepting
+        await server.shutdown(sockets=[sock])
+
+    task = loop.create_task(run(), name="http-server")
+    return GuardedServer(sock.getsockname()[1], server, task, count)
