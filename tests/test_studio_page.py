@@ -270,7 +270,7 @@ def api_form(**changes) -> list:  # type: ignore[no-untyped-def,type-arg]
         (dict(prompt="x" * 1_000_000), "the prompt is 1,000,000 characters; the limit is 20,000"),
         (dict(width=1e308), "out of range"),
         (dict(loras={"headers": ["LoRA", "scale"], "data": [["../../etc/passwd", 1.0]]}), "is not in the LoRA folder"),
-        (dict(references=[{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}]), "not uploaded by its caller"),
+        (dict(references=[{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}]), "not uploaded by its"),
         (dict(seed="abc"), None),
         (dict(upsample="yes please"), "upsample must be true or false"),
     ],
