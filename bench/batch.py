@@ -101,7 +101,7 @@ def measure_cli(args: argparse.Namespace, scratch: Path, snapshot: Path, target:
     folder = scratch / "cli"
     folder.mkdir()
     prompts = write_prompts(folder / "prompts.jsonl", "cli", args)
-    command = [sys.executable, "-m", "diffusion_client.cli", "--prompts", str(prompts), "--quiet"]
+    command = [sys.executable, "-m", "diffusion_client.generation.cli", "--prompts", str(prompts), "--quiet"]
     command += ["--encoder", target, "--model", str(snapshot), "--out", str(folder / "image.png")]
     command += ["--device", args.device, *args.marks]
     started = time.time()

@@ -29,11 +29,11 @@ import torch
 
 from bench import harness
 from bench.random_models import encoder_server, random_pipeline
+from diffusion_client.encoder_client.client import RemoteTextEncoder
 from diffusion_client.errors import ClientError
-from diffusion_client.generator import FailedJob, ImageGenerator
-from diffusion_client.jobs import GenerationJob
-from diffusion_client.pipeline import PipelineConfig, Quantize, load_pipeline
-from diffusion_client.remote_encoder import RemoteTextEncoder
+from diffusion_client.generation.generator import FailedJob, ImageGenerator
+from diffusion_client.generation.jobs import GenerationJob
+from diffusion_client.generation.pipeline import PipelineConfig, Quantize, load_pipeline
 
 log = logging.getLogger("bench.client")
 

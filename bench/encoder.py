@@ -34,8 +34,8 @@ import torch
 
 from bench import harness
 from bench.random_models import quantize_linears, random_prompt_encoder, random_text_encoder
+from diffusion_client.encoder_client.client import RemoteTextEncoder
 from diffusion_client.errors import ClientError
-from diffusion_client.remote_encoder import RemoteTextEncoder
 from encoder_server.config import QUANTIZE_CHOICES, BatchingConfig, ModelConfig, RequestLimits, ServerConfig
 from encoder_server.errors import EncoderError
 from encoder_server.model import loading
@@ -46,6 +46,7 @@ from shared.wire import DTYPES
 
 if TYPE_CHECKING:
     from encoder_server.background import BackgroundServer
+    from encoder_server.model.loaded import load_encoder
     from encoder_server.model.prompt_encoder import PromptEncoder
 
 log = logging.getLogger("bench.encoder")
@@ -317,11 +318,10 @@ def measure_dev(args: argparse.Namespace, snapshot: Path | None) -> dict[str, An
         )
 
     def load_for(mode: str) -> Callable[[], PromptEncoder]:
-        from encoder_server.model.prompt_encoder import PromptEncoder
 
         if snapshot is None:
             return lambda: random_prompt_encoder(args.device, args.max_layer, mode)
-        return lambda: PromptEncoder.load(model_for(mode))
+        return lambda: load_encoder(model_for(mode))
 
     return measure_modes(args, model_for, load_for, diffusers_ms)
 
@@ -336,11 +336,10 @@ def measure_klein(args: argparse.Namespace, source: Path | Qwen3Shape) -> dict[s
         return ModelConfig(path, args.device, args.dtype, quantize=mode)
 
     def load_for(mode: str) -> Callable[[], PromptEncoder]:
-        from encoder_server.model.prompt_encoder import PromptEncoder
 
         if isinstance(source, Qwen3Shape):
             return lambda: random_qwen3_encoder(source, args.device, mode)
-        return lambda: PromptEncoder.load(model_for(mode))
+        return lambda: load_encoder(model_for(mode))
 
     return measure_modes(args, model_for, load_for, diffusers_ms)
 

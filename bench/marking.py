@@ -132,10 +132,10 @@ def measure_false_positives(size: int, images: int) -> dict[str, Any]:
 def measure_overlap(args: argparse.Namespace, scratch: Path, snapshot: Path | None) -> dict[str, Any]:
     """Images per second of one batch run with every mark and with none, on the same pipeline and server."""
     from bench.random_models import encoder_server, random_pipeline
-    from diffusion_client.generator import FailedJob, ImageGenerator
-    from diffusion_client.jobs import GenerationJob
-    from diffusion_client.pipeline import PipelineConfig, Quantize, load_pipeline
-    from diffusion_client.remote_encoder import RemoteTextEncoder
+    from diffusion_client.encoder_client.client import RemoteTextEncoder
+    from diffusion_client.generation.generator import FailedJob, ImageGenerator
+    from diffusion_client.generation.jobs import GenerationJob
+    from diffusion_client.generation.pipeline import PipelineConfig, Quantize, load_pipeline
 
     size = 256 if args.mode == "tiny" else 1024
     if snapshot is None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from bench import harness
-from bench.wire import MAX_BATCH_SIZE, Embedding, process_usage
+from bench.wire_shapes import MAX_BATCH_SIZE, Embedding, process_usage
 from encoder_server.background import serve_in_thread
 from encoder_server.config import BatchingConfig, ModelConfig, RequestLimits, ServerConfig
 from encoder_server.model.prompt_encoder import ModelInfo, PromptEncoder

@@ -30,8 +30,8 @@ import torch
 
 from bench import harness
 from bench.random_models import random_prompt_encoder
+from diffusion_client.encoder_client.client import RemoteTextEncoder
 from diffusion_client.errors import ClientError
-from diffusion_client.remote_encoder import RemoteTextEncoder
 from encoder_server.background import BackgroundServer, serve_in_thread
 from encoder_server.config import BatchingConfig, ModelConfig, ServerConfig, TlsConfig
 from encoder_server.errors import EncoderError
@@ -160,14 +160,14 @@ def served(started: list[BackgroundServer]) -> dict[str, Any]:
 
 
 def benchmark(args: argparse.Namespace, scratch: Path, snapshot: Path | None) -> dict[str, Any]:
-    from encoder_server.model.prompt_encoder import PromptEncoder
+    from encoder_server.model.loaded import load_encoder
     from tests.certs import make_certificates  # test-time certificates: the bench needs a CA it controls
 
     args.model = snapshot
     if snapshot is None:
         encoder = random_prompt_encoder(args.device, 30)
     else:
-        encoder = PromptEncoder.load(ModelConfig(snapshot, args.device))
+        encoder = load_encoder(ModelConfig(snapshot, args.device))
     certs = make_certificates(scratch / "certs")
     tls = TlsConfig(certs.server_cert, certs.server_key)
     prompts = workload(args.clients, args.requests)

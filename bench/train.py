@@ -43,7 +43,7 @@ RANK = 16
 def tiny(args: argparse.Namespace, scratch: Path, snapshot: Path) -> dict[str, Any]:
     from PIL import Image
 
-    from diffusion_client.remote_encoder import RemoteTextEncoder
+    from diffusion_client.encoder_client.client import RemoteTextEncoder
     from diffusion_client.training.captions import caption_embeddings
     from diffusion_client.training.config import TrainConfig
     from diffusion_client.training.data import find_examples

@@ -25,13 +25,11 @@ import math
 import multiprocessing
 import os
 import random
-import resource
 import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
@@ -39,10 +37,10 @@ import numpy as np
 import torch
 
 from bench import harness
+from bench.wire_shapes import MAX_BATCH_SIZE, Embedding, process_usage
 from shared.allocator import tune_allocator
-from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS, DEFAULT_MAX_SEQUENCE_LENGTH
 from shared.protocol import encoder_pb2
-from shared.wire import DTYPES, MAX_CHUNK_BYTES, WIRE_ENCODE_METHOD, TensorSpec, parse_frame, responses_to_tensor
+from shared.wire import DTYPES, MAX_CHUNK_BYTES, WIRE_ENCODE_METHOD, parse_frame, responses_to_tensor
 
 log = logging.getLogger("bench.wire")
 
@@ -54,33 +52,12 @@ TARGETS = {  # full size, one client process on loopback
 }
 
 
-@dataclass(frozen=True)
-class Embedding:
-    """What the stub returns per prompt: `[max_sequence_length, len(layers) * hidden_size]` of `dtype`."""
-
-    dtype: str
-    hidden_size: int
-    max_sequence_length: int = DEFAULT_MAX_SEQUENCE_LENGTH
-    layers: tuple[int, ...] = DEFAULT_HIDDEN_STATE_LAYERS
-
-    @property
-    def width(self) -> int:
-        return len(self.layers) * self.hidden_size
-
-    def spec(self, prompts: int) -> TensorSpec:
-        return TensorSpec(self.dtype, (prompts, self.max_sequence_length, self.width))
-
-    @property
-    def bytes_per_prompt(self) -> int:
-        return self.spec(1).byte_length
-
+REQUEST_TIMEOUT_S = 120.0
 
 MODES: dict[str, dict[str, Any]] = {
     "tiny": {"embedding": Embedding("float32", 32), "warmup_s": 0.3, "duration_s": 0.7},
     "full-size": {"embedding": Embedding("bfloat16", 5120), "warmup_s": 2.0, "duration_s": 6.0},
 }
-MAX_BATCH_SIZE = 16
-REQUEST_TIMEOUT_S = 120.0
 PROMPTS_PER_CLIENT = 64  # cycled: the stub ignores the text and the cache is off
 
 
@@ -192,12 +169,6 @@ def _serve(*args: Any) -> None:
     from bench.stub_server import serve_stub
 
     serve_stub(*args)
-
-
-def process_usage() -> tuple[float, int]:
-    """This process's CPU seconds (user and system, all threads) and minor page faults so far."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime, usage.ru_minflt
 
 
 def run_clients(pool: ThreadPoolExecutor, clients: Sequence[Client], seconds: float, seed: int) -> list[float]:

@@ -13,7 +13,7 @@ ClientError                         base; str() is one printable line
 │       └── PipelineMismatchError   no model it serves feeds this pipeline (a klein DiT, a dev-only server)
 └── InputError                      bad job settings, reference image, prompts file, output path, device, TLS file
 
-Exit codes are the CLI's business (`diffusion_client.cli.EXIT_CODES`), not these classes'. This module
+Exit codes are the CLI's business (`diffusion_client.generation.cli.EXIT_CODES`), not these classes'. This module
 imports nothing heavy (not even grpc), so `flux2-generate --help` stays fast.
 """
 
@@ -91,9 +91,6 @@ class PipelineMismatchError(ModelMismatchError):
 
 class InputError(ClientError):
     """Bad job settings, reference image, prompts file, output path, device, or an unreadable TLS file."""
-
-
-GenerationInputError = InputError  # the name before the tree had InputError; kept for existing imports
 
 
 def failure_text(failure: object) -> str:

@@ -7,13 +7,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.caller_limits import CallerLimits, ConfigError
 from shared.defaults import DEFAULT_MAX_SEQUENCE_LENGTH, DEFAULT_PORT
 from shared.tls import key_pair_mismatch
-
-
-class ConfigError(ValueError):
-    """Conflicting or out-of-range settings; the message is one sentence saying which."""
-
 
 SUPPORTED_DTYPES = ("bfloat16", "float16", "float32")
 QUANTIZE_CHOICES = ("none", "int8", "nf4")
@@ -24,7 +20,6 @@ DEFAULT_SHUTDOWN_GRACE_S = 30.0  # queued and in-flight requests get this long t
 DEFAULT_SEND_TIMEOUT_S = 30.0  # a reply that cannot be sent for this long is dropped (the reader stalled)
 DEFAULT_MAX_PENDING_REPLY_BYTES = 2048 * MIB  # replies queued, computing or being sent, all streams together
 DEFAULT_CACHE_BYTES = 1024 * MIB  # about 68 full-size default embeddings (15.7 MB each)
-MAX_RATE = 1e9
 MAX_MODEL_NAME_CHARS = 128
 
 
@@ -191,28 +186,6 @@ class UpsampleLimits:
     def max_request_bytes(self) -> int:
         """The largest well-formed `UpsampleRequest`, with the prompt limit of `RequestLimits`."""
         return self.max_images * (self.max_image_bytes + 16)
-
-
-@dataclass(frozen=True)
-class CallerLimits:
-    """What one caller (one token name) may use at once; None: no limit. Past either, RESOURCE_EXHAUSTED."""
-
-    max_in_flight: int | None = None  # calls being served, every RPC and /predict together
-    prompts_per_s: float | None = None  # a token bucket holding a second's worth, and at least one full request
-
-    def __post_init__(self) -> None:
-        if self.max_in_flight is not None and self.max_in_flight < 1:
-            raise ConfigError(f"--caller-max-in-flight must be at least 1, not {self.max_in_flight}.")
-        rate = self.prompts_per_s
-        if rate is not None and not (math.isfinite(rate) and 0 < rate <= MAX_RATE):  # also refuses nan
-            raise ConfigError(f"--caller-prompts-per-s must be a number above 0 and at most {MAX_RATE:g}, not {rate}.")
-
-    def over(self, defaults: CallerLimits) -> CallerLimits:
-        """These limits, with `defaults` where these set none."""
-        return CallerLimits(
-            self.max_in_flight if self.max_in_flight is not None else defaults.max_in_flight,
-            self.prompts_per_s if self.prompts_per_s is not None else defaults.prompts_per_s,
-        )
 
 
 @dataclass(frozen=True)

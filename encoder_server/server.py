@@ -23,14 +23,15 @@ from encoder_server.api.interceptors import BearerTokenInterceptor, ParseRequest
 from encoder_server.api.servicer import TextEncoderServicer, add_servicer_to_server
 from encoder_server.config import CallerLimits, ConfigError, ServerConfig
 from encoder_server.descriptors import DescriptorBudget, plan_descriptors
+from encoder_server.errors import OverloadedError
 from encoder_server.model.prompt_encoder import PromptEncoder
 from encoder_server.serving.engine import EncoderEngine, EncoderLoader
 from encoder_server.serving.models import ServedEngines
-from encoder_server.serving.quotas import CallerQuotas
 from encoder_server.team.calls import CallLog
-from encoder_server.team.tokens import ANONYMOUS, TokenRegistry
 from shared.defaults import SERVICE_NAME
 from shared.protocol import encoder_pb2
+from shared.quotas import CallerQuotas
+from shared.tokens import ANONYMOUS, TokenRegistry
 
 log = logging.getLogger("flux2-encoder")
 
@@ -117,7 +118,7 @@ async def create_server(config: ServerConfig, load_encoder: EncoderLoader | None
     engines.set_callers(tokens.names if tokens is not None else [ANONYMOUS])
     metrics_tokens = None if config.metrics_token_file is None else TokenRegistry.from_file(config.metrics_token_file)
     calls = CallLog(engines.metrics, config.log_prompts)
-    quotas = CallerQuotas(_limits_of(config, tokens), config.limits.max_prompts)
+    quotas = CallerQuotas(_limits_of(config, tokens), config.limits.max_prompts, overloaded=OverloadedError)
     descriptors = plan_descriptors(config.connections, serve_http=config.http_port is not None)
     per_method = {
         "Encode": config.limits.max_request_bytes + RECEIVE_SLACK_BYTES,

@@ -10,12 +10,10 @@ and a small `Flux2Transformer2DModel` whose `joint_attention_dim` is 3 x the enc
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,8 +21,6 @@ from pathlib import Path
 
 import mistral_common
 import torch
-
-from shared.quiet import quiet_model_libraries
 
 TEKKEN_FILE = "tekken_240911.json"
 TINY_STOP_EVERY = 64
@@ -289,31 +285,3 @@ def snapshot_digest(snapshot_dir: str | os.PathLike[str]) -> str:
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="flux2-tiny-model",
-        description="Write a tiny FLUX.2-shaped snapshot (random weights, real tokenizer) for tests and demos.",
-    )
-    parser.add_argument("out_dir", help="directory to write the snapshot into (replaced if it exists)")
-    parser.add_argument(
-        "--klein",
-        choices=("distilled", "base"),
-        help="write a FLUX.2 [klein] snapshot (Qwen3 text encoder) instead of a FLUX.2-dev one",
-    )
-    args = parser.parse_args(argv)
-    quiet_model_libraries()  # before diffusers imports bitsandbytes, whose import may warn; no progress bars
-    if args.klein:
-        from shared.tiny_klein import build_tiny_klein_snapshot  # it builds on this module
-
-        path = build_tiny_klein_snapshot(Path(args.out_dir), distilled=args.klein == "distilled")
-        print(f"tiny FLUX.2 [klein] {args.klein} snapshot written to {path} (sha256 {snapshot_digest(path)[:16]})")
-        return 0
-    path = build_tiny_snapshot(args.out_dir)
-    print(f"tiny FLUX.2 snapshot written to {path} (sha256 {snapshot_digest(path)[:16]})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -30,9 +30,9 @@ def free_port() -> int:
 def run_cli(
     *args: str, timeout: float = 180, limits: dict[str, int] | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m diffusion_client.cli ARGS` in a fresh process, offline; `limits` as `tests.rlimits` takes them,
-    `env` adds to the environment."""
-    command = limited([sys.executable, "-m", "diffusion_client.cli", *args], **(limits or {}))
+    """`python -m diffusion_client.generation.cli ARGS` in a fresh process, offline; `limits` as `tests.rlimits`
+    takes them, `env` adds to the environment."""
+    command = limited([sys.executable, "-m", "diffusion_client.generation.cli", *args], **(limits or {}))
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment)
 

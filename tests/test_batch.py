@@ -124,7 +124,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def reference(workspace: Path, tiny_snapshot: Path, batch_encoder: GatedServer) -> list[np.ndarray]:
     """What `flux2-generate --prompts` makes of the twelve lines, in one process with one torch thread."""
     out = workspace / "reference" / "image.png"
-    command = [sys.executable, "-m", "diffusion_client.cli", "--prompts", "prompts.jsonl", "--out", str(out)]
+    command = [sys.executable, "-m", "diffusion_client.generation.cli", "--prompts", "prompts.jsonl", "--out", str(out)]
     command += ["--encoder", batch_encoder.target, "--model", str(tiny_snapshot), "--quiet"]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     finished = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=workspace, timeout=300)

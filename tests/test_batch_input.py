@@ -325,7 +325,7 @@ def test_a_uri_pyarrow_cannot_open_is_one_input_error():
 
 def test_the_same_prompts_file_plans_the_same_names(tmp_path):
     from diffusion_client.batch.plan import plan_jobs
-    from diffusion_client.jobs import GenerationJob
+    from diffusion_client.generation.jobs import GenerationJob
 
     prompts = write_jobs(tmp_path / "prompts.jsonl", [GOOD, {**GOOD, "out": "sub/named.webp"}, GOOD])
     defaults = GenerationJob(prompt="", out=Path())

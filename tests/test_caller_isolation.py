@@ -10,7 +10,7 @@ import pytest
 import requests
 import torch
 
-from diffusion_client.remote_encoder import RemoteTextEncoder
+from diffusion_client.encoder_client.client import RemoteTextEncoder
 from encoder_server.serving.cache import EmbeddingCache
 from shared.lru import CacheKey
 from shared.wire import encode_row

@@ -13,10 +13,9 @@ import pytest
 import requests
 
 from encoder_server.config import CallerLimits, ConfigError
-from encoder_server.errors import OverloadedError
-from encoder_server.serving.quotas import CallerQuotas
-from encoder_server.team.tokens import parse_tokens
 from shared.protocol import encoder_pb2
+from shared.quotas import CallerQuotas, OverQuotaError
+from shared.tokens import parse_tokens
 from tests.helpers import RunningServer, start_server
 
 ALICE = "alice-0123456789abcdef"
@@ -61,7 +60,7 @@ def test_tokens_line_limits_override_the_server_defaults_field_by_field():
 def test_prompt_bucket_holds_one_full_request_and_refills_at_the_rate():
     quotas = CallerQuotas(lambda caller: CallerLimits(prompts_per_s=100.0), max_request_prompts=16)
     quotas.charge("alice", 100)  # a second's worth
-    with pytest.raises(OverloadedError, match="caller alice is over its 100 prompts/s; retry in"):
+    with pytest.raises(OverQuotaError, match="caller alice is over its 100 prompts/s; retry in"):
         quotas.charge("alice", 16)
     quotas.charge("bob", 16)  # bob has his own bucket
     time.sleep(0.2)  # 20 prompts' worth comes back
@@ -71,7 +70,7 @@ def test_prompt_bucket_holds_one_full_request_and_refills_at_the_rate():
 def test_caller_whose_bucket_is_empty_is_refused_before_its_call_runs():
     quotas = CallerQuotas(lambda caller: CallerLimits(prompts_per_s=1.0), max_request_prompts=4)
     quotas.charge("alice", 4)
-    with pytest.raises(OverloadedError), quotas.admit("alice"):
+    with pytest.raises(OverQuotaError), quotas.admit("alice"):
         pass
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from diffusion_client import RemoteTextEncoder
-from diffusion_client.cli import main as generate_main
-from diffusion_client.embedding_cache import EmbeddingCache
+from diffusion_client.encoder_client.cache import EmbeddingCache
+from diffusion_client.generation.cli import main as generate_main
 from tests.fake_encoder import FakeEncoder, fake_server
 from tests.helpers import TINY_EMBED_DIM, TINY_HIDDEN_SIZE, prompts_encoded, start_server
 

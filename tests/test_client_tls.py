@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from diffusion_client import RemoteTextEncoder
-from diffusion_client.cli import main as generate_main
 from diffusion_client.errors import EncoderUnavailableError, InputError
+from diffusion_client.generation.cli import main as generate_main
 from encoder_server.config import TlsConfig
 from tests.certs import make_certificates
 from tests.cli_runs import assert_one_line_error

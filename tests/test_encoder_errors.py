@@ -7,6 +7,7 @@ import threading
 import grpc
 import pytest
 
+from encoder_server.model.loaded import load_encoder
 from encoder_server.model.prompt_encoder import PromptEncoder
 from shared.protocol import encoder_pb2
 from tests.cli_runs import wait_until
@@ -37,7 +38,7 @@ def test_encode_while_model_loads_returns_unavailable(tiny_snapshot):
 
     def slow_loader() -> PromptEncoder:
         release.wait(60)
-        return PromptEncoder.load(_model_config(tiny_snapshot))
+        return load_encoder(_model_config(tiny_snapshot))
 
     with start_server(tiny_snapshot, load_encoder=slow_loader, wait=False) as server:
         with pytest.raises(grpc.RpcError) as error:

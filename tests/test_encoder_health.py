@@ -8,6 +8,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from encoder_server.config import ModelConfig
+from encoder_server.model.loaded import load_encoder
 from encoder_server.model.prompt_encoder import PromptEncoder
 from shared.defaults import SERVICE_NAME
 from tests.helpers import start_server
@@ -26,7 +27,7 @@ def test_health_goes_from_not_serving_to_serving_when_the_model_loads(tiny_snaps
 
     def gated_loader() -> PromptEncoder:
         release.wait(60)
-        return PromptEncoder.load(ModelConfig(model_path=tiny_snapshot, device="cpu"))
+        return load_encoder(ModelConfig(model_path=tiny_snapshot, device="cpu"))
 
     with start_server(tiny_snapshot, load_encoder=gated_loader, wait=False) as server:
         assert _health(server, "") == NOT_SERVING

@@ -121,7 +121,7 @@ def test_bf16_on_the_cpu_is_bitwise_equal_to_diffusers_in_bf16(tiny_snapshot, bf
 def test_png_records_the_encoder_quantization(quantized_server, tiny_snapshot, tmp_path):
     from PIL import Image
 
-    from diffusion_client.cli import main as generate_main
+    from diffusion_client.generation.cli import main as generate_main
 
     out = tmp_path / "quantized.png"
     size = ["--height", "64", "--width", "64", "--steps", "2", "--quiet"]

@@ -21,10 +21,11 @@ import pytest
 import torch
 
 from diffusion_client import RemoteTextEncoder
-from diffusion_client.channel import unreached_error
-from diffusion_client.cli import main as generate_main
+from diffusion_client.encoder_client.dialing import unreached_error
 from diffusion_client.errors import EncoderUnavailableError
+from diffusion_client.generation.cli import main as generate_main
 from encoder_server.config import ModelConfig, TlsConfig
+from encoder_server.model.loaded import load_encoder
 from encoder_server.model.prompt_encoder import PromptEncoder
 from tests.certs import Certificates, make_certificates
 from tests.cli_runs import assert_one_line_error, free_port, run_cli
@@ -184,7 +185,7 @@ def test_tls_client_to_a_plaintext_server_fails_at_once_naming_tls_ca(encoder_se
 def gated_loader(snapshot: Path, release: threading.Event):  # type: ignore[no-untyped-def]
     def load() -> PromptEncoder:
         release.wait(120)
-        return PromptEncoder.load(ModelConfig(model_path=snapshot, device="cpu"))
+        return load_encoder(ModelConfig(model_path=snapshot, device="cpu"))
 
     return load
 

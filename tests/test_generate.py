@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion_client.cli import main as generate_main
+from diffusion_client.generation.cli import main as generate_main
 from diffusion_client.provenance.watermark import too_small_note
 
 SIZE = ["--height", "64", "--width", "64", "--steps", "3"]
@@ -56,7 +56,7 @@ def test_cli_image_is_pixel_identical_to_monolithic_diffusers(
     command = [
         sys.executable,
         "-m",
-        "diffusion_client.cli",
+        "diffusion_client.generation.cli",
         "a fox in the snow",
         "--encoder",
         encoder_server.target,
@@ -123,7 +123,7 @@ def test_prompts_file_writes_one_image_per_line_each_identical_to_its_single_run
 
 @pytest.fixture(scope="module")
 def tiny_pipeline(tiny_snapshot: Path):  # type: ignore[no-untyped-def]
-    from diffusion_client.pipeline import PipelineConfig, load_pipeline
+    from diffusion_client.generation.pipeline import PipelineConfig, load_pipeline
 
     return load_pipeline(PipelineConfig(model_path=tiny_snapshot, device="cpu", quantize="none"))
 
@@ -132,8 +132,8 @@ def test_generator_prepare_then_run_matches_monolithic_diffusers(
     encoder_server, tiny_pipeline, monolithic_pipeline, tmp_path
 ):
     from diffusion_client import RemoteTextEncoder
-    from diffusion_client.generator import GeneratedImage, ImageGenerator
-    from diffusion_client.jobs import GenerationJob
+    from diffusion_client.generation.generator import GeneratedImage, ImageGenerator
+    from diffusion_client.generation.jobs import GenerationJob
 
     job = GenerationJob(prompt="a fox in the snow", out=tmp_path / "lib.png", seed=7, steps=3, height=64, width=64)
     with RemoteTextEncoder(encoder_server.target) as encoder:
@@ -146,8 +146,8 @@ def test_generator_prepare_then_run_matches_monolithic_diffusers(
 
 def test_reference_images_are_decoded_once_in_prepare_not_again_in_run(encoder_server, tiny_pipeline, tmp_path):
     from diffusion_client import RemoteTextEncoder
-    from diffusion_client.generator import GeneratedImage, ImageGenerator
-    from diffusion_client.jobs import GenerationJob
+    from diffusion_client.generation.generator import GeneratedImage, ImageGenerator
+    from diffusion_client.generation.jobs import GenerationJob
 
     reference = tmp_path / "ref.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(reference)
@@ -169,8 +169,8 @@ def test_reference_images_are_decoded_once_in_prepare_not_again_in_run(encoder_s
 
 def test_generator_run_takes_only_prepared_jobs(encoder_server, tiny_pipeline, tmp_path):
     from diffusion_client import RemoteTextEncoder
-    from diffusion_client.generator import ImageGenerator
-    from diffusion_client.jobs import GenerationJob
+    from diffusion_client.generation.generator import ImageGenerator
+    from diffusion_client.generation.jobs import GenerationJob
 
     with RemoteTextEncoder(encoder_server.target) as encoder:
         generator = ImageGenerator(tiny_pipeline, encoder, model_name="tiny", progress=False)

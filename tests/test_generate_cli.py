@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from diffusion_client.cli import main as generate_main
+from diffusion_client.generation.cli import main as generate_main
 from tests.cli_runs import assert_one_line_error
 from tests.fake_encoder import FakeEncoder, fake_server
 
@@ -17,7 +17,7 @@ SIZE = ["--height", "64", "--width", "64", "--steps", "2"]
 
 
 def test_importing_the_cli_imports_nothing_heavy():
-    probe = f"import sys, diffusion_client.cli; print([m for m in {HEAVY!r} if m in sys.modules])"
+    probe = f"import sys, diffusion_client.generation.cli; print([m for m in {HEAVY!r} if m in sys.modules])"
     finished = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert finished.returncode == 0, finished.stderr
     assert finished.stdout.strip() == "[]"
@@ -26,7 +26,7 @@ def test_importing_the_cli_imports_nothing_heavy():
 def test_help_answers_in_well_under_a_second():
     started = time.monotonic()
     finished = subprocess.run(
-        [sys.executable, "-m", "diffusion_client.cli", "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "diffusion_client.generation.cli", "--help"], capture_output=True, text=True, timeout=60
     )
     elapsed = time.monotonic() - started
     assert finished.returncode == 0 and "--token-file" in finished.stdout

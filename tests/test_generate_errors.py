@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from diffusion_client.cli import main as generate_main
+from diffusion_client.generation.cli import main as generate_main
 from shared.tiny_snapshot import TinySnapshotShape, build_tiny_snapshot
 from tests.cli_runs import assert_one_line_error, error_lines, free_port, run_cli
 from tests.fake_encoder import FakeEncoder, embeds_for, fake_server
@@ -357,7 +357,7 @@ def test_a_prompts_line_over_1_mib_is_refused_without_reading_it_whole(tiny_snap
         file.write('"}\n{"prompt": "fine"}\n')
     small.write_text('{"prompt": "fine"}\n{"prompt": "x", "bad": 1}\n')
     peaks, errors = {}, {}
-    generate_command = [sys.executable, "-m", "diffusion_client.cli", "--model", str(tiny_snapshot)]
+    generate_command = [sys.executable, "-m", "diffusion_client.generation.cli", "--model", str(tiny_snapshot)]
     for prompts in (huge, small):
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         command = measured([*generate_command, "--prompts", str(prompts)])

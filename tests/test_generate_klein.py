@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion_client.cli import main as generate_main
+from diffusion_client.generation.cli import main as generate_main
 from shared.tiny_klein import build_tiny_klein_snapshot
 from tests.cli_runs import assert_one_line_error, run_cli
 from tests.helpers import RunningServer

@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 
 from diffusion_client.errors import InputError
+from diffusion_client.generation.pipeline import read_component_config
 from diffusion_client.lora.adapters import AppliedLora, LoraAdapters
 from diffusion_client.lora.files import CheckedLora, check_lora, file_sha256, layer_shapes
 from diffusion_client.lora.specs import parse_lora_spec
-from diffusion_client.pipeline import read_component_config
 from shared.tiny_snapshot import TinySnapshotShape, build_transformer
 from tests.cli_runs import assert_one_line_error, run_cli
 from tests.lora_files import (
@@ -254,10 +254,10 @@ def test_past_max_loaded_the_adapter_used_longest_ago_is_deleted_and_reloads_to_
     encoder_server, tiny_snapshot, lora_file, second_lora, tmp_path
 ):
     from diffusion_client import RemoteTextEncoder
-    from diffusion_client.generator import GeneratedImage, ImageGenerator
-    from diffusion_client.jobs import GenerationJob
+    from diffusion_client.generation.generator import GeneratedImage, ImageGenerator
+    from diffusion_client.generation.jobs import GenerationJob
+    from diffusion_client.generation.pipeline import PipelineConfig, load_pipeline
     from diffusion_client.lora.adapters import LoraAdapters
-    from diffusion_client.pipeline import PipelineConfig, load_pipeline
 
     pipeline = load_pipeline(PipelineConfig(model_path=tiny_snapshot))
     settings = dict(seed=3, steps=3, height=64, width=64)

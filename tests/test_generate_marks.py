@@ -137,9 +137,9 @@ def test_edit_records_its_reference_images_and_no_prompt(encoder_server, tiny_sn
 
 def test_marking_runs_on_the_writer_thread_not_the_denoising_one(encoder_server, tiny_snapshot, tmp_path):
     from diffusion_client import RemoteTextEncoder
-    from diffusion_client.generator import GeneratedImage, ImageGenerator
-    from diffusion_client.jobs import GenerationJob
-    from diffusion_client.pipeline import PipelineConfig, load_pipeline
+    from diffusion_client.generation.generator import GeneratedImage, ImageGenerator
+    from diffusion_client.generation.jobs import GenerationJob
+    from diffusion_client.generation.pipeline import PipelineConfig, load_pipeline
     from diffusion_client.provenance.marking import Marker, MarkingOptions
 
     threads: list[str] = []

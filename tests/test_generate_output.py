@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from diffusion_client.atomic_files import replacing, write_bytes
-from diffusion_client.cli import main as generate_main
+from diffusion_client.generation.cli import main as generate_main
 from tests.cli_runs import assert_one_line_error, error_lines, free_port, run_cli
 from tests.fake_encoder import FakeEncoder, embeds_for, fake_server
 from tests.helpers import TINY_EMBED_DIM

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from diffusion_client import RemoteTextEncoder
-from diffusion_client.cli import main as generate_main
 from diffusion_client.errors import InputError, printable_line
+from diffusion_client.generation.cli import main as generate_main
 from tests.cli_runs import assert_one_line_error
 from tests.fake_encoder import TINY_UPSAMPLING_INFO, FakeEncoder, embeds_for, fake_server
 from tests.helpers import start_server
@@ -121,7 +121,7 @@ def test_upsample_against_a_server_without_upsampling_exits_2_before_loading_wei
     def must_not_load(*args: object) -> None:
         raise AssertionError("weights loaded before the encoder was checked")
 
-    monkeypatch.setattr("diffusion_client.pipeline.load_pipeline", must_not_load)
+    monkeypatch.setattr("diffusion_client.generation.pipeline.load_pipeline", must_not_load)
     code = generate(encoder_server.target, tiny_snapshot, "a cat", "--upsample", "--out", str(tmp_path / "x.png"))
     assert code == 2
     assert_one_line_error(
@@ -142,7 +142,9 @@ def test_upsample_against_a_server_without_upsampling_exits_2_before_loading_wei
 def test_upsample_references_over_the_servers_limits_exit_2_before_any_call(
     tiny_snapshot, tmp_path, capsys, monkeypatch, limits, message
 ):
-    monkeypatch.setattr("diffusion_client.pipeline.load_pipeline", lambda *args: pytest.fail("weights loaded"))
+    monkeypatch.setattr(
+        "diffusion_client.generation.pipeline.load_pipeline", lambda *args: pytest.fail("weights loaded")
+    )
     references = []
     for seed, name in enumerate(("a.png", "b.png")):
         noise_image(tmp_path / name, seed=seed)

@@ -12,8 +12,8 @@ from safetensors.torch import load_file, save_file
 
 from encoder_server.config import ModelConfig
 from encoder_server.errors import ModelLoadError
+from encoder_server.model.loaded import load_encoder
 from encoder_server.model.loading import load_tokenizer, model_display_name
-from encoder_server.model.prompt_encoder import PromptEncoder
 
 
 def _copy_snapshot(snapshot: Path, target: Path) -> Path:
@@ -32,8 +32,8 @@ def test_older_checkpoint_key_layout_loads_to_the_same_embeddings(tiny_snapshot,
     assert any(key.startswith("language_model.model.layers.") for key in renamed)
     save_file(renamed, weights_file, metadata={"format": "pt"})
     prompts = ["a cat on a mat", ""]
-    current = PromptEncoder.load(ModelConfig(model_path=tiny_snapshot)).encode(prompts)
-    assert torch.equal(PromptEncoder.load(ModelConfig(model_path=older)).encode(prompts), current)
+    current = load_encoder(ModelConfig(model_path=tiny_snapshot)).encode(prompts)
+    assert torch.equal(load_encoder(ModelConfig(model_path=older)).encode(prompts), current)
 
 
 def test_chat_template_kept_beside_a_processor_is_found(tiny_snapshot, tmp_path):
@@ -54,12 +54,12 @@ def test_snapshot_without_a_chat_template_is_refused(tiny_snapshot, tmp_path):
 
 def test_folder_without_text_encoder_is_refused_with_a_hint(tiny_snapshot, tmp_path):
     with pytest.raises(ModelLoadError, match="model_index.json"):
-        PromptEncoder.load(ModelConfig(model_path=tiny_snapshot / "transformer"))
+        load_encoder(ModelConfig(model_path=tiny_snapshot / "transformer"))
 
 
 def test_max_layer_beyond_the_encoder_is_refused(tiny_snapshot):
     with pytest.raises(ModelLoadError, match="exceeds the encoder's 34 layers"):
-        PromptEncoder.load(ModelConfig(model_path=tiny_snapshot, max_layer=35))
+        load_encoder(ModelConfig(model_path=tiny_snapshot, max_layer=35))
 
 
 def test_hugging_face_cache_snapshots_are_named_by_repository(tmp_path):

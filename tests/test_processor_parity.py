@@ -14,7 +14,7 @@ import torch
 
 from encoder_server.config import ModelConfig
 from encoder_server.errors import ModelLoadError
-from encoder_server.model.prompt_encoder import PromptEncoder
+from encoder_server.model.loaded import load_encoder
 from shared.tiny_snapshot import build_tokenizer
 
 
@@ -31,10 +31,10 @@ def test_plain_tokenizer_snapshot_matches_diffusers_on_the_processor_bitwise(
     tokenizer_snapshot, diffusers_embeds, layers
 ):
     prompts = ["a cat", "", "雪の中の狐 🦊", "long prompt " * 400, "text with [IMG] in it"]
-    served = PromptEncoder.load(ModelConfig(model_path=tokenizer_snapshot, max_layer=34)).encode(prompts, 512, layers)
+    served = load_encoder(ModelConfig(model_path=tokenizer_snapshot, max_layer=34)).encode(prompts, 512, layers)
     assert torch.equal(served, diffusers_embeds(prompts, layers=layers))
 
 
 def test_upsampling_needs_the_processor_and_says_so(tokenizer_snapshot):
     with pytest.raises(ModelLoadError, match="not a PixtralProcessor; --enable-upsampling needs"):
-        PromptEncoder.load(ModelConfig(model_path=tokenizer_snapshot, enable_upsampling=True))
+        load_encoder(ModelConfig(model_path=tokenizer_snapshot, enable_upsampling=True))

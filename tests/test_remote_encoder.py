@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion_client import RemoteEncoderInfo, RemoteTextEncoder
+from diffusion_client import RemoteTextEncoder
 from diffusion_client.errors import (
     BadReplyError,
     ClientError,
@@ -25,7 +25,6 @@ from diffusion_client.errors import (
     EncoderRejectedError,
     EncoderTimeoutError,
     EncoderUnavailableError,
-    GenerationInputError,
     InputError,
     ModelMismatchError,
     TransportError,
@@ -48,7 +47,7 @@ def test_encode_returns_diffusers_prompt_embeds_in_the_requested_dtype(encoder_s
 def test_info_is_the_shared_server_info(encoder_server):
     with RemoteTextEncoder(encoder_server.target) as encoder:
         info = encoder.info()
-    assert isinstance(info, ServerInfo) and RemoteEncoderInfo is ServerInfo
+    assert isinstance(info, ServerInfo)
     assert (info.hidden_size, info.max_layer, info.embedding_dim()) == (TINY_HIDDEN_SIZE, 34, TINY_EMBED_DIM)
 
 
@@ -59,7 +58,6 @@ def test_error_classes_form_the_documented_tree():
     assert issubclass(EncoderCallError, EncoderError)
     assert issubclass(BadReplyError, EncoderError) and issubclass(ModelMismatchError, EncoderError)
     assert issubclass(EncoderError, ClientError) and issubclass(InputError, ClientError)
-    assert GenerationInputError is InputError
     assert not hasattr(ClientError, "exit_code")
 
 

@@ -18,8 +18,8 @@ import torch
 from grpc_health.v1 import health_pb2
 
 from diffusion_client import RemoteTextEncoder
-from diffusion_client.cli import main as generate_main
-from diffusion_client.remote_encoder import log as client_log
+from diffusion_client.encoder_client.client import log as client_log
+from diffusion_client.generation.cli import main as generate_main
 from shared.defaults import SERVICE_NAME
 from tests.cli_runs import EncoderProcess, assert_one_line_error, serve_encoder
 from tests.fake_encoder import FakeEncoder, fake_server

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from diffusion_client.serve.cli import build_parser
+from diffusion_client.serve.flags import build_parser
 from diffusion_client.serve.ray_deployment import app_builder
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,8 +22,8 @@ WAIT_S = 120
 @pytest.fixture(scope="module")
 def studio(encoder_server, tiny_snapshot: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:  # type: ignore[no-untyped-def]
     from diffusion_client import RemoteTextEncoder
-    from diffusion_client.generator import ImageGenerator
-    from diffusion_client.pipeline import PipelineConfig, load_pipeline
+    from diffusion_client.generation.generator import ImageGenerator
+    from diffusion_client.generation.pipeline import PipelineConfig, load_pipeline
 
     pipeline = load_pipeline(PipelineConfig(model_path=tiny_snapshot, device="cpu", quantize="none"))
     with RemoteTextEncoder(encoder_server.target) as encoder:
@@ -53,7 +53,7 @@ def test_jobs_from_several_pages_run_one_at_a_time_in_the_order_submitted(studio
 
 
 def test_the_generator_reports_each_step_as_it_finishes(studio, tmp_path):
-    from diffusion_client.jobs import GenerationJob
+    from diffusion_client.generation.jobs import GenerationJob
 
     generator = studio.generator
     prepared = generator.prepare([GenerationJob("a fox", tmp_path / "fox.png", steps=5, height=64, width=64)])[0]

@@ -42,8 +42,8 @@ def serve_page(encoder_server, tiny_snapshot, tmp_path_factory) -> Iterator[Any]
 
     prepare_environment()  # before Gradio is imported
     from diffusion_client import RemoteTextEncoder
-    from diffusion_client.generator import ImageGenerator
-    from diffusion_client.pipeline import PipelineConfig, load_pipeline, model_kind
+    from diffusion_client.generation.generator import ImageGenerator
+    from diffusion_client.generation.pipeline import PipelineConfig, load_pipeline, model_kind
     from diffusion_client.studio.page import build_page
     from diffusion_client.studio.shelf import Shelf
     from diffusion_client.studio.studio import Studio

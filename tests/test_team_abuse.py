@@ -17,8 +17,8 @@ import torch
 from encoder_server.config import ConfigError, TlsConfig
 from encoder_server.model.prompt_encoder import PromptEncoder
 from encoder_server.model.request import EncodeRequest
-from encoder_server.team.tokens import TokenRegistry, parse_tokens
 from shared.protocol import encoder_pb2
+from shared.tokens import TokenRegistry, parse_tokens
 from tests.certs import make_certificates
 from tests.helpers import TINY_EMBED_DIM, RunningServer, start_server
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from shared.tiny_klein import build_tiny_klein_snapshot
-from shared.tiny_snapshot import main as tiny_model_main
+from shared.tiny_model_cli import main as tiny_model_main
 from shared.tiny_snapshot import snapshot_digest
 
 VARIANTS = {"distilled": True, "base": False}

@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
+from diffusion_client.encoder_client.client import RemoteTextEncoder
 from diffusion_client.errors import EncoderRejectedError
-from diffusion_client.remote_encoder import RemoteTextEncoder
 from encoder_server.config import ConfigError
-from encoder_server.team.tokens import MAX_TOKENS_FILE_BYTES, TokenEntry, TokenRegistry, parse_tokens, read_tokens_file
+from shared.tokens import MAX_TOKENS_FILE_BYTES, TokenEntry, TokenRegistry, parse_tokens, read_tokens_file
 from tests.helpers import TINY_EMBED_DIM, start_server
 
 ALICE = "alice-0123456789abcdef"

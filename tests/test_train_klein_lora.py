@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from diffusion_client.cli import main as generate_main
+from diffusion_client.generation.cli import main as generate_main
 from diffusion_client.training.cli import main as train_main
 from tests.test_generate import pixels
 from tests.test_train_lora import CAPTION, FAST, RED, flat_images

@@ -29,20 +29,18 @@ from typing import TYPE_CHECKING
 
 from diffusion_client.batch.head import HeadUnreachableError
 from diffusion_client.batch.results import MANIFEST
-from diffusion_client.cli import (
+from diffusion_client.commands import (
     DEFAULT_CACHE_MIB,
-    add_job_arguments,
     add_quantize_argument,
-    add_upsample_arguments,
     cache_mib,
-    job_defaults,
     note,
     one_line,
     report,
     run_command,
 )
-from diffusion_client.encoder_flags import add_encoder_arguments, encoder_from_args, token_from_args
+from diffusion_client.encoder_client.flags import add_encoder_arguments, encoder_from_args, token_from_args
 from diffusion_client.errors import InputError
+from diffusion_client.generation.cli import add_job_arguments, add_upsample_arguments, job_defaults
 from diffusion_client.provenance.flags import add_marking_arguments, marking_from_args
 from shared.allocator import tune_allocator
 from shared.one_line import OneLineParser
@@ -51,8 +49,8 @@ if TYPE_CHECKING:
     from diffusion_client.batch.outputs import OutputDir
     from diffusion_client.batch.plan import BadLinesError, PlannedJob
     from diffusion_client.batch.results import JobResult
+    from diffusion_client.encoder_client.client import RemoteTextEncoder
     from diffusion_client.provenance.marking import Marker
-    from diffusion_client.remote_encoder import RemoteTextEncoder
 
 PROG = "flux2-batch"
 SOME_JOBS_FAILED = 3
@@ -175,7 +173,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from diffusion_client.batch.outputs import OutputDir
     from diffusion_client.batch.plan import BadLinesError, plan_jobs
-    from diffusion_client.pipeline import model_kind, read_component_config, size_multiple
+    from diffusion_client.generation.pipeline import model_kind, read_component_config, size_multiple
     from diffusion_client.provenance.marking import Marker
 
     outputs = OutputDir.parse(args.out_dir)
@@ -232,8 +230,8 @@ def _check_encoder(
     """What preflight asks of the encoder, once for the run: it feeds this transformer, takes each prompt (else
     `BadLinesError` naming every line too long for it), and upsamples if asked."""
     from diffusion_client.batch.plan import BadLinesError
-    from diffusion_client.pipeline import joint_attention_dim
-    from diffusion_client.preflight import check_prompt_fits, offered_upsampling
+    from diffusion_client.generation.pipeline import joint_attention_dim
+    from diffusion_client.generation.preflight import check_prompt_fits, offered_upsampling
 
     encoder.select_model(pipeline, joint_attention_dim(transformer_config))
     too_long = []
@@ -260,7 +258,7 @@ def _run_on_cluster(
     """Run `pending` on the cluster, filling `results` as jobs finish; the exit code of a failure that stopped it."""
     from diffusion_client.batch.runner import cluster, run_jobs, size_pool
     from diffusion_client.batch.worker import WorkerConfig
-    from diffusion_client.pipeline import resolve_quantize
+    from diffusion_client.generation.pipeline import resolve_quantize
 
     with cluster(args.ray, args.connect_timeout, args.verbose) as ray:
         pool = size_pool(ray, args.device, args.workers, args.cpus_per_worker)

@@ -1,6 +1,6 @@
 """From a prompts file to numbered, named jobs, with every bad line found before anything starts.
 
-The lines are `flux2-generate --prompts` lines (`diffusion_client.jobs`), each checked with preflight's own
+The lines are `flux2-generate --prompts` lines (`diffusion_client.generation.jobs`), each checked with preflight's own
 `check_settings`. What is wrong with each line is collected, so a user fixes them all in one go, not one per run.
 The files a line names (reference images, LoRAs) are read by the worker that runs its job: one that does not
 decode fails that job alone, and the manifest says so.
@@ -22,9 +22,9 @@ from typing import Any
 
 from diffusion_client.batch.results import MANIFEST, JobResult, Status
 from diffusion_client.errors import MESSAGE_LIMIT, InputError, printable_line
-from diffusion_client.jobs import GenerationJob, job_from_line, prompt_lines
+from diffusion_client.generation.jobs import GenerationJob, job_from_line, prompt_lines
+from diffusion_client.generation.preflight import check_settings
 from diffusion_client.lora.specs import LoraSpec
-from diffusion_client.preflight import check_settings
 from diffusion_client.provenance.formats import format_for
 
 

@@ -27,8 +27,8 @@ from diffusion_client.errors import InputError, failure_text
 if TYPE_CHECKING:
     import numpy as np
 
-    from diffusion_client.generator import ImageGenerator
-    from diffusion_client.pipeline import Quantize
+    from diffusion_client.generation.generator import ImageGenerator
+    from diffusion_client.generation.pipeline import Quantize
     from diffusion_client.provenance.authority import SigningCredentials
     from diffusion_client.provenance.marking import MarkingOptions
 
@@ -65,7 +65,7 @@ class BatchWorker:
         try:
             self.generator = _start(config)
         except Exception as error:  # reported once per job it was given, with the exit code that stops the run
-            from diffusion_client.cli import exit_code
+            from diffusion_client.commands import exit_code
 
             self.broken = (f"a worker on {socket.gethostname()} cannot start: {failure_text(error)}", exit_code(error))
 
@@ -86,7 +86,7 @@ class BatchWorker:
                 return planned.result(output, "skipped")
             error = self._generate(planned)
         except Exception as stop:  # not this job's failure but the run's, as `flux2-generate` stops on it
-            from diffusion_client.cli import exit_code
+            from diffusion_client.commands import exit_code
 
             return planned.result(output, "failed", error=failure_text(stop), stop_code=exit_code(stop))
         seconds = time.perf_counter() - started
@@ -94,7 +94,7 @@ class BatchWorker:
 
     def _generate(self, planned: PlannedJob) -> str | None:
         """Generate, mark and write one job; its own failure as one line, or None."""
-        from diffusion_client.generator import FailedJob
+        from diffusion_client.generation.generator import FailedJob
 
         assert self.generator is not None
         job = dataclasses.replace(planned.job, out=self.scratch / planned.name)
@@ -130,9 +130,9 @@ def _start(config: WorkerConfig) -> ImageGenerator:
     torch.set_num_threads(config.threads)  # Ray sets OMP_NUM_THREADS to the actor's CPUs; pin torch to the same
     quiet_model_libraries()
 
-    from diffusion_client.encoder_flags import encoder_from_args
-    from diffusion_client.generator import ImageGenerator
-    from diffusion_client.pipeline import PipelineConfig, load_pipeline
+    from diffusion_client.encoder_client.flags import encoder_from_args
+    from diffusion_client.generation.generator import ImageGenerator
+    from diffusion_client.generation.pipeline import PipelineConfig, load_pipeline
     from diffusion_client.provenance.manifest import ManifestSigner
     from diffusion_client.provenance.marking import Marker
 

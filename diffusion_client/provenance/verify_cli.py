@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffusion_client.cli import report
+    from diffusion_client.commands import report
     from diffusion_client.errors import MESSAGE_LIMIT, InputError, printable_line
     from diffusion_client.provenance.manifest import reading_context
     from diffusion_client.provenance.verify import UnreadableFileError, check_file
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from diffusion_client.cli import run_command
+    from diffusion_client.commands import run_command
 
     return run_command(PROG, build_parser(), run, argv)
 

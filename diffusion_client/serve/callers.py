@@ -12,10 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from diffusion_client.serve.api_errors import bad_request, queue_full, unauthorized
-from encoder_server.config import CallerLimits
-from encoder_server.errors import OverloadedError
-from encoder_server.serving.quotas import CallerQuotas
-from encoder_server.team.tokens import ANONYMOUS, TokenRegistry
+from shared.caller_limits import CallerLimits
+from shared.quotas import CallerQuotas, OverQuotaError
+from shared.tokens import ANONYMOUS, TokenRegistry
 
 DENIED = (
     "missing or wrong bearer token: send `Authorization: Bearer <token>` with a token from the server's tokens file"
@@ -64,7 +63,7 @@ class Callers:
             self._quotas.charge(caller, 1)
             with self._quotas.admit(caller):
                 yield
-        except OverloadedError as error:
+        except OverQuotaError as error:
             raise queue_full(str(error)) from None
 
     def charge(self, caller: str, images: int) -> None:
@@ -72,7 +71,7 @@ class Callers:
         if images > 0:
             try:
                 self._quotas.charge(caller, images)
-            except OverloadedError as error:
+            except OverQuotaError as error:
                 raise queue_full(str(error)) from None
 
     def reload(self) -> list[str]:

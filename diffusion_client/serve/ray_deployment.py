@@ -80,7 +80,7 @@ def deployment_options(args: argparse.Namespace, settings: ServeSettings, gpus: 
 def serve_on_ray(settings: ServeSettings, args: argparse.Namespace, warning: str | None) -> int:
     """Deploy on the cluster at `--ray` and serve until SIGINT or SIGTERM; then the deployment is taken down."""
     from diffusion_client.batch.runner import cluster
-    from diffusion_client.cli import note
+    from diffusion_client.commands import note
 
     with cluster(args.ray, args.connect_timeout) as ray:
         gpus = args.gpus_per_replica
@@ -114,7 +114,7 @@ def app_builder(config: dict[str, Any]) -> Any:
     string), checked as the command checks them. Replicas, autoscaling and the HTTP port are the RayService's."""
     import shlex
 
-    from diffusion_client.serve.cli import build_parser, settings_from_args
+    from diffusion_client.serve.flags import build_parser, settings_from_args
 
     flags = config.get("flags", [])
     argv = shlex.split(flags) if isinstance(flags, str) else [str(flag) for flag in flags]

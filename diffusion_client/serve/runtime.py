@@ -21,7 +21,7 @@ from diffusion_client.serve.image_files import ImageFiles
 from diffusion_client.serve.service import ImageService, ServiceLimits
 
 if TYPE_CHECKING:
-    from diffusion_client.remote_encoder import RemoteTextEncoder
+    from diffusion_client.encoder_client.client import RemoteTextEncoder
 
 log = logging.getLogger("flux2-serve")
 
@@ -100,10 +100,10 @@ class ServeRuntime:
     def _service(self) -> ImageService:
         import torch
 
-        from diffusion_client.encoder_flags import encoder_from_args
+        from diffusion_client.encoder_client.flags import encoder_from_args
         from diffusion_client.errors import TransportError
-        from diffusion_client.generator import ImageGenerator
-        from diffusion_client.pipeline import PipelineConfig, load_pipeline, model_kind, resolve_quantize
+        from diffusion_client.generation.generator import ImageGenerator
+        from diffusion_client.generation.pipeline import PipelineConfig, load_pipeline, model_kind, resolve_quantize
         from diffusion_client.provenance.marking import Marker
 
         settings = self.settings

@@ -21,11 +21,11 @@ from pathlib import Path
 from PIL import Image
 
 from diffusion_client.errors import InputError
-from diffusion_client.generator import ImageGenerator
-from diffusion_client.jobs import GenerationJob
+from diffusion_client.generation.generator import ImageGenerator
+from diffusion_client.generation.jobs import GenerationJob
+from diffusion_client.generation.pipeline import ModelKind
+from diffusion_client.generation.preflight import PreparedJob
 from diffusion_client.lora.specs import LoraSpec
-from diffusion_client.pipeline import ModelKind
-from diffusion_client.preflight import PreparedJob
 from diffusion_client.serve.api_errors import ApiError, bad_request, from_failure, queue_full, unavailable
 from diffusion_client.serve.fair_queue import FairQueue, QueueClosedError, QueueFullError
 from diffusion_client.serve.fields import ImageRequest

@@ -16,8 +16,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from diffusion_client.cli import DEFAULT_CACHE_MIB, add_quantize_argument, cache_mib, note, run_command
-from diffusion_client.encoder_flags import add_encoder_arguments, encoder_from_args, token_from_args
+from diffusion_client.commands import DEFAULT_CACHE_MIB, add_quantize_argument, cache_mib, note, run_command
+from diffusion_client.encoder_client.flags import add_encoder_arguments, encoder_from_args, token_from_args
 from diffusion_client.errors import InputError, TransportError
 from diffusion_client.provenance.authority import config_folder
 from diffusion_client.provenance.flags import add_marking_arguments, marking_from_args
@@ -193,9 +193,9 @@ def run(args: argparse.Namespace) -> int:
     from shared.quiet import quiet_model_libraries
 
     quiet_model_libraries()
-    from diffusion_client.cli import pipeline_config
-    from diffusion_client.generator import ImageGenerator
-    from diffusion_client.pipeline import load_pipeline, model_kind
+    from diffusion_client.commands import pipeline_config
+    from diffusion_client.generation.generator import ImageGenerator
+    from diffusion_client.generation.pipeline import load_pipeline, model_kind
     from diffusion_client.provenance.marking import Marker
     from diffusion_client.studio.page import build_page
     from diffusion_client.studio.shelf import Shelf

@@ -15,7 +15,7 @@ from typing import Any
 import gradio as gr
 
 from diffusion_client.errors import InputError, printable_line
-from diffusion_client.pipeline import ModelKind
+from diffusion_client.generation.pipeline import ModelKind
 from diffusion_client.studio.form import MAX_PAGE_STEPS, MAX_REFERENCES, PageRequest, read_form
 from diffusion_client.studio.loras import chosen_loras, lora_rows
 from diffusion_client.studio.shelf import Shelf

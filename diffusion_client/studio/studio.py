@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from diffusion_client.errors import ClientError, InputError, failure_text, printable_line
-from diffusion_client.generator import Conditioning, ImageGenerator
-from diffusion_client.jobs import GenerationJob
-from diffusion_client.preflight import PreparedJob
+from diffusion_client.generation.generator import Conditioning, ImageGenerator
+from diffusion_client.generation.jobs import GenerationJob
+from diffusion_client.generation.preflight import PreparedJob
 from diffusion_client.studio.form import PageRequest
 
 MESSAGE_LIMIT = 500  # characters of a message shown on the page

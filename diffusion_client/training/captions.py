@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion_client.remote_encoder import RemoteTextEncoder
+from diffusion_client.encoder_client.client import RemoteTextEncoder
 from diffusion_client.training.disk_cache import read_cached, write_atomically
 
 KEY = "prompt_embeds"

@@ -16,8 +16,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from diffusion_client.cli import note, run_command
-from diffusion_client.encoder_flags import add_encoder_arguments, encoder_from_args, token_from_args
+from diffusion_client.commands import note, run_command
+from diffusion_client.encoder_client.flags import add_encoder_arguments, encoder_from_args, token_from_args
 from diffusion_client.errors import InputError
 from diffusion_client.training.config import TARGET_PRESETS, WEIGHTING_SCHEMES, TrainConfig, parse_target_modules
 from shared.one_line import OneLineParser, finite_number
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     token = token_from_args(args)
     config = config_from_args(args)
     quiet_model_libraries()
-    from diffusion_client.pipeline import read_component_config
+    from diffusion_client.generation.pipeline import read_component_config
     from diffusion_client.training.data import find_examples
     from diffusion_client.training.trainer import Interrupted, smoothed, train
 

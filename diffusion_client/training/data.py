@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffusion_client.errors import InputError
-from diffusion_client.images import load_reference_image
+from diffusion_client.generation.references import load_reference_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 METADATA_FILE = "metadata.jsonl"

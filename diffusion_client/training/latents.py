@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffusion_client.images import load_reference_image
+from diffusion_client.generation.references import load_reference_image
 from diffusion_client.training.disk_cache import read_cached, write_atomically
 from shared.fingerprint import weights_fingerprint
 

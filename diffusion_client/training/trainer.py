@@ -21,15 +21,15 @@ from typing import Any
 
 import torch
 
+from diffusion_client.encoder_client.client import RemoteTextEncoder
 from diffusion_client.errors import ClientError, InputError
-from diffusion_client.pipeline import (
+from diffusion_client.generation.pipeline import (
     PipelineConfig,
     joint_attention_dim,
     load_transformer,
     model_kind,
     read_component_config,
 )
-from diffusion_client.remote_encoder import RemoteTextEncoder
 from diffusion_client.training.captions import CaptionStats, caption_embeddings
 from diffusion_client.training.checkpoints import (
     clean_staging,

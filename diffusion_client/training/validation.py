@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from diffusion_client.generator import FailedJob, ImageGenerator
-from diffusion_client.jobs import GenerationJob
+from diffusion_client.encoder_client.client import RemoteTextEncoder
+from diffusion_client.generation.generator import FailedJob, ImageGenerator
+from diffusion_client.generation.jobs import GenerationJob
 from diffusion_client.provenance.marking import Marker, MarkingOptions
-from diffusion_client.remote_encoder import RemoteTextEncoder
 from diffusion_client.training.config import TrainConfig
 
 
@@ -27,7 +27,7 @@ class Validator:
         import diffusers
         from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler
 
-        from diffusion_client.pipeline import model_kind
+        from diffusion_client.generation.pipeline import model_kind
 
         config = self._config
         assert config.validation_prompt is not None

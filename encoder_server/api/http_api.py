@@ -48,11 +48,11 @@ from encoder_server.errors import EncoderError, InvalidRequestError
 from encoder_server.model.request import EncodeRequest
 from encoder_server.serving.engine import EncodeResult, send_within
 from encoder_server.serving.models import ServedEngines
-from encoder_server.serving.quotas import CallerQuotas
 from encoder_server.team.calls import Call, CallLog
 from encoder_server.team.metrics import CONTENT_TYPE
-from encoder_server.team.tokens import ANONYMOUS, HTTP_DENIED_MESSAGE, UNKNOWN, TokenRegistry
 from shared.http_guard import ConnectionCount, GuardedServer, bind_listener, start_guarded_server
+from shared.quotas import CallerQuotas
+from shared.tokens import ANONYMOUS, HTTP_DENIED_MESSAGE, UNKNOWN, TokenRegistry
 
 log = logging.getLogger("flux2-encoder.http")
 

@@ -16,8 +16,8 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from encoder_server.team.tokens import TokenRegistry, current_caller
 from shared.defaults import SERVICE_NAME
+from shared.tokens import TokenRegistry, current_caller
 
 PROTECTED_PREFIX = f"/{SERVICE_NAME}/"
 

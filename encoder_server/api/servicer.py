@@ -17,11 +17,11 @@ from encoder_server.model.request import EncodeRequest
 from encoder_server.model.upsampler import UpsampleRequest
 from encoder_server.serving.engine import send_within
 from encoder_server.serving.models import ServedEngines
-from encoder_server.serving.quotas import CallerQuotas
 from encoder_server.team.calls import Call, CallLog
-from encoder_server.team.tokens import DENIED_MESSAGE, UNKNOWN, current_caller
 from shared.defaults import DEFAULT_MAX_NEW_TOKENS, DEFAULT_UPSAMPLE_TEMPERATURE, SERVICE_NAME
 from shared.protocol import encoder_pb2, encoder_pb2_grpc
+from shared.quotas import CallerQuotas
+from shared.tokens import DENIED_MESSAGE, UNKNOWN, current_caller
 
 log = logging.getLogger(__name__)
 

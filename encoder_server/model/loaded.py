@@ -67,3 +67,8 @@ def load_models(
     if processor is None:
         return LoadedModels(encoder)
     return LoadedModels(encoder, PromptUpsampler(model, processor, upsample_limits or UpsampleLimits()))
+
+
+def load_encoder(config: ModelConfig, limits: RequestLimits | None = None) -> PromptEncoder:
+    """Load one `PromptEncoder` from a local snapshot; raises `ModelLoadError` with a message saying what to fix."""
+    return load_models(config, limits).encoder

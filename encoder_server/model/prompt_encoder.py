@@ -12,12 +12,11 @@ import dataclasses
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from encoder_server.config import ModelConfig, RequestLimits
+from encoder_server.config import RequestLimits
 from encoder_server.model.families import MISTRAL3, Family
 from encoder_server.model.layer_capture import LayerCapture
 from encoder_server.model.request import EncodeRequest, RequestBounds, validate_request
@@ -60,13 +59,6 @@ class PromptEncoder:
         self.forward_passes = 0
         # The tokenizer's padding state and the capture are per call: one forward at a time.
         self._lock = threading.Lock()
-
-    @classmethod
-    def load(cls, config: ModelConfig, limits: RequestLimits | None = None) -> PromptEncoder:
-        """Load from a local snapshot; raises `ModelLoadError` with a message saying what to fix."""
-        from encoder_server.model.loaded import load_models
-
-        return load_models(config, limits).encoder
 
     def bounds(self, limits: RequestLimits) -> RequestBounds:
         """`limits` plus what this model can do: the checks a request to it must pass."""
@@ -134,8 +126,3 @@ def _stack_layers(layer_outputs: list[torch.Tensor]) -> torch.Tensor:
     stacked = torch.stack(layer_outputs, dim=1)  # [B, layers, L, H]
     batch_size, num_layers, seq_len, hidden_dim = stacked.shape
     return stacked.permute(0, 2, 1, 3).reshape(batch_size, seq_len, num_layers * hidden_dim)
-
-
-def load_prompt_encoder(model_path: str | Path, **kwargs: Any) -> PromptEncoder:
-    """Convenience for notebooks and benchmarks: `load_prompt_encoder("snap", device="cuda")`."""
-    return PromptEncoder.load(ModelConfig(model_path=Path(model_path), **kwargs))

@@ -37,9 +37,9 @@ from encoder_server.serving.forward_lock import forward_lock
 from encoder_server.serving.info import served_model, server_info
 from encoder_server.serving.warm_up import warm_up
 from encoder_server.team.metrics import ServerMetrics
-from encoder_server.team.tokens import ANONYMOUS
 from shared.info import ServedModel, ServerInfo
 from shared.lru import CacheKey
+from shared.tokens import ANONYMOUS
 from shared.wire import WireRow, encode_row, reply_frames, rows_to_tensor
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from encoder_server.config import CallerLimits
-from encoder_server.errors import OverloadedError
+from shared.caller_limits import CallerLimits
+
+
+class OverQuotaError(Exception):
+    """A caller over its limits (unless the owner of the quotas names its own error)."""
 
 
 @dataclass
@@ -28,7 +31,13 @@ class _Usage:
 class CallerQuotas:
     """Admission by caller name; `limits_of(name)` gives each caller's limits (defaults already applied)."""
 
-    def __init__(self, limits_of: Callable[[str], CallerLimits], max_request_prompts: int) -> None:
+    def __init__(
+        self,
+        limits_of: Callable[[str], CallerLimits],
+        max_request_prompts: int,
+        overloaded: Callable[[str], Exception] = OverQuotaError,
+    ) -> None:
+        self._overloaded = overloaded  # what a refusal raises: the server's own overload error, say
         self._limits_of = limits_of
         self._max_request_prompts = max_request_prompts
         self._usage: dict[str, _Usage] = {}
@@ -54,7 +63,7 @@ class CallerQuotas:
         else:
             usage = self._usage.setdefault(caller, _Usage(refilled=time.monotonic()))
         if limits.max_in_flight is not None and usage.in_flight >= limits.max_in_flight:
-            raise OverloadedError(
+            raise self._overloaded(
                 f"caller {caller} already has {usage.in_flight} calls in flight, its limit; "
                 "wait for one to finish, or ask for a higher max_in_flight"
             )
@@ -78,9 +87,9 @@ class CallerQuotas:
             raise self._over_rate(caller, rate, usage, cost)
         usage.tokens -= cost
 
-    def _over_rate(self, caller: str, rate: float, usage: _Usage, cost: float = 1.0) -> OverloadedError:
+    def _over_rate(self, caller: str, rate: float, usage: _Usage, cost: float = 1.0) -> Exception:
         wait_s = (cost - usage.tokens) / rate
-        return OverloadedError(
+        return self._overloaded(
             f"caller {caller} is over its {rate:g} prompts/s; retry in {wait_s:.2g} s, or ask for a higher "
             "prompts_per_s"
         )

@@ -25,6 +25,8 @@ import torch
 from PIL import Image
 
 from diffusion_client.atomic_files import write_bytes
+from diffusion_client.encoder_client.client import RemoteTextEncoder
+from diffusion_client.encoder_client.upsampling import max_new_tokens_for
 from diffusion_client.errors import (
     BadReplyError,
     ClientError,
@@ -32,12 +34,10 @@ from diffusion_client.errors import (
     EncoderRejectedError,
     InputError,
 )
-from diffusion_client.jobs import GenerationJob
+from diffusion_client.generation.jobs import GenerationJob
+from diffusion_client.generation.preflight import PreparedJob, preflight
 from diffusion_client.lora.adapters import LoraAdapters
-from diffusion_client.preflight import PreparedJob, preflight
 from diffusion_client.provenance.marking import ImageRecord, MarkedImage, Marker, MarkingOptions
-from diffusion_client.remote_encoder import RemoteTextEncoder
-from diffusion_client.upsampling import max_new_tokens_for
 
 # Failures that concern one job only (its output could not be written, the encoder refused or failed on
 # its prompt, its reply was corrupt): the run reports them and goes on. Anything else (the encoder out of

@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 import grpc
 import torch
 
-from diffusion_client.channel import (
+from diffusion_client.encoder_client.cache import EmbeddingCache
+from diffusion_client.encoder_client.dialing import (
     Failure,
     PemSource,
     channel_target_text,
@@ -34,7 +35,15 @@ from diffusion_client.channel import (
     tls_credentials,
     unreached_error,
 )
-from diffusion_client.embedding_cache import EmbeddingCache
+from diffusion_client.encoder_client.model_choice import choose_model
+from diffusion_client.encoder_client.upsampling import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_UPSAMPLE_TEMPERATURE,
+    ReferenceImage,
+    check_upsample_request,
+    check_upsampled,
+    read_reference_files,
+)
 from diffusion_client.errors import (
     BadReplyError,
     EncoderCallError,
@@ -46,15 +55,6 @@ from diffusion_client.errors import (
     InputError,
     ModelMismatchError,
     printable_line,
-)
-from diffusion_client.served_models import choose_model
-from diffusion_client.upsampling import (
-    DEFAULT_MAX_NEW_TOKENS,
-    DEFAULT_UPSAMPLE_TEMPERATURE,
-    ReferenceImage,
-    check_upsample_request,
-    check_upsampled,
-    read_reference_files,
 )
 from shared.defaults import DEFAULT_MAX_SEQUENCE_LENGTH
 from shared.info import ServedModel, ServerInfo
@@ -68,7 +68,6 @@ log = logging.getLogger(__name__)
 
 LAST_ATTEMPT_S = 0.1  # the least time left worth one more attempt
 
-RemoteEncoderInfo = ServerInfo  # the name this module used before `shared.info`; kept for existing imports
 
 # Both mean the server did no work for the request, so trying again is safe.
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
@@ -110,7 +109,7 @@ class RemoteTextEncoder:
     Args:
         target: `host:port` of the server; or replicas, as `"a:50051,b:50051"`, a list of such entries, or a
             `dns:///name:port` target naming all of them, balanced round robin over those reporting SERVING
-            (see `diffusion_client.channel`).
+            (see `diffusion_client.encoder_client.dialing`).
         timeout: seconds each `encode()` or `info()` may take, retries included; positive and finite.
         connect_timeout: until a server has answered once, a call gives up after this many seconds (positive and
             finite) with an `EncoderUnavailableError` saying why: nothing listening, not gRPC, or TLS refused.

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from diffusion_client.encoder_client.upsampling import DEFAULT_UPSAMPLE_TEMPERATURE
 from diffusion_client.errors import InputError
 from diffusion_client.lora.specs import LoraSpec
-from diffusion_client.upsampling import DEFAULT_UPSAMPLE_TEMPERATURE
 
 
 @dataclass(frozen=True)

@@ -21,21 +21,21 @@ from typing import Any
 
 from PIL import Image
 
-from diffusion_client.errors import InputError
-from diffusion_client.images import load_reference_image
-from diffusion_client.jobs import GenerationJob
-from diffusion_client.lora.adapters import AppliedLora
-from diffusion_client.lora.files import CheckedLora, check_lora, layer_shapes
-from diffusion_client.pipeline import joint_attention_dim, size_multiple
-from diffusion_client.provenance.formats import format_for
-from diffusion_client.remote_encoder import RemoteTextEncoder
-from diffusion_client.upsampling import (
+from diffusion_client.encoder_client.client import RemoteTextEncoder
+from diffusion_client.encoder_client.upsampling import (
     ReferenceFile,
     check_temperature,
     check_upsample_request,
     max_new_tokens_for,
     read_reference_file,
 )
+from diffusion_client.errors import InputError
+from diffusion_client.generation.jobs import GenerationJob
+from diffusion_client.generation.pipeline import joint_attention_dim, size_multiple
+from diffusion_client.generation.references import load_reference_image
+from diffusion_client.lora.adapters import AppliedLora
+from diffusion_client.lora.files import CheckedLora, check_lora, layer_shapes
+from diffusion_client.provenance.formats import format_for
 from shared.info import ServerInfo
 
 MAX_SIDE = 4096

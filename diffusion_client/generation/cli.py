@@ -7,68 +7,45 @@ errors answer at once; the run path imports them after quieting the libraries' l
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from diffusion_client.encoder_flags import (
+from diffusion_client.commands import (
+    DEFAULT_CACHE_MIB,
+    add_quantize_argument,
+    cache_mib,
+    exit_code,
+    note,
+    one_line,
+    pipeline_config,
+    report,
+    run_command,
+)
+from diffusion_client.encoder_client.flags import (
     add_encoder_arguments,
     encoder_from_args,
     token_from_args,
 )
-from diffusion_client.errors import (
-    MESSAGE_LIMIT,
-    BadReplyError,
-    EncoderFailedError,
-    EncoderRejectedError,
-    InputError,
-    ModelMismatchError,
-    PipelineMismatchError,
-    TransportError,
-    failure_text,
-    printable_line,
+from diffusion_client.encoder_client.upsampling import (
+    DEFAULT_UPSAMPLE_TEMPERATURE,
+    TEMPERATURE_RANGE,
+    check_temperature,
 )
-from diffusion_client.jobs import GenerationJob, jobs_from_file
+from diffusion_client.errors import (
+    InputError,
+)
+from diffusion_client.generation.jobs import GenerationJob, jobs_from_file
 from diffusion_client.lora.specs import parse_lora_spec
 from diffusion_client.provenance.flags import add_marking_arguments, marking_from_args
-from diffusion_client.upsampling import DEFAULT_UPSAMPLE_TEMPERATURE, TEMPERATURE_RANGE, check_temperature
 from shared.allocator import tune_allocator
 from shared.one_line import OneLineParser
-from shared.quiet import quiet_library_loggers
 
 if TYPE_CHECKING:
-    from diffusion_client.pipeline import PipelineConfig
+    pass
 
 PROG = "flux2-generate"
-DEFAULT_CACHE_MIB = 256  # about 16 FLUX.2-dev prompts in bf16: a prompts file that repeats one fetches it once
-
-# The one place failures become exit codes: the first matching class wins; anything else exits 1.
-EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
-    (InputError, 2),
-    (PipelineMismatchError, 2),  # a klein snapshot with a dev-only server, or the reverse: the pairing given is wrong
-    (EncoderRejectedError, 2),
-    (TransportError, 3),
-    (EncoderFailedError, 3),
-    (BadReplyError, 3),
-    (ModelMismatchError, 4),
-)
-
-
-def exit_code(error: BaseException) -> int:
-    return next((code for kind, code in EXIT_CODES if isinstance(error, kind)), 1)
-
-
-def note(text: str, prog: str = PROG) -> None:
-    """Something the user should know that is not a failure, as one line on stderr."""
-    print(f"{prog}: note: {printable_line(text, MESSAGE_LIMIT)}", file=sys.stderr, flush=True)
-
-
-def report(failure: object, prog: str = PROG) -> None:
-    """One failure, as exactly one printable line on stderr; ours say what to fix, others say what they are."""
-    print(f"{prog}: error: {printable_line(failure_text(failure), MESSAGE_LIMIT)}", file=sys.stderr, flush=True)
 
 
 def upsample_temperature(text: str) -> float:
@@ -77,22 +54,6 @@ def upsample_temperature(text: str) -> float:
         return check_temperature(float(text))
     except (ValueError, InputError):
         raise argparse.ArgumentTypeError(f"must be a number {TEMPERATURE_RANGE}, not {text!r}") from None
-
-
-def cache_mib(text: str) -> int:
-    """`--cache-mib`: a whole number of MiB, 0 or more."""
-    try:
-        mib = int(text)
-    except ValueError:
-        mib = -1
-    if mib < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number of MiB, 0 (off) or more, not {text!r}")
-    return mib
-
-
-def one_line(text: str) -> str:
-    """Text a server sent, made one printable line, but not shortened."""
-    return printable_line(text, max(len(text), 1))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,16 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_marking_arguments(parser)
     return parser
-
-
-def add_quantize_argument(parser: argparse.ArgumentParser) -> None:
-    """`--quantize`, as every command that loads the DiT takes it."""
-    parser.add_argument(
-        "--quantize",
-        choices=("auto", "nf4", "none"),
-        default="auto",
-        help="transformer weights: nf4 (4-bit, CUDA only) or none; auto = nf4 on CUDA",
-    )
 
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
@@ -193,7 +144,7 @@ def add_upsample_arguments(parser: argparse.ArgumentParser) -> None:
 def job_defaults(args: argparse.Namespace, prompt: str, out: Path) -> GenerationJob:
     """The job the flags of `add_job_arguments` and `add_upsample_arguments` describe; lines of a prompts file
     start from it."""
-    from diffusion_client.pipeline import model_kind
+    from diffusion_client.generation.pipeline import model_kind
 
     kind = model_kind(args.model)  # the recommended steps and guidance differ between FLUX.2-dev and klein
     return GenerationJob(
@@ -226,9 +177,9 @@ def run(args: argparse.Namespace) -> int:
 
     quiet_model_libraries()  # before diffusers and transformers are first imported below
 
-    from diffusion_client.generator import FailedJob, ImageGenerator
-    from diffusion_client.pipeline import load_pipeline, model_kind, read_component_config
-    from diffusion_client.preflight import preflight
+    from diffusion_client.generation.generator import FailedJob, ImageGenerator
+    from diffusion_client.generation.pipeline import load_pipeline, model_kind, read_component_config
+    from diffusion_client.generation.preflight import preflight
     from diffusion_client.provenance.marking import Marker
 
     marker = Marker.start(marking)  # a certificate c2pa refuses fails here, before anything loads
@@ -273,35 +224,6 @@ def run(args: argparse.Namespace) -> int:
             note(text)
     print(f"{written} of {len(jobs)} image(s) written in {seconds:.1f} s", flush=True)  # beside the `wrote` lines
     return first_failure
-
-
-def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
-    import torch
-
-    from diffusion_client.pipeline import PipelineConfig, resolve_quantize
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return PipelineConfig(model_path=args.model, device=device, quantize=resolve_quantize(args.quantize, device))
-
-
-def run_command(
-    prog: str, parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int], argv: list[str] | None
-) -> int:
-    """A command's whole life: flags parsed, `run` called, and any failure one line with its exit code."""
-    quiet_library_loggers()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as stop:  # --help, or a bad flag already reported in one line
-        return stop.code if isinstance(stop.code, int) else 2
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as error:  # a bug or an unforeseen failure still gets one line, not a traceback
-        report(error, prog)
-        return exit_code(error)
 
 
 def main(argv: list[str] | None = None) -> int:

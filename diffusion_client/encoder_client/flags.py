@@ -13,7 +13,7 @@ from diffusion_client.errors import InputError
 from shared.defaults import DEFAULT_PORT
 
 if TYPE_CHECKING:
-    from diffusion_client.remote_encoder import RemoteTextEncoder
+    from diffusion_client.encoder_client.client import RemoteTextEncoder
 
 TOKEN_VARIABLE = "FLUX2_ENCODER_TOKEN"
 DEFAULT_CONNECT_TIMEOUT_S = 5.0  # a wrong --encoder fails in seconds; a server that answered once is waited for
@@ -84,7 +84,7 @@ def token_from_args(args: argparse.Namespace) -> str | None:
 
 def encoder_from_args(args: argparse.Namespace, token: str | None, cache_bytes: int = 0) -> RemoteTextEncoder:
     """The client for --encoder with its TLS files read; a malformed replica list is bad input (exit 2)."""
-    from diffusion_client.remote_encoder import RemoteTextEncoder
+    from diffusion_client.encoder_client.client import RemoteTextEncoder
 
     try:
         return RemoteTextEncoder(

@@ -23,7 +23,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from encoder_server.config import CallerLimits, ConfigError
+from shared.caller_limits import CallerLimits, ConfigError
 
 DEFAULT_NAME = "default"  # the caller of a single-token file, or of `ServerConfig.auth_token`
 ANONYMOUS = "anonymous"  # every caller when no tokens are configured

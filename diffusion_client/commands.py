@@ -1,0 +1,113 @@
+"""The toolkit every client command shares: a command's life (`run_command`: flags, run, one line per failure
+with its exit code), notes and failure lines on stderr, the flags that load a DiT (`--quantize`, `--cache-mib`)
+and the pipeline config they describe. Imports nothing heavy, so `--help` answers at once."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from diffusion_client.errors import (
+    MESSAGE_LIMIT,
+    BadReplyError,
+    EncoderFailedError,
+    EncoderRejectedError,
+    InputError,
+    ModelMismatchError,
+    PipelineMismatchError,
+    TransportError,
+    failure_text,
+    printable_line,
+)
+from shared.quiet import quiet_library_loggers
+
+if TYPE_CHECKING:
+    from diffusion_client.generation.pipeline import PipelineConfig
+
+PROG = "flux2-generate"
+
+DEFAULT_CACHE_MIB = 256  # about 16 FLUX.2-dev prompts in bf16: a prompts file that repeats one fetches it once
+
+
+# The one place failures become exit codes: the first matching class wins; anything else exits 1.
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (InputError, 2),
+    (PipelineMismatchError, 2),  # a klein snapshot with a dev-only server, or the reverse: the pairing given is wrong
+    (EncoderRejectedError, 2),
+    (TransportError, 3),
+    (EncoderFailedError, 3),
+    (BadReplyError, 3),
+    (ModelMismatchError, 4),
+)
+
+
+def exit_code(error: BaseException) -> int:
+    return next((code for kind, code in EXIT_CODES if isinstance(error, kind)), 1)
+
+
+def note(text: str, prog: str = PROG) -> None:
+    """Something the user should know that is not a failure, as one line on stderr."""
+    print(f"{prog}: note: {printable_line(text, MESSAGE_LIMIT)}", file=sys.stderr, flush=True)
+
+
+def report(failure: object, prog: str = PROG) -> None:
+    """One failure, as exactly one printable line on stderr; ours say what to fix, others say what they are."""
+    print(f"{prog}: error: {printable_line(failure_text(failure), MESSAGE_LIMIT)}", file=sys.stderr, flush=True)
+
+
+def cache_mib(text: str) -> int:
+    """`--cache-mib`: a whole number of MiB, 0 or more."""
+    try:
+        mib = int(text)
+    except ValueError:
+        mib = -1
+    if mib < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number of MiB, 0 (off) or more, not {text!r}")
+    return mib
+
+
+def one_line(text: str) -> str:
+    """Text a server sent, made one printable line, but not shortened."""
+    return printable_line(text, max(len(text), 1))
+
+
+def add_quantize_argument(parser: argparse.ArgumentParser) -> None:
+    """`--quantize`, as every command that loads the DiT takes it."""
+    parser.add_argument(
+        "--quantize",
+        choices=("auto", "nf4", "none"),
+        default="auto",
+        help="transformer weights: nf4 (4-bit, CUDA only) or none; auto = nf4 on CUDA",
+    )
+
+
+def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
+    import torch
+
+    from diffusion_client.generation.pipeline import PipelineConfig, resolve_quantize
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return PipelineConfig(model_path=args.model, device=device, quantize=resolve_quantize(args.quantize, device))
+
+
+def run_command(
+    prog: str, parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int], argv: list[str] | None
+) -> int:
+    """A command's whole life: flags parsed, `run` called, and any failure one line with its exit code."""
+    quiet_library_loggers()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, or a bad flag already reported in one line
+        return stop.code if isinstance(stop.code, int) else 2
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug or an unforeseen failure still gets one line, not a traceback
+        report(error, prog)
+        return exit_code(error)
