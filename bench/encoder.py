@@ -25,7 +25,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +32,13 @@ import numpy as np
 import torch
 
 from bench import harness
-from bench.random_models import quantize_linears, random_prompt_encoder, random_text_encoder
+from bench.random_models import (
+    Qwen3Shape,
+    random_prompt_encoder,
+    random_qwen3,
+    random_qwen3_encoder,
+    random_text_encoder,
+)
 from diffusion_client.encoder_client.client import RemoteTextEncoder
 from diffusion_client.errors import ClientError
 from encoder_server.config import QUANTIZE_CHOICES, BatchingConfig, ModelConfig, RequestLimits, ServerConfig
@@ -41,7 +46,7 @@ from encoder_server.errors import EncoderError
 from encoder_server.model import loading
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS, DEFAULT_MAX_SEQUENCE_LENGTH
 from shared.tiny_klein import build_qwen3_tokenizer, build_tiny_klein_snapshot
-from shared.tiny_snapshot import build_tokenizer, built_on
+from shared.tiny_snapshot import build_tokenizer
 from shared.wire import DTYPES
 
 if TYPE_CHECKING:
@@ -63,22 +68,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "full-size": {"device": "cuda", "warmup_s": 3, "duration_s": 10, "batch_wait_ms": 2.0, "warmup": 3, "repeats": 10},
 }
 REQUEST_TIMEOUT_S = 300.0  # generous: a CPU run on a busy machine can queue for seconds
-KLEIN_MAX_LAYER = 27  # the deepest layer [klein] stacks, what the server loads by default
-
-
-@dataclass(frozen=True)
-class Qwen3Shape:
-    """A Qwen3 text encoder's shape, from its released config.json (random weights are built at this shape)."""
-
-    name: str
-    hidden_size: int
-    intermediate_size: int
-    tie_word_embeddings: bool
-    num_layers: int = 36
-    num_heads: int = 32
-    num_kv_heads: int = 8
-    head_dim: int = 128
-    vocab_size: int = 151936
 
 
 QWEN3_SHAPES = (  # FLUX.2-klein-4B's and FLUX.2-klein-9B's text encoders
@@ -189,53 +178,6 @@ def time_klein_diffusers(args: argparse.Namespace, source: Path | Qwen3Shape) ->
     log.info("timing diffusers' in-process [klein] text encoding (full forward, output_hidden_states=True)")
     encode = Flux2KleinPipeline._get_qwen3_prompt_embeds
     return harness.median_seconds(lambda: encode(model, tokenizer, [PROMPT]), args.device, args.warmup, args.repeats)
-
-
-def random_qwen3(shape: Qwen3Shape, device: str, causal_lm: bool = False, max_layer: int | None = None) -> Any:
-    """`Qwen3Model` with layers 1..`max_layer` (default all), or the whole `Qwen3ForCausalLM`, random, in bf16."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3Model
-
-    config = Qwen3Config(
-        vocab_size=shape.vocab_size,
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.intermediate_size,
-        num_hidden_layers=max_layer or shape.num_layers,
-        num_attention_heads=shape.num_heads,
-        num_key_value_heads=shape.num_kv_heads,
-        head_dim=shape.head_dim,
-        max_position_embeddings=40960,
-        rms_norm_eps=1e-6,
-        rope_theta=1000000.0,
-        tie_word_embeddings=shape.tie_word_embeddings,
-    )
-    torch.manual_seed(0)
-    with built_on(device):
-        model = (Qwen3ForCausalLM if causal_lm else Qwen3Model)(config)
-    return model.eval().requires_grad_(False)
-
-
-def random_qwen3_encoder(shape: Qwen3Shape, device: str, quantize: str = "none") -> PromptEncoder:
-    """The server's `PromptEncoder` over a random Qwen3 of `shape`, layers 1..27, alike for every `quantize`."""
-    from encoder_server.model.families import QWEN3
-    from encoder_server.model.prompt_encoder import ModelInfo, PromptEncoder
-
-    model = random_qwen3(shape, device, max_layer=KLEIN_MAX_LAYER)
-    if quantize != "none":
-        quantize_linears(model, device, quantize)
-    info = ModelInfo(
-        model_name=shape.name,
-        model_path="(random weights, in memory)",
-        hidden_size=shape.hidden_size,
-        num_layers=shape.num_layers,
-        max_layer=KLEIN_MAX_LAYER,
-        dtype="bfloat16",
-        device=str(model.device),
-        fingerprint=f"random-seed-0-{quantize}",
-        quantization=quantize,
-        weight_bytes=int(model.get_memory_footprint()),  # as `PromptEncoder.load` counts it
-        family=QWEN3,
-    )
-    return PromptEncoder(model, build_qwen3_tokenizer(), info, RequestLimits())
 
 
 def measure_mode(

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,7 +32,8 @@ from encoder_server.config import (
     read_pem,
 )
 from encoder_server.errors import EncoderError
-from shared.defaults import DEFAULT_PORT, SERVICE_NAME
+from encoder_server.health_check import check_health
+from shared.defaults import DEFAULT_PORT
 from shared.one_line import OneLineParser, finite_number
 from shared.quiet import quiet_library_loggers
 
@@ -207,37 +207,6 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--tls-cert", type=Path, default=None, help="PEM client certificate, for an mTLS server")
     health.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
     return parser
-
-
-def check_health(target: str, wait_s: float, tls: tuple[bytes | None, bytes | None, bytes | None] | None = None) -> int:
-    """Poll grpc.health.v1 for the encoder service; 0 when SERVING, 1 otherwise.
-
-    `tls` is (CA, client key, client certificate) PEM bytes for a TLS server.
-    """
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + max(wait_s, 0.0)
-    status = "UNREACHABLE"
-    channel = (
-        grpc.insecure_channel(target)
-        if tls is None
-        else grpc.secure_channel(target, grpc.ssl_channel_credentials(*tls))
-    )
-    with channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            timeout = min(5.0, max(deadline - time.monotonic(), 1.0))
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=timeout)
-                status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-            except grpc.RpcError as error:
-                status = f"UNREACHABLE ({error.code().name})" if isinstance(error, grpc.Call) else "UNREACHABLE"
-            if status == "SERVING" or time.monotonic() >= deadline:
-                break
-            time.sleep(0.25)
-    print(f"{target}: {status}")
-    return 0 if status == "SERVING" else 1
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
