@@ -161,7 +161,7 @@ def served(started: list[BackgroundServer]) -> dict[str, Any]:
 
 def benchmark(args: argparse.Namespace, scratch: Path, snapshot: Path | None) -> dict[str, Any]:
     from encoder_server.model.loaded import load_encoder
-    from tests.certs import make_certificates  # test-time certificates: the bench needs a CA it controls
+    from tests.support.certs import make_certificates  # test-time certificates: the bench needs a CA it controls
 
     args.model = snapshot
     if snapshot is None:

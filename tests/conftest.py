@@ -23,7 +23,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from shared.tiny_snapshot import build_tiny_snapshot  # noqa: E402
-from tests.helpers import RunningServer, start_server  # noqa: E402
+from tests.support.helpers import RunningServer, start_server  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,1 @@
+"""Tests of encoder_server."""

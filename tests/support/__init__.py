@@ -1,0 +1,1 @@
+"""Helpers the tests share: real processes, servers, files, browsers."""
