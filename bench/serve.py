@@ -23,10 +23,10 @@ from typing import Any
 
 from bench import harness
 from bench.random_models import encoder_server, random_pipeline
+from bench.studio import cli_seconds  # flux2-generate's time per image, measured as the page's benchmark does
 from diffusion_client.encoder_client.client import RemoteTextEncoder
 from diffusion_client.errors import ClientError
-from diffusion_client.generation.generator import FailedJob, ImageGenerator
-from diffusion_client.generation.jobs import GenerationJob
+from diffusion_client.generation.generator import ImageGenerator
 from diffusion_client.generation.pipeline import ModelKind, PipelineConfig, load_pipeline, model_kind, resolve_quantize
 
 GUIDANCE = 4.0
@@ -34,27 +34,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "tiny": {"device": "cpu", "size": 128, "steps": 4, "repeats": 3, "concurrency": "1,4,16"},
     "full-size": {"device": "cuda", "size": 1024, "steps": 28, "repeats": 3, "concurrency": "1,4,16"},
 }
-
-
-def cli_seconds(generator: ImageGenerator, args: argparse.Namespace, scratch: Path) -> list[float]:
-    """Seconds per image as flux2-generate spends them once loaded: prepare, fetch, denoise, mark, write."""
-    times = []
-    for repeat in range(args.repeats + 1):  # the first is a warm-up
-        job = GenerationJob(
-            "a lighthouse",
-            scratch / f"cli-{repeat}.png",
-            seed=repeat,
-            steps=args.steps,
-            guidance=GUIDANCE,
-            height=args.size,
-            width=args.size,
-        )
-        started = time.perf_counter()
-        outcomes = list(generator.run(generator.prepare([job])))
-        if isinstance(outcomes[0], FailedJob):
-            raise harness.BenchError(str(outcomes[0]))
-        times.append(time.perf_counter() - started)
-    return times[1:]
 
 
 class Server:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -111,3 +112,37 @@ def run_command(
     except Exception as error:  # a bug or an unforeseen failure still gets one line, not a traceback
         report(error, prog)
         return exit_code(error)
+
+
+def whole_number(low: int, high: int | None = None, unit: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` to `high` (no upper bound: None); the one validator the commands'
+    counts, sizes and limits share."""
+    wanted = (
+        f"a whole number{unit} from {low} to {high}" if high is not None else f"a whole number{unit}, {low} or more"
+    )
+
+    def parse(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:
+            number = low - 1
+        if number < low or (high is not None and number > high):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, not {text!r}")
+        return number
+
+    return parse
+
+
+def seconds_between(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds from `low` to `high` (NaN and infinity refused)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"must be a number of seconds from {low:g} to {high:g}, not {text!r}")
+        return value
+
+    return parse

@@ -37,6 +37,7 @@ from diffusion_client.commands import (
     one_line,
     report,
     run_command,
+    whole_number,
 )
 from diffusion_client.encoder_client.flags import add_encoder_arguments, encoder_from_args, token_from_args
 from diffusion_client.errors import InputError
@@ -58,15 +59,7 @@ HEAD_UNREACHABLE = 3  # as flux2-generate's code for an encoder out of reach
 NF4_ON_CPU = "--quantize nf4 needs CUDA workers (bitsandbytes' NF4 runs on GPUs); use --quantize none on CPU"
 
 
-def positive_int(text: str) -> int:
-    """`--workers`, `--cpus-per-worker`: a whole number, 1 or more."""
-    try:
-        number = int(text)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number, 1 or more, not {text!r}")
-    return number
+positive_int = whole_number(1)  # `--workers`, `--cpus-per-worker`
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,34 +4,20 @@ application builder (`ray_deployment.app_builder`), so a RayService's flags are 
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
-from diffusion_client.commands import DEFAULT_CACHE_MIB, add_quantize_argument, cache_mib
+from diffusion_client.commands import DEFAULT_CACHE_MIB, add_quantize_argument, cache_mib, seconds_between, whole_number
 from diffusion_client.encoder_client.flags import add_encoder_arguments, token_from_args
 from diffusion_client.errors import InputError
 from diffusion_client.provenance.flags import add_marking_arguments, marking_from_args
 from diffusion_client.studio.auth import LOOPBACK
-from diffusion_client.studio.cli import port_number, whole
+from diffusion_client.studio.cli import port_number
 from shared.one_line import OneLineParser
 
 PROG = "flux2-serve"
 DEFAULT_PORT = 8000  # what OpenAI-compatible servers (vLLM, SGLang, LiteLLM's examples) listen on
 DEFAULT_URL_TTL_S = 3600
-
-
-def seconds(low: float, high: float) -> Any:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and low <= value <= high):
-            raise argparse.ArgumentTypeError(f"must be a number of seconds from {low:g} to {high:g}, not {text!r}")
-        return value
-
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,27 +41,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     callers.add_argument("--metrics-token-file", type=Path, help="bearer token for per-caller /metrics")
     callers.add_argument(
-        "--max-queue", type=whole(1, 100_000), default=64, help="requests waiting, all callers (default %(default)s)"
+        "--max-queue",
+        type=whole_number(1, 100_000),
+        default=64,
+        help="requests waiting, all callers (default %(default)s)",
     )
     callers.add_argument(
         "--max-queue-per-caller",
-        type=whole(1, 100_000),
+        type=whole_number(1, 100_000),
         default=8,
         help="requests one caller may have waiting; callers are served round robin (default %(default)s)",
     )
     limits = parser.add_argument_group("request limits")
-    limits.add_argument("--max-n", type=whole(1, 64), default=8, help="images per request (default %(default)s)")
-    limits.add_argument("--max-steps", type=whole(1, 1000), default=100, help="steps per image (default %(default)s)")
+    limits.add_argument("--max-n", type=whole_number(1, 64), default=8, help="images per request (default %(default)s)")
     limits.add_argument(
-        "--max-side", type=whole(16, 8192), default=2048, help="largest width or height (default %(default)s)"
+        "--max-steps", type=whole_number(1, 1000), default=100, help="steps per image (default %(default)s)"
     )
-    limits.add_argument("--max-references", type=whole(1, 16), default=8, help="images per edit (default %(default)s)")
     limits.add_argument(
-        "--max-image-mib", type=whole(1, 200), default=20, help="largest uploaded image (default %(default)s)"
+        "--max-side", type=whole_number(16, 8192), default=2048, help="largest width or height (default %(default)s)"
+    )
+    limits.add_argument(
+        "--max-references", type=whole_number(1, 16), default=8, help="images per edit (default %(default)s)"
+    )
+    limits.add_argument(
+        "--max-image-mib", type=whole_number(1, 200), default=20, help="largest uploaded image (default %(default)s)"
     )
     limits.add_argument(
         "--body-timeout",
-        type=seconds(1, 3600),
+        type=seconds_between(1, 3600),
         default=60.0,
         help="seconds a request's body may take to arrive (default %(default)s)",
     )
@@ -85,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     files.add_argument(
         "--url-ttl",
-        type=seconds(1, 30 * 86400),
+        type=seconds_between(1, 30 * 86400),
         default=DEFAULT_URL_TTL_S,
         help="seconds a `url` image is served, then deleted (default %(default)s)",
     )
@@ -98,9 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ray = parser.add_argument_group("many GPUs (Ray Serve)")
     ray.add_argument("--ray", metavar="ADDRESS", help="deploy on the Ray cluster at ADDRESS (or `local`)")
-    ray.add_argument("--replicas", type=whole(1, 1024), help="replicas, one GPU each (default 1)")
-    ray.add_argument("--min-replicas", type=whole(0, 1024), help="autoscale from this many replicas")
-    ray.add_argument("--max-replicas", type=whole(1, 1024), help="autoscale up to this many replicas")
+    ray.add_argument("--replicas", type=whole_number(1, 1024), help="replicas, one GPU each (default 1)")
+    ray.add_argument("--min-replicas", type=whole_number(0, 1024), help="autoscale from this many replicas")
+    ray.add_argument("--max-replicas", type=whole_number(1, 1024), help="autoscale up to this many replicas")
     ray.add_argument(
         "--gpus-per-replica",
         type=float,

@@ -16,7 +16,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from diffusion_client.commands import DEFAULT_CACHE_MIB, add_quantize_argument, cache_mib, note, run_command
+from diffusion_client.commands import (
+    DEFAULT_CACHE_MIB,
+    add_quantize_argument,
+    cache_mib,
+    note,
+    run_command,
+    whole_number,
+)
 from diffusion_client.encoder_client.flags import add_encoder_arguments, encoder_from_args, token_from_args
 from diffusion_client.errors import InputError, TransportError
 from diffusion_client.provenance.authority import config_folder
@@ -46,22 +53,7 @@ def port_number(text: str) -> int:
     return port
 
 
-def whole(low: int, high: int, unit: str = "") -> Any:
-    """An argparse type: a whole number from `low` to `high`."""
-
-    def parse(text: str) -> int:
-        try:
-            number = int(text)
-        except ValueError:
-            number = low - 1
-        if not low <= number <= high:
-            raise argparse.ArgumentTypeError(f"must be a whole number{unit} from {low} to {high}, not {text!r}")
-        return number
-
-    return parse
-
-
-upload_mib = whole(1, 1024, " of MiB")
+upload_mib = whole_number(1, 1024, " of MiB")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,33 +75,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--session-upload-mib",
-        type=whole(1, 2**20, " of MiB"),
+        type=whole_number(1, 2**20, " of MiB"),
         default=DEFAULT_SESSION_UPLOAD_MIB,
         help="uploads one browser (or script, by address) may keep at a time; they go when its last page closes "
         "(default %(default)s)",
     )
     parser.add_argument(
         "--total-upload-mib",
-        type=whole(1, 2**20, " of MiB"),
+        type=whole_number(1, 2**20, " of MiB"),
         default=DEFAULT_TOTAL_UPLOAD_MIB,
         help="uploads all visitors together may keep (default %(default)s)",
     )
     parser.add_argument(
         "--max-queued-per-session",
-        type=whole(1, MAX_QUEUED),
+        type=whole_number(1, MAX_QUEUED),
         default=2,
         help="images one page may have waiting or running (default %(default)s)",
     )
     parser.add_argument(
         "--max-queued-per-user",
-        type=whole(1, MAX_QUEUED),
+        type=whole_number(1, MAX_QUEUED),
         default=4,
         help="images one logged-in user (without --auth-file: one address) may have waiting or running on all "
         f"their pages (default %(default)s; {MAX_QUEUED} for everyone together)",
     )
     parser.add_argument(
         "--session-idle-s",
-        type=whole(1, 30 * 86400, " of seconds"),
+        type=whole_number(1, 30 * 86400, " of seconds"),
         default=DEFAULT_SESSION_IDLE_S,
         help="forget a session (its gallery) after this long unused; API calls make a session each "
         "(default %(default)s)",
