@@ -39,7 +39,7 @@ from diffusion_client.commands import (
     run_command,
     whole_number,
 )
-from diffusion_client.encoder_client.flags import add_encoder_arguments, encoder_from_args, token_from_args
+from diffusion_client.encoder_client.flags import add_encoder_arguments, open_encoder, token_from_args
 from diffusion_client.errors import InputError
 from diffusion_client.generation.cli import add_job_arguments, add_upsample_arguments, job_defaults
 from diffusion_client.provenance.flags import add_marking_arguments, marking_from_args
@@ -183,8 +183,7 @@ def _run(args: argparse.Namespace) -> int:
     results = {job.index: job.result(outputs.path(job.name), "skipped") for job in planned if job.name in done}
     marker = Marker.start(marking)  # a certificate c2pa refuses fails here, before any worker loads
     if pending:
-        with encoder_from_args(args, token) as encoder:  # one that cannot feed this model fails here, once
-            encoder.model = args.encoder_model
+        with open_encoder(args, token) as encoder:  # one that cannot feed this model fails here, once
             try:
                 _check_encoder(encoder, kind.pipeline, transformer_config, pending)
             except BadLinesError as bad:
@@ -288,9 +287,13 @@ def _run_on_cluster(
 
 
 def _shipped_encoder_args(args: argparse.Namespace) -> argparse.Namespace:
-    """The encoder flags as workers rebuild the client from them (`encoder_from_args`), TLS files read here."""
+    """The encoder flags as workers rebuild the client from them (`open_encoder`), TLS files read here."""
     shipped = argparse.Namespace(
-        encoder=args.encoder, timeout=args.timeout, connect_timeout=args.connect_timeout, tls=args.tls
+        encoder=args.encoder,
+        timeout=args.timeout,
+        connect_timeout=args.connect_timeout,
+        tls=args.tls,
+        encoder_model=args.encoder_model,
     )
     for name in ("tls_ca", "tls_cert", "tls_key"):
         path = getattr(args, name)

@@ -130,7 +130,7 @@ def _start(config: WorkerConfig) -> ImageGenerator:
     torch.set_num_threads(config.threads)  # Ray sets OMP_NUM_THREADS to the actor's CPUs; pin torch to the same
     quiet_model_libraries()
 
-    from diffusion_client.encoder_client.flags import encoder_from_args
+    from diffusion_client.encoder_client.flags import open_encoder
     from diffusion_client.generation.generator import ImageGenerator
     from diffusion_client.generation.pipeline import PipelineConfig, load_pipeline
     from diffusion_client.provenance.manifest import ManifestSigner
@@ -139,8 +139,7 @@ def _start(config: WorkerConfig) -> ImageGenerator:
     signer = ManifestSigner(config.credentials) if config.credentials is not None else None
     marker = Marker(config.marking, signer)
     pipeline = load_pipeline(PipelineConfig(config.model_path, device=config.device, quantize=config.quantize))
-    encoder = encoder_from_args(config.encoder_args, config.token, cache_bytes=config.cache_bytes)
-    encoder.model = config.encoder_model
+    encoder = open_encoder(config.encoder_args, config.token, cache_bytes=config.cache_bytes)
     # References are named by file name, as the page names uploads: not the driver's folders in every image.
     return ImageGenerator(
         pipeline,

@@ -82,12 +82,13 @@ def token_from_args(args: argparse.Namespace) -> str | None:
     return token
 
 
-def encoder_from_args(args: argparse.Namespace, token: str | None, cache_bytes: int = 0) -> RemoteTextEncoder:
-    """The client for --encoder with its TLS files read; a malformed replica list is bad input (exit 2)."""
+def open_encoder(args: argparse.Namespace, token: str | None, cache_bytes: int = 0) -> RemoteTextEncoder:
+    """The client every command opens from its encoder flags: --encoder with its TLS files read, and the served
+    model --encoder-model names (None: the one that fits); a malformed replica list is bad input (exit 2)."""
     from diffusion_client.encoder_client.client import RemoteTextEncoder
 
     try:
-        return RemoteTextEncoder(
+        encoder = RemoteTextEncoder(
             args.encoder,
             timeout=args.timeout,
             connect_timeout=args.connect_timeout,
@@ -100,3 +101,5 @@ def encoder_from_args(args: argparse.Namespace, token: str | None, cache_bytes: 
         )
     except ValueError as error:
         raise InputError(f"--encoder {args.encoder}: {error}") from None
+    encoder.model = getattr(args, "encoder_model", None)
+    return encoder

@@ -25,7 +25,7 @@ from diffusion_client.commands import (
 )
 from diffusion_client.encoder_client.flags import (
     add_encoder_arguments,
-    encoder_from_args,
+    open_encoder,
     token_from_args,
 )
 from diffusion_client.encoder_client.upsampling import (
@@ -185,8 +185,7 @@ def run(args: argparse.Namespace) -> int:
     marker = Marker.start(marking)  # a certificate c2pa refuses fails here, before anything loads
     config = pipeline_config(args)
     started = time.perf_counter()
-    with encoder_from_args(args, token, cache_bytes=args.cache_mib * 2**20) as encoder:
-        encoder.model = args.encoder_model
+    with open_encoder(args, token, cache_bytes=args.cache_mib * 2**20) as encoder:
         # Everything a job can fail is checked before loading gigabytes of weights.
         prepared = preflight(
             jobs,

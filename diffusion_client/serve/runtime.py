@@ -100,7 +100,7 @@ class ServeRuntime:
     def _service(self) -> ImageService:
         import torch
 
-        from diffusion_client.encoder_client.flags import encoder_from_args
+        from diffusion_client.encoder_client.flags import open_encoder
         from diffusion_client.errors import TransportError
         from diffusion_client.generation.generator import ImageGenerator
         from diffusion_client.generation.pipeline import PipelineConfig, load_pipeline, model_kind, resolve_quantize
@@ -110,9 +110,8 @@ class ServeRuntime:
         marker = Marker.start(settings.marking)
         device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
         config = PipelineConfig(settings.model, device=device, quantize=resolve_quantize(settings.quantize, device))
-        encoder = encoder_from_args(settings.encoder_args, settings.encoder_token, settings.cache_mib << 20)
+        encoder = open_encoder(settings.encoder_args, settings.encoder_token, settings.cache_mib << 20)
         self._encoder = encoder
-        encoder.model = settings.encoder_model
         pipeline = load_pipeline(config)
         generator = ImageGenerator(
             pipeline,

@@ -24,7 +24,7 @@ from diffusion_client.commands import (
     run_command,
     whole_number,
 )
-from diffusion_client.encoder_client.flags import add_encoder_arguments, encoder_from_args, token_from_args
+from diffusion_client.encoder_client.flags import add_encoder_arguments, open_encoder, token_from_args
 from diffusion_client.errors import InputError, TransportError
 from diffusion_client.provenance.authority import config_folder
 from diffusion_client.provenance.flags import add_marking_arguments, marking_from_args
@@ -196,8 +196,7 @@ def run(args: argparse.Namespace) -> int:
     marker = Marker.start(marking)
     notes += marker.success_notes()
     kind = model_kind(args.model)
-    with encoder_from_args(args, token, cache_bytes=args.cache_mib * 2**20) as encoder:
-        encoder.model = args.encoder_model
+    with open_encoder(args, token, cache_bytes=args.cache_mib * 2**20) as encoder:
         pipeline = load_pipeline(pipeline_config(args))
         generator = ImageGenerator(
             pipeline,

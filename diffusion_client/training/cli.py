@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from diffusion_client.commands import note, run_command
-from diffusion_client.encoder_client.flags import add_encoder_arguments, encoder_from_args, token_from_args
+from diffusion_client.encoder_client.flags import add_encoder_arguments, open_encoder, token_from_args
 from diffusion_client.errors import InputError
 from diffusion_client.training.config import TARGET_PRESETS, WEIGHTING_SCHEMES, TrainConfig, parse_target_modules
 from shared.one_line import OneLineParser, finite_number
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     def noted(text: str) -> None:
         note(text, PROG)
 
-    with encoder_from_args(args, token) as encoder:
+    with open_encoder(args, token) as encoder:
         try:
             result = train(config, examples, encoder, progress, lambda _, loss: losses.append(loss), noted)
         except Interrupted as stopped:
