@@ -42,7 +42,7 @@ from bench.random_models import (
 from diffusion_client.encoder_client.client import RemoteTextEncoder
 from diffusion_client.errors import ClientError
 from encoder_server.config import QUANTIZE_CHOICES, BatchingConfig, ModelConfig, RequestLimits, ServerConfig
-from encoder_server.errors import EncoderError
+from encoder_server.errors import ServerError
 from encoder_server.model import loading
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS, DEFAULT_MAX_SEQUENCE_LENGTH
 from shared.tiny_klein import build_qwen3_tokenizer, build_tiny_klein_snapshot
@@ -51,7 +51,7 @@ from shared.wire import DTYPES
 
 if TYPE_CHECKING:
     from encoder_server.background import BackgroundServer
-    from encoder_server.model.loaded import load_encoder
+    from encoder_server.model.loaded_models import load_encoder
     from encoder_server.model.prompt_encoder import PromptEncoder
 
 log = logging.getLogger("bench.encoder")
@@ -383,7 +383,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return harness.run_main(parse_args(argv), benchmark, errors=(EncoderError, ClientError))
+    return harness.run_main(parse_args(argv), benchmark, errors=(ServerError, ClientError))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from shared.quiet import quiet_model_libraries
+from shared.library_logs import quiet_model_libraries
 from shared.tiny_snapshot import build_tiny_snapshot
 
 GIB = 1024**3

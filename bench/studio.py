@@ -114,9 +114,9 @@ def benchmark(args: argparse.Namespace, scratch: Path, snapshot: Path | None) ->
     from diffusion_client.studio.cli import gradio_upload_folder, launch, prepare_environment
 
     prepare_environment()
+    from diffusion_client.studio.engine import Studio
     from diffusion_client.studio.page import build_page
     from diffusion_client.studio.shelf import Shelf
-    from diffusion_client.studio.studio import Studio
 
     started = time.perf_counter()
     chromium_path()  # before minutes of loading

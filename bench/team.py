@@ -34,7 +34,7 @@ from diffusion_client.encoder_client.client import RemoteTextEncoder
 from diffusion_client.errors import ClientError
 from encoder_server.background import BackgroundServer, serve_in_thread
 from encoder_server.config import BatchingConfig, ModelConfig, ServerConfig, TlsConfig
-from encoder_server.errors import EncoderError
+from encoder_server.errors import ServerError
 
 log = logging.getLogger("bench.team")
 
@@ -160,7 +160,7 @@ def served(started: list[BackgroundServer]) -> dict[str, Any]:
 
 
 def benchmark(args: argparse.Namespace, scratch: Path, snapshot: Path | None) -> dict[str, Any]:
-    from encoder_server.model.loaded import load_encoder
+    from encoder_server.model.loaded_models import load_encoder
     from tests.support.certs import make_certificates  # test-time certificates: the bench needs a CA it controls
 
     args.model = snapshot
@@ -212,7 +212,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return harness.run_main(parse_args(argv), benchmark, errors=(EncoderError, ClientError))
+    return harness.run_main(parse_args(argv), benchmark, errors=(ServerError, ClientError))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def random_models(device: str) -> Any:
     """Whole random Mistral Small 3.1: it encodes through its language model and rewrites with the Tekken processor."""
     from bench.random_models import RANDOM_ENCODER_NAME, random_text_encoder
     from encoder_server.config import RequestLimits, UpsampleLimits
-    from encoder_server.model.loaded import LoadedModels
+    from encoder_server.model.loaded_models import LoadedModels
     from encoder_server.model.prompt_encoder import ModelInfo, PromptEncoder
     from encoder_server.model.upsampler import PromptUpsampler
     from shared.tiny_snapshot import build_processor

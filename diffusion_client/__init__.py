@@ -32,12 +32,12 @@ if TYPE_CHECKING:
     from diffusion_client.generation.preflight import PreparedJob
     from diffusion_client.lora.specs import LoraSpec
     from diffusion_client.provenance.marking import Marker, MarkingOptions
-    from shared.info import ServerInfo
+    from shared.server_info import ServerInfo
 
 # Each public name and the module that defines it.
 _HOMES = {
     "RemoteTextEncoder": "diffusion_client.encoder_client.client",
-    "ServerInfo": "shared.info",
+    "ServerInfo": "shared.server_info",
     "ImageGenerator": "diffusion_client.generation.generator",
     "GeneratedImage": "diffusion_client.generation.generator",
     "FailedJob": "diffusion_client.generation.generator",

@@ -23,7 +23,7 @@ from diffusion_client.errors import (
     failure_text,
     printable_line,
 )
-from shared.quiet import quiet_library_loggers
+from shared.library_logs import quiet_library_loggers
 
 if TYPE_CHECKING:
     from diffusion_client.generation.pipeline import PipelineConfig

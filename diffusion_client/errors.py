@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from shared.one_line import MESSAGE_LIMIT, SERVER_TEXT_LIMIT, printable_line
+from shared.printable import MESSAGE_LIMIT, SERVER_TEXT_LIMIT, printable_line
 
 if TYPE_CHECKING:
     import grpc

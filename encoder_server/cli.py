@@ -31,11 +31,11 @@ from encoder_server.config import (
     parse_model_option,
     read_pem,
 )
-from encoder_server.errors import EncoderError
+from encoder_server.errors import ServerError
 from encoder_server.health_check import check_health
 from shared.defaults import DEFAULT_PORT
-from shared.one_line import OneLineParser, finite_number
-from shared.quiet import quiet_library_loggers
+from shared.library_logs import quiet_library_loggers
+from shared.printable import OneLineParser, finite_number
 
 if TYPE_CHECKING:
     from encoder_server.model.families import Family
@@ -296,7 +296,7 @@ def run_serve(args: argparse.Namespace) -> None:
     from encoder_server.model.loading import resolve_snapshot
     from encoder_server.server import serve
     from shared.allocator import tune_allocator
-    from shared.quiet import quiet_model_libraries
+    from shared.library_logs import quiet_model_libraries
 
     config = config_from_args(args)
     tune_allocator()  # replies are many MB each: reuse heap memory rather than fault in fresh pages per reply
@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "health":
             return check_health(args.target, args.wait, _health_tls(args))
         run_serve(args)
-    except (ConfigError, EncoderError, OSError) as error:
+    except (ConfigError, ServerError, OSError) as error:
         print(f"flux2-encoder: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -193,7 +193,7 @@ class ConnectionLimits:
     """Bounds on connections, so no number of idle or slow ones can use up the process's file descriptors.
 
     The caps are lowered at start-up when the descriptor limit cannot hold them beside a reserve for the rest
-    of the process (`encoder_server.descriptors`).
+    of the process (`encoder_server.file_descriptors`).
     """
 
     max_http_connections: int = 256  # past it a new connection gets 503 and is closed

@@ -1,6 +1,6 @@
 """Exceptions the encoder raises; `encoder_server.api.status` maps each to one gRPC status code.
 
-EncoderError
+ServerError
 ├── InvalidRequestError   the request breaks a documented limit, or is not a valid message (INVALID_ARGUMENT)
 ├── NotReadyError         the model is still loading or the server is stopping (UNAVAILABLE)
 ├── OverloadedError       the queue or the reply memory is full; retry later (RESOURCE_EXHAUSTED)
@@ -14,37 +14,37 @@ EncoderError
 from __future__ import annotations
 
 
-class EncoderError(Exception):
+class ServerError(Exception):
     """Base class; the message says what happened and what to do about it."""
 
 
-class InvalidRequestError(EncoderError):
+class InvalidRequestError(ServerError):
     pass
 
 
-class NotReadyError(EncoderError):
+class NotReadyError(ServerError):
     pass
 
 
-class OverloadedError(EncoderError):
+class OverloadedError(ServerError):
     pass
 
 
-class StalledReaderError(EncoderError):
+class StalledReaderError(ServerError):
     pass
 
 
-class UnauthenticatedError(EncoderError):
+class UnauthenticatedError(ServerError):
     pass
 
 
-class NotEnabledError(EncoderError):
+class NotEnabledError(ServerError):
     pass
 
 
-class ModelNotFoundError(EncoderError):
+class ModelNotFoundError(ServerError):
     pass
 
 
-class ModelLoadError(EncoderError):
+class ModelLoadError(ServerError):
     pass

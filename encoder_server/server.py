@@ -22,12 +22,12 @@ from encoder_server.api.http_api import HttpAccess, HttpServer, start_http_serve
 from encoder_server.api.interceptors import BearerTokenInterceptor, ParseRequestsInterceptor
 from encoder_server.api.servicer import TextEncoderServicer, add_servicer_to_server
 from encoder_server.config import CallerLimits, ConfigError, ServerConfig
-from encoder_server.descriptors import DescriptorBudget, plan_descriptors
 from encoder_server.errors import OverloadedError
+from encoder_server.file_descriptors import DescriptorBudget, plan_descriptors
 from encoder_server.model.prompt_encoder import PromptEncoder
+from encoder_server.observability.calls import CallLog
 from encoder_server.serving.engine import EncoderEngine, EncoderLoader
 from encoder_server.serving.models import ServedEngines
-from encoder_server.team.calls import CallLog
 from shared.defaults import SERVICE_NAME
 from shared.protocol import encoder_pb2
 from shared.quotas import CallerQuotas

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from shared.quiet import quiet_model_libraries
+from shared.library_logs import quiet_model_libraries
 from shared.tiny_klein import build_tiny_klein_snapshot
 from shared.tiny_snapshot import build_tiny_snapshot, snapshot_digest
 

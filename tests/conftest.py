@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # (one per test process, shared by the CLIs it starts), never the user's.
 os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="flux2-split-test-config-")
 
-from shared.quiet import quiet_library_loggers  # noqa: E402
+from shared.library_logs import quiet_library_loggers  # noqa: E402
 
 quiet_library_loggers()  # before bitsandbytes first loads: its CPU backend's kernel-download warning is not ours
 

@@ -44,7 +44,7 @@ from diffusion_client.errors import InputError
 from diffusion_client.generation.cli import add_job_arguments, add_upsample_arguments, job_defaults
 from diffusion_client.provenance.flags import add_marking_arguments, marking_from_args
 from shared.allocator import tune_allocator
-from shared.one_line import OneLineParser
+from shared.printable import OneLineParser
 
 if TYPE_CHECKING:
     from diffusion_client.batch.outputs import OutputDir
@@ -160,7 +160,7 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError(NF4_ON_CPU)
     token = token_from_args(args)
     marking = marking_from_args(args)
-    from shared.quiet import quiet_model_libraries
+    from shared.library_logs import quiet_model_libraries
 
     quiet_model_libraries()
 

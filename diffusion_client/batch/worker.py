@@ -125,7 +125,7 @@ def _start(config: WorkerConfig) -> ImageGenerator:
     """The worker's `ImageGenerator`: the pipeline loaded, the encoder client made, the driver's signer."""
     import torch
 
-    from shared.quiet import quiet_model_libraries
+    from shared.library_logs import quiet_model_libraries
 
     torch.set_num_threads(config.threads)  # Ray sets OMP_NUM_THREADS to the actor's CPUs; pin torch to the same
     quiet_model_libraries()

@@ -45,9 +45,9 @@ from diffusion_client.errors import (
     printable_line,
 )
 from shared.defaults import DEFAULT_MAX_SEQUENCE_LENGTH
-from shared.info import ServedModel, ServerInfo
 from shared.lru import CacheKey
 from shared.protocol import encoder_pb2, encoder_pb2_grpc
+from shared.server_info import ServedModel, ServerInfo
 from shared.wire import WIRE_ENCODE_METHOD, TensorSpec, WireFormatError, parse_frame, responses_to_tensor
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from diffusion_client.errors import InputError, PipelineMismatchError, printable_line
-from shared.info import ServedModel
+from shared.server_info import ServedModel
 
 FAMILY_OF_PIPELINE = {"Flux2Pipeline": "Mistral3 (FLUX.2-dev)", "Flux2KleinPipeline": "Qwen3 (FLUX.2 [klein])"}
 

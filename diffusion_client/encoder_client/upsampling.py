@@ -28,7 +28,7 @@ from shared.defaults import (
 )
 
 if TYPE_CHECKING:
-    from shared.info import ServerInfo
+    from shared.server_info import ServerInfo
 
 __all__ = ["DEFAULT_MAX_NEW_TOKENS", "DEFAULT_UPSAMPLE_TEMPERATURE"]  # re-exported for the client's users
 

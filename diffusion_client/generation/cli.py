@@ -40,7 +40,7 @@ from diffusion_client.generation.jobs import GenerationJob, jobs_from_file
 from diffusion_client.lora.specs import parse_lora_spec
 from diffusion_client.provenance.flags import add_marking_arguments, marking_from_args
 from shared.allocator import tune_allocator
-from shared.one_line import OneLineParser
+from shared.printable import OneLineParser
 
 if TYPE_CHECKING:
     pass
@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     jobs = _jobs(args)
     token = token_from_args(args)
     marking = marking_from_args(args)
-    from shared.quiet import quiet_model_libraries
+    from shared.library_logs import quiet_model_libraries
 
     quiet_model_libraries()  # before diffusers and transformers are first imported below
 

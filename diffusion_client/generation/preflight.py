@@ -36,7 +36,7 @@ from diffusion_client.generation.references import load_reference_image
 from diffusion_client.lora.adapters import AppliedLora
 from diffusion_client.lora.files import CheckedLora, check_lora, layer_shapes
 from diffusion_client.provenance.formats import format_for
-from shared.info import ServerInfo
+from shared.server_info import ServerInfo
 
 MAX_SIDE = 4096
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit value

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from shared.one_line import OneLineParser
+from shared.printable import OneLineParser
 
 PROG = "flux2-verify"
 

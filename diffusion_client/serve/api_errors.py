@@ -20,7 +20,7 @@ from diffusion_client.errors import (
     TransportError,
     failure_text,
 )
-from shared.one_line import MESSAGE_LIMIT, printable_line
+from shared.printable import MESSAGE_LIMIT, printable_line
 
 RETRY_AFTER_S = 5  # what a 429 or 503 asks a caller to wait: about one image on a busy GPU
 

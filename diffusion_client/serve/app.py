@@ -36,7 +36,7 @@ from diffusion_client.serve.metrics import CONTENT_TYPE, ServeMetrics
 from diffusion_client.serve.replies import image_reply, sse, stream_event
 from diffusion_client.serve.service import Completed, Event, Failed, Finished, ImageService
 from diffusion_client.studio.loras import lora_names
-from shared.one_line import printable_line
+from shared.printable import printable_line
 
 DISCONNECT_POLL_S = 0.25  # how soon a caller that hung up is noticed while its image waits or denoises
 KEEP_ALIVE_S = 1.0  # a streamed request that waits in the queue writes a comment this often

@@ -16,7 +16,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from diffusion_client.serve.api_errors import bad_request, too_large
-from shared.one_line import printable_line
+from shared.printable import printable_line
 
 IMAGE_PARTS = ("image", "image[]")  # one file as `image`, a list as repeated `image[]` (how the SDK sends them)
 MAX_FORM_FIELDS = 64

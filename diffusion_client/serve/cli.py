@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 async def serve_one_box(settings: Any, host: str, port: int, warning: str | None) -> int:
     """Serve until SIGINT or SIGTERM, then finish the job in flight and stop; SIGHUP re-reads the tokens file."""
     from shared.http_guard import bind_listener, start_guarded_server
-    from shared.quiet import quiet_model_libraries
+    from shared.library_logs import quiet_model_libraries
 
     quiet_model_libraries()
     from diffusion_client.serve.app import create_app

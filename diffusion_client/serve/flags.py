@@ -13,7 +13,7 @@ from diffusion_client.errors import InputError
 from diffusion_client.provenance.flags import add_marking_arguments, marking_from_args
 from diffusion_client.studio.auth import LOOPBACK
 from diffusion_client.studio.cli import port_number
-from shared.one_line import OneLineParser
+from shared.printable import OneLineParser
 
 PROG = "flux2-serve"
 DEFAULT_PORT = 8000  # what OpenAI-compatible servers (vLLM, SGLang, LiteLLM's examples) listen on

@@ -30,7 +30,7 @@ from diffusion_client.provenance.authority import config_folder
 from diffusion_client.provenance.flags import add_marking_arguments, marking_from_args
 from diffusion_client.studio.auth import LOOPBACK, exposure_notes, read_credentials
 from shared.allocator import tune_allocator
-from shared.one_line import OneLineParser
+from shared.printable import OneLineParser
 
 PROG = "flux2-studio"
 DEFAULT_PORT = 7860  # Gradio's own default, which users of other FLUX.2 pages already know
@@ -182,16 +182,16 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         raise InputError("the page needs Gradio: pip install 'flux2-split[studio]'") from None
 
-    from shared.quiet import quiet_model_libraries
+    from shared.library_logs import quiet_model_libraries
 
     quiet_model_libraries()
     from diffusion_client.commands import pipeline_config
     from diffusion_client.generation.generator import ImageGenerator
     from diffusion_client.generation.pipeline import load_pipeline, model_kind
     from diffusion_client.provenance.marking import Marker
+    from diffusion_client.studio.engine import QueueLimits, Studio
     from diffusion_client.studio.page import build_page
     from diffusion_client.studio.shelf import Shelf
-    from diffusion_client.studio.studio import QueueLimits, Studio
 
     marker = Marker.start(marking)
     notes += marker.success_notes()

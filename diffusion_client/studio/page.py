@@ -16,10 +16,10 @@ import gradio as gr
 
 from diffusion_client.errors import InputError, printable_line
 from diffusion_client.generation.pipeline import ModelKind
+from diffusion_client.studio.engine import MESSAGE_LIMIT, Cancelled, QueueFull, Studio, StudioImage, page_message
 from diffusion_client.studio.form import MAX_PAGE_STEPS, MAX_REFERENCES, PageRequest, read_form
 from diffusion_client.studio.loras import chosen_loras, lora_rows
 from diffusion_client.studio.shelf import Shelf
-from diffusion_client.studio.studio import MESSAGE_LIMIT, Cancelled, QueueFull, Studio, StudioImage, page_message
 from diffusion_client.studio.visitors import Caller, caller_of_event
 
 SIZE_PRESETS = {

@@ -20,7 +20,7 @@ from diffusion_client.commands import note, run_command
 from diffusion_client.encoder_client.flags import add_encoder_arguments, open_encoder, token_from_args
 from diffusion_client.errors import InputError
 from diffusion_client.training.config import TARGET_PRESETS, WEIGHTING_SCHEMES, TrainConfig, parse_target_modules
-from shared.one_line import OneLineParser, finite_number
+from shared.printable import OneLineParser, finite_number
 
 PROG = "flux2-train-lora"
 
@@ -100,7 +100,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared.quiet import quiet_model_libraries
+    from shared.library_logs import quiet_model_libraries
 
     token = token_from_args(args)
     config = config_from_args(args)

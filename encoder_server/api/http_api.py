@@ -44,12 +44,12 @@ from starlette.types import Receive, Scope, Send
 from encoder_server.api.predict_body import parse_predict_body
 from encoder_server.api.status import RETRY_AFTER_S, http_status_for
 from encoder_server.config import ServerConfig
-from encoder_server.errors import EncoderError, InvalidRequestError
+from encoder_server.errors import InvalidRequestError, ServerError
 from encoder_server.model.request import EncodeRequest
+from encoder_server.observability.calls import Call, CallLog
+from encoder_server.observability.metrics import CONTENT_TYPE
 from encoder_server.serving.engine import EncodeResult, send_within
 from encoder_server.serving.models import ServedEngines
-from encoder_server.team.calls import Call, CallLog
-from encoder_server.team.metrics import CONTENT_TYPE
 from shared.http_guard import ConnectionCount, GuardedServer, bind_listener, start_guarded_server
 from shared.quotas import CallerQuotas
 from shared.tokens import ANONYMOUS, HTTP_DENIED_MESSAGE, UNKNOWN, TokenRegistry
@@ -159,7 +159,7 @@ class PredictEndpoint:
                 await _error(refused.status, str(refused), close=True)(scope, receive, send)
             except ClientDisconnect:
                 call.status = CLIENT_GONE
-            except EncoderError as error:
+            except ServerError as error:
                 status = http_status_for(error)
                 call.status = str(status)
                 if started:

@@ -12,12 +12,12 @@ import grpc
 
 from encoder_server.api.interceptors import MalformedRequest
 from encoder_server.api.status import status_for
-from encoder_server.errors import EncoderError, InvalidRequestError, UnauthenticatedError
+from encoder_server.errors import InvalidRequestError, ServerError, UnauthenticatedError
 from encoder_server.model.request import EncodeRequest
 from encoder_server.model.upsampler import UpsampleRequest
+from encoder_server.observability.calls import Call, CallLog
 from encoder_server.serving.engine import send_within
 from encoder_server.serving.models import ServedEngines
-from encoder_server.team.calls import Call, CallLog
 from shared.defaults import DEFAULT_MAX_NEW_TOKENS, DEFAULT_UPSAMPLE_TEMPERATURE, SERVICE_NAME
 from shared.protocol import encoder_pb2, encoder_pb2_grpc
 from shared.quotas import CallerQuotas
@@ -52,7 +52,7 @@ def maps_errors(method: Handler[Reply]) -> Method[Reply]:
                             f"the request is not a valid {request.message_type} message: {request.reason}"
                         )
                     return await method(self, request, context, call)
-            except EncoderError as error:
+            except ServerError as error:
                 code = status_for(error)
                 call.status = code.name
                 await context.abort(code, str(error))

@@ -5,18 +5,18 @@ from __future__ import annotations
 import grpc
 
 from encoder_server.errors import (
-    EncoderError,
     InvalidRequestError,
     ModelLoadError,
     ModelNotFoundError,
     NotEnabledError,
     NotReadyError,
     OverloadedError,
+    ServerError,
     StalledReaderError,
     UnauthenticatedError,
 )
 
-STATUS_FOR_ERROR: dict[type[EncoderError], grpc.StatusCode] = {
+STATUS_FOR_ERROR: dict[type[ServerError], grpc.StatusCode] = {
     InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
     NotReadyError: grpc.StatusCode.UNAVAILABLE,
     OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -28,7 +28,7 @@ STATUS_FOR_ERROR: dict[type[EncoderError], grpc.StatusCode] = {
 }
 
 
-def status_for(error: EncoderError) -> grpc.StatusCode:
+def status_for(error: ServerError) -> grpc.StatusCode:
     for error_type in type(error).__mro__:
         if error_type in STATUS_FOR_ERROR:
             return STATUS_FOR_ERROR[error_type]
@@ -49,5 +49,5 @@ HTTP_STATUS_FOR_CODE: dict[grpc.StatusCode, int] = {
 RETRY_AFTER_S = 1
 
 
-def http_status_for(error: EncoderError) -> int:
+def http_status_for(error: ServerError) -> int:
     return HTTP_STATUS_FOR_CODE.get(status_for(error), 500)

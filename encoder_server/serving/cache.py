@@ -36,7 +36,7 @@ class CacheStats:
     capacity: int
 
 
-class EmbeddingCache:
+class ReplyCache:
     """`WireRow`s by caller: each caller's own LRU, bounded to `capacity_bytes` / number of callers."""
 
     def __init__(self, capacity_bytes: int, shared: bool = False, callers: Iterable[str] = ()) -> None:

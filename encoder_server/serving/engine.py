@@ -2,7 +2,7 @@
 
 A prompt's trip: a handler (gRPC or HTTP) hands a plain `EncodeRequest` to `EncoderEngine.encode`, which
 validates it against bounds built once at load and reserves its reply's bytes. Each prompt is then served
-from the `EmbeddingCache`, or joins an identical computation already in flight (single flight), or is
+from the `ReplyCache`, or joins an identical computation already in flight (single flight), or is
 queued on the `DynamicBatcher` with the request's other misses. The batcher's forward thread runs
 `PromptEncoder.encode_many` and copies results to host memory, holding its device's forward lock (models sharing a
 GPU take turns); a finisher thread frames and checksums each prompt's row for the wire (`shared.wire.encode_row`),
@@ -27,18 +27,18 @@ import torch
 
 from encoder_server.config import MIB, ModelConfig, ServerConfig
 from encoder_server.errors import NotEnabledError, NotReadyError, OverloadedError, StalledReaderError
-from encoder_server.model.loaded import LoadedModels
+from encoder_server.model.loaded_models import LoadedModels
 from encoder_server.model.prompt_encoder import PromptEncoder
 from encoder_server.model.request import EncodeRequest, RequestBounds, validate_request
 from encoder_server.model.upsampler import PromptUpsampler, UpsampleRequest, validate_upsample_request
+from encoder_server.observability.metrics import ServerMetrics
 from encoder_server.serving.batcher import BatcherStats, DynamicBatcher
-from encoder_server.serving.cache import CacheStats, EmbeddingCache, ScopedKey
+from encoder_server.serving.cache import CacheStats, ReplyCache, ScopedKey
 from encoder_server.serving.forward_lock import forward_lock
 from encoder_server.serving.info import served_model, server_info
 from encoder_server.serving.warm_up import warm_up
-from encoder_server.team.metrics import ServerMetrics
-from shared.info import ServedModel, ServerInfo
 from shared.lru import CacheKey
+from shared.server_info import ServedModel, ServerInfo
 from shared.tokens import ANONYMOUS
 from shared.wire import WireRow, encode_row, reply_frames, rows_to_tensor
 
@@ -169,7 +169,7 @@ class EncoderEngine:
         self.metrics = metrics or ServerMetrics()
         cache_bytes = config.cache_bytes if cache_bytes is None else cache_bytes
         # Off (0 bytes) also turns off single flight: every request is computed, as before the cache existed.
-        self.cache = EmbeddingCache(cache_bytes, config.shared_cache) if cache_bytes > 0 else None
+        self.cache = ReplyCache(cache_bytes, config.shared_cache) if cache_bytes > 0 else None
         self._flights: dict[ScopedKey, _Flight] = {}
         self.metrics.watch(lambda: self._ready.batcher.queued_prompts if self._ready else 0, self.cache_stats)
         # Generation runs beside encoding, one at a time: the seed is torch's global generator, as in diffusers.
@@ -247,7 +247,7 @@ class EncoderEngine:
             self.budget.release(size)
 
     async def _cached_rows(
-        self, ready: _Ready, request: EncodeRequest, cache: EmbeddingCache, caller: str
+        self, ready: _Ready, request: EncodeRequest, cache: ReplyCache, caller: str
     ) -> tuple[list[WireRow], int, int]:
         """Each prompt's row from the cache, from a computation in flight, or from one pass over the misses."""
         layers, length = request.hidden_state_layers, request.max_sequence_length
@@ -289,7 +289,7 @@ class EncoderEngine:
         flight.task.cancel()
 
     def _compute(
-        self, ready: _Ready, request: EncodeRequest, missing: list[ScopedKey], cache: EmbeddingCache, caller: str
+        self, ready: _Ready, request: EncodeRequest, missing: list[ScopedKey], cache: ReplyCache, caller: str
     ) -> dict[ScopedKey, _Flight]:
         """Queue the missing prompts as one request; their rows go to the cache (charged to `caller`) and to
         everyone waiting."""

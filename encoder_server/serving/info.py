@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from encoder_server import __version__
 from encoder_server.config import ServerConfig
-from encoder_server.model.loaded import LoadedModels
+from encoder_server.model.loaded_models import LoadedModels
 from shared.defaults import DEFAULT_MAX_SEQUENCE_LENGTH
-from shared.info import ServedModel, ServerInfo
+from shared.server_info import ServedModel, ServerInfo
 
 
 def server_info(models: LoadedModels, config: ServerConfig, served: ServedModel) -> ServerInfo:

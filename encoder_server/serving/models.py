@@ -15,13 +15,13 @@ from collections.abc import Iterator, Sequence
 
 from encoder_server.config import ConfigError, ModelConfig, ServerConfig, model_name_problem
 from encoder_server.errors import ModelLoadError, ModelNotFoundError, NotEnabledError, NotReadyError
-from encoder_server.model.loaded import load_models
+from encoder_server.model.loaded_models import load_models
 from encoder_server.model.loading import model_display_name
 from encoder_server.model.prompt_encoder import PromptEncoder
 from encoder_server.model.upsampler import UpsampleRequest
+from encoder_server.observability.metrics import ServerMetrics
 from encoder_server.serving.engine import EncoderEngine, EncoderLoader, ReplyBudget
-from encoder_server.team.metrics import ServerMetrics
-from shared.info import ServerInfo
+from shared.server_info import ServerInfo
 
 SHOWN_NAME_CHARS = 100  # of a name a request asked for, in the error that says it is not served
 

@@ -11,7 +11,7 @@ import time
 
 from encoder_server.config import ServerConfig
 from encoder_server.errors import ModelLoadError
-from encoder_server.model.loaded import LoadedModels
+from encoder_server.model.loaded_models import LoadedModels
 from encoder_server.model.request import EncodeRequest
 from encoder_server.model.upsampler import UpsampleRequest
 from encoder_server.serving.forward_lock import forward_lock

@@ -25,7 +25,7 @@ from diffusion_client.encoder_client.dialing import unreached_error
 from diffusion_client.errors import EncoderUnavailableError
 from diffusion_client.generation.cli import main as generate_main
 from encoder_server.config import ModelConfig, TlsConfig
-from encoder_server.model.loaded import load_encoder
+from encoder_server.model.loaded_models import load_encoder
 from encoder_server.model.prompt_encoder import PromptEncoder
 from tests.support.certs import Certificates, make_certificates
 from tests.support.cli_runs import assert_one_line_error, free_port, run_cli

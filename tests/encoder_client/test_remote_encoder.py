@@ -29,8 +29,8 @@ from diffusion_client.errors import (
     ModelMismatchError,
     TransportError,
 )
-from shared.info import ServerInfo
 from shared.protocol import encoder_pb2
+from shared.server_info import ServerInfo
 from shared.wire import tensor_to_responses
 from tests.support.fake_encoder import TINY_INFO, TINY_UPSAMPLING_INFO, FakeEncoder, embeds_for, fake_server
 from tests.support.helpers import TINY_EMBED_DIM, TINY_HIDDEN_SIZE, start_server

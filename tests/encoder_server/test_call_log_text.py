@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from encoder_server.team.calls import CallLog
-from encoder_server.team.metrics import ServerMetrics
+from encoder_server.observability.calls import CallLog
+from encoder_server.observability.metrics import ServerMetrics
 
 # One or more characters of each kind a terminal or log viewer may draw as nothing, or use to reorder text.
 HIDING = {

@@ -11,7 +11,7 @@ import requests
 import torch
 
 from diffusion_client.encoder_client.client import RemoteTextEncoder
-from encoder_server.serving.cache import EmbeddingCache
+from encoder_server.serving.cache import ReplyCache
 from shared.lru import CacheKey
 from shared.wire import encode_row
 from tests.support.helpers import RunningServer, prompts_encoded, sample_value, start_server
@@ -69,7 +69,7 @@ def _key(prompt: str) -> CacheKey:
 
 def test_one_caller_filling_the_cache_cannot_evict_anothers_entries():
     row_bytes = _row(0.0).nbytes  # type: ignore[attr-defined]
-    cache = EmbeddingCache(4 * row_bytes, callers=["alice", "bob"])  # two rows each
+    cache = ReplyCache(4 * row_bytes, callers=["alice", "bob"])  # two rows each
     cache.put(cache.scope("alice", _key("alice's")), _row(1.0), "alice")  # type: ignore[arg-type]
     for index in range(10):
         cache.put(cache.scope("bob", _key(f"bob's {index}")), _row(2.0), "bob")  # type: ignore[arg-type]
@@ -79,7 +79,7 @@ def test_one_caller_filling_the_cache_cannot_evict_anothers_entries():
 
 def test_shared_cache_charges_an_entry_to_the_caller_who_computed_it():
     row_bytes = _row(0.0).nbytes  # type: ignore[attr-defined]
-    cache = EmbeddingCache(2 * row_bytes, shared=True, callers=["alice", "bob"])
+    cache = ReplyCache(2 * row_bytes, shared=True, callers=["alice", "bob"])
     cache.put(cache.scope("alice", _key("shared idea")), _row(1.0), "alice")  # type: ignore[arg-type]
     for index in range(5):
         cache.put(cache.scope("bob", _key(f"bob's {index}")), _row(2.0), "bob")  # type: ignore[arg-type]
@@ -88,7 +88,7 @@ def test_shared_cache_charges_an_entry_to_the_caller_who_computed_it():
 
 def test_callers_removed_by_a_reload_lose_their_entries_and_the_rest_get_their_share():
     row_bytes = _row(0.0).nbytes  # type: ignore[attr-defined]
-    cache = EmbeddingCache(4 * row_bytes, callers=["alice", "bob"])
+    cache = ReplyCache(4 * row_bytes, callers=["alice", "bob"])
     for caller in ("alice", "bob"):
         for index in range(2):
             cache.put(cache.scope(caller, _key(f"{caller} {index}")), _row(1.0), caller)  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ import threading
 import grpc
 import pytest
 
-from encoder_server.model.loaded import load_encoder
+from encoder_server.model.loaded_models import load_encoder
 from encoder_server.model.prompt_encoder import PromptEncoder
 from shared.protocol import encoder_pb2
 from tests.support.cli_runs import wait_until

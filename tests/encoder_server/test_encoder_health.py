@@ -8,7 +8,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from encoder_server.config import ModelConfig
-from encoder_server.model.loaded import load_encoder
+from encoder_server.model.loaded_models import load_encoder
 from encoder_server.model.prompt_encoder import PromptEncoder
 from shared.defaults import SERVICE_NAME
 from tests.support.helpers import start_server

@@ -9,8 +9,8 @@ import pytest
 import requests
 import torch
 
-from shared.info import ServerInfo
 from shared.protocol import encoder_pb2
+from shared.server_info import ServerInfo
 from tests.support.helpers import RunningServer, start_server
 
 EMPTY = ""

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from encoder_server.config import ModelConfig
 from encoder_server.errors import ModelLoadError
-from encoder_server.model.loaded import load_encoder
+from encoder_server.model.loaded_models import load_encoder
 from encoder_server.model.loading import load_tokenizer, model_display_name
 
 

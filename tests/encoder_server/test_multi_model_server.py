@@ -24,8 +24,8 @@ from encoder_server.model.upsampler import UpsampleRequest
 from encoder_server.server import create_server, ready_line
 from encoder_server.serving.forward_lock import forward_lock
 from encoder_server.serving.models import ServedEngines
-from shared.info import ServerInfo
 from shared.protocol import encoder_pb2
+from shared.server_info import ServerInfo
 from tests.support.cli_runs import serve_encoder
 from tests.support.helpers import RunningServer, encode_model_via, sample_value, start_models_server
 

@@ -14,7 +14,7 @@ import torch
 
 from encoder_server.config import ModelConfig
 from encoder_server.errors import ModelLoadError
-from encoder_server.model.loaded import load_encoder
+from encoder_server.model.loaded_models import load_encoder
 from shared.tiny_snapshot import build_tokenizer
 
 

@@ -15,7 +15,7 @@ import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from encoder_server.config import ConfigError, ConnectionLimits
-from encoder_server.descriptors import RESERVED_DESCRIPTORS, plan_descriptors
+from encoder_server.file_descriptors import RESERVED_DESCRIPTORS, plan_descriptors
 from shared.defaults import SERVICE_NAME
 from tests.support.certs import make_certificates
 from tests.support.cli_runs import EncoderProcess, serve_encoder, wait_until

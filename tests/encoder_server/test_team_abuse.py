@@ -171,8 +171,8 @@ def test_tls_key_that_does_not_match_the_certificate_is_refused_at_start_naming_
 
 
 def test_logged_prompt_text_is_bounded_whatever_a_request_carried(caplog):
-    from encoder_server.team.calls import MAX_LOGGED_CHARS, MAX_LOGGED_PROMPTS, CallLog
-    from encoder_server.team.metrics import ServerMetrics
+    from encoder_server.observability.calls import MAX_LOGGED_CHARS, MAX_LOGGED_PROMPTS, CallLog
+    from encoder_server.observability.metrics import ServerMetrics
 
     calls = CallLog(ServerMetrics(), log_prompts=True)
     with caplog.at_level("INFO", logger="flux2-encoder.calls"), calls.track("predict", "alice") as call:

@@ -102,7 +102,7 @@ def test_no_import_cycles():
 
 # The tiny-snapshot builders write diffusers' DiT and VAE by nature (for tests and demos, never on a server), and
 # `quiet_model_libraries` sets diffusers' log level when a side that loads diffusers calls it.
-DIFFUSERS_ALLOWED = ("shared.tiny_snapshot", "shared.tiny_klein", "shared.tiny_model_cli", "shared.quiet")
+DIFFUSERS_ALLOWED = ("shared.tiny_snapshot", "shared.tiny_klein", "shared.tiny_model_cli", "shared.library_logs")
 
 
 def test_the_encoder_client_and_shared_import_no_diffusers():

@@ -26,8 +26,8 @@ def test_generated_python_code_is_up_to_date(tmp_path):
 def test_server_info_carries_every_get_info_field_both_ways():
     import dataclasses
 
-    from shared.info import ServerInfo
     from shared.protocol import encoder_pb2
+    from shared.server_info import ServerInfo
 
     proto_fields = {field.name for field in encoder_pb2.GetInfoResponse.DESCRIPTOR.fields}
     assert {field.name for field in dataclasses.fields(ServerInfo)} == proto_fields

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from diffusion_client.errors import InputError
+from diffusion_client.studio.engine import Cancelled, QueueFull, QueueLimits, Studio
 from diffusion_client.studio.form import PageRequest
 from diffusion_client.studio.loras import chosen_loras, lora_rows
-from diffusion_client.studio.studio import Cancelled, QueueFull, QueueLimits, Studio
 from tests.support.cli_runs import run_cli
 from tests.support.lora_files import load_tiny_transformer, random_lora
 

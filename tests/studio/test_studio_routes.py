@@ -44,9 +44,9 @@ def serve_page(encoder_server, tiny_snapshot, tmp_path_factory) -> Iterator[Any]
     from diffusion_client import RemoteTextEncoder
     from diffusion_client.generation.generator import ImageGenerator
     from diffusion_client.generation.pipeline import PipelineConfig, load_pipeline, model_kind
+    from diffusion_client.studio.engine import Studio
     from diffusion_client.studio.page import build_page
     from diffusion_client.studio.shelf import Shelf
-    from diffusion_client.studio.studio import Studio
 
     pipeline = load_pipeline(PipelineConfig(model_path=tiny_snapshot, device="cpu", quantize="none"))
     with RemoteTextEncoder(encoder_server.target) as encoder:

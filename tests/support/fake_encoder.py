@@ -15,8 +15,8 @@ from typing import Any
 import grpc
 import torch
 
-from shared.info import ServerInfo
 from shared.protocol import encoder_pb2, encoder_pb2_grpc
+from shared.server_info import ServerInfo
 from shared.wire import tensor_to_responses
 from tests.support.helpers import TINY_EMBED_DIM, TINY_HIDDEN_SIZE
 

@@ -15,8 +15,8 @@ from encoder_server.background import BackgroundServer, serve_in_thread
 from encoder_server.config import BatchingConfig, ModelConfig, RequestLimits, ServerConfig, UpsampleLimits
 from encoder_server.model.prompt_encoder import PromptEncoder
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS
-from shared.info import ServerInfo
 from shared.protocol import encoder_pb2, encoder_pb2_grpc
+from shared.server_info import ServerInfo
 from shared.tiny_snapshot import TinySnapshotShape
 from shared.wire import responses_to_tensor
 

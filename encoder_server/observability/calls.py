@@ -16,7 +16,7 @@ import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from encoder_server.team.metrics import ServerMetrics
+from encoder_server.observability.metrics import ServerMetrics
 
 log = logging.getLogger("flux2-encoder.calls")
 

@@ -1,1 +1,0 @@
-"""A service shared by a team: tokens, the call log, metrics."""
