@@ -145,9 +145,9 @@ def test_marking_runs_on_the_writer_thread_not_the_denoising_one(encoder_server,
     threads: list[str] = []
 
     class RecordingMarker(Marker):
-        def mark(self, image, out, record):  # type: ignore[no-untyped-def]
+        def mark(self, image, out, record, **options):  # type: ignore[no-untyped-def]
             threads.append(threading.current_thread().name)
-            return super().mark(image, out, record)
+            return super().mark(image, out, record, **options)
 
     pipeline = load_pipeline(PipelineConfig(model_path=tiny_snapshot, device="cpu", quantize="none"))
     marker = RecordingMarker(MarkingOptions(c2pa=False), None)
