@@ -9,6 +9,7 @@ import logging
 import math
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from diffusion_client.errors import (
@@ -75,6 +76,10 @@ def one_line(text: str) -> str:
     return printable_line(text, max(len(text), 1))
 
 
+MODEL_HELP = "local FLUX.2 snapshot (transformer/, vae/)"
+CACHE_HELP = "memory for embeddings already fetched, so a prompt asked again is not fetched again; 0 turns it off"
+
+
 def add_quantize_argument(parser: argparse.ArgumentParser) -> None:
     """`--quantize`, as every command that loads the DiT takes it."""
     parser.add_argument(
@@ -85,12 +90,35 @@ def add_quantize_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
+def add_model_arguments(parser: argparse.ArgumentParser, *, cache: str | None = CACHE_HELP) -> None:
+    """`--model`, `--quantize`, `--device` and (unless `cache` is None) `--cache-mib`, as the commands that load the
+    DiT on this machine take them."""
+    parser.add_argument("--model", required=True, type=Path, help=MODEL_HELP)
+    add_quantize_argument(parser)
+    parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    if cache is not None:
+        add_cache_argument(parser, cache)
+
+
+def add_cache_argument(parser: argparse.ArgumentParser, help_text: str = CACHE_HELP) -> None:
+    parser.add_argument(
+        "--cache-mib", type=cache_mib, default=DEFAULT_CACHE_MIB, help=f"{help_text} (default %(default)s)"
+    )
+
+
+def default_device(device: str | None) -> str:
+    """`--device` as given, else cuda when a GPU is visible, else cpu."""
+    if device:
+        return device
     import torch
 
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     from diffusion_client.generation.pipeline import PipelineConfig, resolve_quantize
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     return PipelineConfig(model_path=args.model, device=device, quantize=resolve_quantize(args.quantize, device))
 
 

@@ -30,9 +30,8 @@ from typing import TYPE_CHECKING
 from diffusion_client.batch.head import HeadUnreachableError
 from diffusion_client.batch.results import MANIFEST
 from diffusion_client.commands import (
-    DEFAULT_CACHE_MIB,
+    add_cache_argument,
     add_quantize_argument,
-    cache_mib,
     note,
     one_line,
     report,
@@ -113,12 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_quantize_argument(parser)
     add_job_arguments(parser)
     add_upsample_arguments(parser)
-    parser.add_argument(
-        "--cache-mib",
-        type=cache_mib,
-        default=DEFAULT_CACHE_MIB,
-        help="each worker's memory for embeddings already fetched; 0 turns it off (default %(default)s)",
-    )
+    add_cache_argument(parser, "each worker's memory for embeddings already fetched; 0 turns it off")
     talk = parser.add_mutually_exclusive_group()
     talk.add_argument(
         "--quiet", action="store_true", help="no `wrote PATH` line per image; errors and the summary only"

@@ -13,9 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from diffusion_client.commands import (
-    DEFAULT_CACHE_MIB,
-    add_quantize_argument,
-    cache_mib,
+    add_model_arguments,
     exit_code,
     note,
     one_line,
@@ -63,7 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("prompt", nargs="?", help="what to draw (or use --prompts FILE)")
     add_encoder_arguments(parser)
-    parser.add_argument("--model", required=True, type=Path, help="local FLUX.2 snapshot (transformer/, vae/)")
     add_job_arguments(parser)
     parser.add_argument(
         "--out",
@@ -72,17 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="output image, by extension .png, .jpg/.jpeg or .webp; with --prompts, image.png becomes "
         "image-000.png, image-001.png, ...",
     )
-    add_quantize_argument(parser)
-    parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    add_model_arguments(parser)
     parser.add_argument("--prompts", type=Path, help="one prompt per line, or JSONL with per-line settings")
     add_upsample_arguments(parser)
-    parser.add_argument(
-        "--cache-mib",
-        type=cache_mib,
-        default=DEFAULT_CACHE_MIB,
-        help="memory for embeddings already fetched, so a repeated prompt is fetched once; 0 turns it off "
-        "(default %(default)s)",
-    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_marking_arguments(parser)
     return parser

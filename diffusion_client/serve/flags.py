@@ -7,7 +7,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from diffusion_client.commands import DEFAULT_CACHE_MIB, add_quantize_argument, cache_mib, seconds_between, whole_number
+from diffusion_client.commands import (
+    add_model_arguments,
+    seconds_between,
+    whole_number,
+)
 from diffusion_client.encoder_client.flags import add_encoder_arguments, token_from_args
 from diffusion_client.errors import InputError
 from diffusion_client.provenance.flags import add_marking_arguments, marking_from_args
@@ -27,7 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
         "embeddings from flux2-encoder.",
     )
     add_encoder_arguments(parser)
-    parser.add_argument("--model", required=True, type=Path, help="local FLUX.2 snapshot (transformer/, vae/)")
     parser.add_argument("--encoder-model", metavar="NAME", help="which of the encoder server's models to use")
     parser.add_argument("--name", help="what requests and GET /v1/models call the model (default: its folder's name)")
     parser.add_argument("--host", default=LOOPBACK, help="address to listen on (default %(default)s: this machine)")
@@ -84,11 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     files.add_argument("--public-url", help="the base URL callers reach this server at, for `url` replies")
     parser.add_argument("--lora-dir", type=Path, help="folder of LoRA .safetensors files requests may name")
-    add_quantize_argument(parser)
-    parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
-    parser.add_argument(
-        "--cache-mib", type=cache_mib, default=DEFAULT_CACHE_MIB, help="memory for fetched embeddings, per replica"
-    )
+    add_model_arguments(parser, cache="memory for embeddings already fetched, per replica")
     ray = parser.add_argument_group("many GPUs (Ray Serve)")
     ray.add_argument("--ray", metavar="ADDRESS", help="deploy on the Ray cluster at ADDRESS (or `local`)")
     ray.add_argument("--replicas", type=whole_number(1, 1024), help="replicas, one GPU each (default 1)")

@@ -98,8 +98,8 @@ class ServeRuntime:
             self.loaded.set()
 
     def _service(self) -> ImageService:
-        import torch
 
+        from diffusion_client.commands import default_device
         from diffusion_client.encoder_client.flags import open_encoder
         from diffusion_client.errors import TransportError
         from diffusion_client.generation.generator import ImageGenerator
@@ -108,7 +108,7 @@ class ServeRuntime:
 
         settings = self.settings
         marker = Marker.start(settings.marking)
-        device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = default_device(settings.device)
         config = PipelineConfig(settings.model, device=device, quantize=resolve_quantize(settings.quantize, device))
         encoder = open_encoder(settings.encoder_args, settings.encoder_token, settings.cache_mib << 20)
         self._encoder = encoder

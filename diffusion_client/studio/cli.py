@@ -17,9 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from diffusion_client.commands import (
-    DEFAULT_CACHE_MIB,
-    add_quantize_argument,
-    cache_mib,
+    add_model_arguments,
     note,
     run_command,
     whole_number,
@@ -59,7 +57,6 @@ upload_mib = whole_number(1, 1024, " of MiB")
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog=PROG, description="A web page for FLUX.2 images, with embeddings from flux2-encoder.")
     add_encoder_arguments(parser)
-    parser.add_argument("--model", required=True, type=Path, help="local FLUX.2 snapshot (transformer/, vae/)")
     parser.add_argument("--encoder-model", metavar="NAME", help="which of the encoder server's models to use")
     parser.add_argument("--lora-dir", type=Path, help="folder of LoRA .safetensors files the page offers")
     parser.add_argument(
@@ -106,14 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="forget a session (its gallery) after this long unused; API calls make a session each "
         "(default %(default)s)",
     )
-    add_quantize_argument(parser)
-    parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
-    parser.add_argument(
-        "--cache-mib",
-        type=cache_mib,
-        default=DEFAULT_CACHE_MIB,
-        help="memory for embeddings already fetched: a prompt asked again is not fetched again (default %(default)s)",
-    )
+    add_model_arguments(parser)
     add_marking_arguments(parser)
     return parser
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from diffusion_client.commands import note, run_command
+from diffusion_client.commands import add_model_arguments, default_device, note, run_command
 from diffusion_client.encoder_client.flags import add_encoder_arguments, open_encoder, token_from_args
 from diffusion_client.errors import InputError
 from diffusion_client.training.config import TARGET_PRESETS, WEIGHTING_SCHEMES, TrainConfig, parse_target_modules
@@ -28,7 +28,6 @@ PROG = "flux2-train-lora"
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog=PROG, description="Train a FLUX.2 LoRA; captions are encoded by a flux2-encoder.")
     parser.add_argument("--data", required=True, type=Path, help="images with .txt captions, or metadata.jsonl")
-    parser.add_argument("--model", required=True, type=Path, help="local FLUX.2 snapshot (transformer/, vae/)")
     parser.add_argument("--out", required=True, type=Path, help="folder for the LoRA, checkpoints and caches")
     add_encoder_arguments(parser)
     parser.add_argument("--instance-prompt", help="caption for images without a .txt file (e.g. 'a photo of sks dog')")
@@ -54,10 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--validation-prompt", help="generate this (with the LoRA) at --validate-every and the end")
     parser.add_argument("--validate-every", type=int, default=0)
     parser.add_argument("--validation-steps", type=int, default=28)
-    parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
-    parser.add_argument(
-        "--quantize", choices=("auto", "nf4", "none"), default="auto", help="the DiT in nf4 (QLoRA; CUDA only)"
-    )
+    add_model_arguments(parser, cache=None)  # --quantize nf4 trains QLoRA
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--8bit-adam", dest="eight_bit_adam", action="store_true", help="bitsandbytes' AdamW8bit")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -65,10 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    import torch
+    from diffusion_client.generation.pipeline import resolve_quantize
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    quantize = args.quantize if args.quantize != "auto" else ("nf4" if device.startswith("cuda") else "none")
+    device = default_device(args.device)
+    quantize = resolve_quantize(args.quantize, device)
     return TrainConfig(
         data=args.data,
         model=args.model,
