@@ -5,7 +5,6 @@ and the pipeline config they describe. Imports nothing heavy, so `--help` answer
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import sys
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from diffusion_client.errors import (
     failure_text,
     printable_line,
 )
-from shared.library_logs import quiet_library_loggers
+from shared.command_line import run_command as shared_run_command
 
 if TYPE_CHECKING:
     from diffusion_client.generation.pipeline import PipelineConfig
@@ -125,21 +124,15 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
 def run_command(
     prog: str, parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int], argv: list[str] | None
 ) -> int:
-    """A command's whole life: flags parsed, `run` called, and any failure one line with its exit code."""
-    quiet_library_loggers()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as stop:  # --help, or a bad flag already reported in one line
-        return stop.code if isinstance(stop.code, int) else 2
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as error:  # a bug or an unforeseen failure still gets one line, not a traceback
-        report(error, prog)
-        return exit_code(error)
+    """A client command's whole life (`shared.command_line.run_command`) with the client's exit codes."""
+    return shared_run_command(
+        prog,
+        parser,
+        run,
+        argv,
+        exit_code=exit_code,
+        failure_line=lambda error: printable_line(failure_text(error), MESSAGE_LIMIT),
+    )
 
 
 def whole_number(low: int, high: int | None = None, unit: str = "") -> Callable[[str], int]:

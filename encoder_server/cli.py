@@ -33,19 +33,17 @@ from encoder_server.config import (
 )
 from encoder_server.errors import ServerError
 from encoder_server.health_check import check_health
+from shared.command_line import run_command
 from shared.defaults import DEFAULT_PORT
-from shared.library_logs import quiet_library_loggers
-from shared.printable import OneLineParser, finite_number
+from shared.printable import OneLineParser, finite_number, printable_line
 
 if TYPE_CHECKING:
     from encoder_server.model.families import Family
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="flux2-encoder", description="FLUX.2 text encoder over gRPC.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    serve = commands.add_parser("serve", help="load a snapshot's text encoder and serve embeddings")
-    serve.add_argument(
+def _model_flags(group: argparse._ArgumentGroup) -> None:
+    """What to load: snapshots, device, dtype, quantisation."""
+    group.add_argument(
         "--model",
         required=True,
         action="append",
@@ -54,16 +52,35 @@ def build_parser() -> argparse.ArgumentParser:
         "answering requests that name none. Options after the path override the server-wide flags for this "
         "model: name=NAME, quantize=none|int8|nf4, max_layer=N, dtype=..., device=..., upsampling",
     )
-    serve.add_argument("--host", default="[::]", help="address to bind (default: all interfaces)")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to bind; 0 picks one (default %(default)s)")
-    serve.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    serve.add_argument("--dtype", choices=SUPPORTED_DTYPES, help="default: float32 unquantised on CPU, else bfloat16")
-    serve.add_argument(
+    group.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    group.add_argument("--dtype", choices=SUPPORTED_DTYPES, help="default: float32 unquantised on CPU, else bfloat16")
+    group.add_argument(
         "--quantize",
         choices=QUANTIZE_CHOICES,
         default=None,
         help="weights in int8 or nf4 (bitsandbytes), quantised while loading (default: as the snapshot is saved)",
     )
+
+
+def _listening_flags(group: argparse._ArgumentGroup) -> None:
+    """Where to listen, and TLS."""
+    group.add_argument("--host", default="[::]", help="address to bind (default: all interfaces)")
+    group.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to bind; 0 picks one (default %(default)s)")
+    group.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate chain; serve TLS only")
+    group.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
+    group.add_argument(
+        "--tls-client-ca", type=Path, default=None, help="PEM CA that client certificates must chain to (mTLS)"
+    )
+    group.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        help="also serve Hugging Face's /predict contract, /health and /metrics over HTTP on this port",
+    )
+
+
+def _limit_flags(group: argparse._ArgumentGroup) -> None:
+    """Batching and what one request may ask for."""
     limits, batching = RequestLimits, BatchingConfig
     options: list[tuple[str, type | object, object, str]] = [
         ("--max-batch-size", int, batching.max_batch_size, "prompts per forward pass and per request"),
@@ -104,8 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     ]
     for flag, kind, default, meaning in options:
         suffix = "" if default is None else " (default %(default)s)"
-        serve.add_argument(flag, type=kind, default=default, help=meaning + suffix)  # type: ignore[arg-type]
-    serve.add_argument(
+        group.add_argument(flag, type=kind, default=default, help=meaning + suffix)  # type: ignore[arg-type]
+
+
+def _upsampling_flags(group: argparse._ArgumentGroup) -> None:
+    """Serving Upsample beside Encode."""
+    group.add_argument(
         "--enable-upsampling",
         action="store_true",
         help="load the whole Mistral3 model (all layers, vision tower, LM head) and serve Upsample, for every "
@@ -120,8 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("--max-new-tokens", upsampling.max_new_tokens, "most tokens one upsampled prompt may have"),
         ("--max-queued-upsamples", upsampling.max_queued, "Upsample requests waiting; beyond it RESOURCE_EXHAUSTED"),
     ):
-        serve.add_argument(flag, type=int, default=default, help=f"{meaning} (default %(default)s)")
-    serve.add_argument(
+        group.add_argument(flag, type=int, default=default, help=f"{meaning} (default %(default)s)")
+
+
+def _caller_flags(group: argparse._ArgumentGroup) -> None:
+    """Who may call, how much, and what they are shown."""
+    group.add_argument(
         "--tokens-file",
         "--auth-token-file",
         dest="tokens_file",
@@ -130,50 +155,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="require `authorization: Bearer <token>` on encoder calls; the file holds `name token` lines "
         "(or one bare token); SIGHUP reloads it",
     )
-    serve.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate chain; serve TLS only")
-    serve.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
-    serve.add_argument(
-        "--tls-client-ca", type=Path, default=None, help="PEM CA that client certificates must chain to (mTLS)"
-    )
-    serve.add_argument(
+    group.add_argument(
         "--cache-mib",
         type=int,
         default=DEFAULT_CACHE_BYTES // MIB,
         help="embedding cache budget in MiB; 0 turns the cache off (default %(default)s)",
     )
-    serve.add_argument(
-        "--http-port",
-        type=int,
-        default=None,
-        help="also serve Hugging Face's /predict contract, /health and /metrics over HTTP on this port",
-    )
-    serve.add_argument(
+    group.add_argument(
         "--shared-cache",
         action="store_true",
         help="one embedding cache for every caller: callers reuse each other's work, but a fast reply tells one "
         "caller that another sent the same prompt (default: a cache per token name)",
     )
-    serve.add_argument(
+    group.add_argument(
         "--metrics-token-file",
         type=Path,
         default=None,
         help="require this bearer token on /metrics, which then shows per-caller and cache detail "
         "(default: /metrics is open and shows neither)",
     )
-    serve.add_argument(
+    group.add_argument(
         "--caller-max-in-flight",
         type=int,
         default=None,
         help="calls one token name may have in flight; a tokens-file line may set its own max_in_flight=N "
         "(default: no limit; with no tokens, every caller is one)",
     )
-    serve.add_argument(
+    group.add_argument(
         "--caller-prompts-per-s",
         type=finite_number,
         default=None,
         help="prompts per second one token name may send; a tokens-file line may set its own prompts_per_s=R "
         "(default: no limit)",
     )
+
+
+def _connection_flags(group: argparse._ArgumentGroup) -> None:
+    """Slow and idle connections."""
     connections = ConnectionLimits
     for flag, kind, default, meaning in (
         ("--max-http-connections", int, connections.max_http_connections, "open HTTP connections; past it 503"),
@@ -191,15 +209,27 @@ def build_parser() -> argparse.ArgumentParser:
             "seconds for a gRPC connection's TLS and HTTP/2 set-up",
         ),
     ):
-        serve.add_argument(flag, type=kind, default=default, help=f"{meaning} (default %(default)s)")
-    serve.add_argument(
+        group.add_argument(flag, type=kind, default=default, help=f"{meaning} (default %(default)s)")
+    group.add_argument(
         "--no-warm-up",
         dest="warm_up",
         action="store_false",
         help="report SERVING without first running one pass at --max-batch-size (a model that cannot run then "
         "fails on every request instead of at start-up)",
     )
-    serve.add_argument("--log-prompts", action="store_true", help="write prompt text in the per-request log line")
+    group.add_argument("--log-prompts", action="store_true", help="write prompt text in the per-request log line")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="flux2-encoder", description="FLUX.2 text encoder over gRPC.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    serve = commands.add_parser("serve", help="load a snapshot's text encoder and serve embeddings")
+    _model_flags(serve.add_argument_group("models"))
+    _listening_flags(serve.add_argument_group("listening (gRPC, and HTTP /predict)"))
+    _limit_flags(serve.add_argument_group("batching and request limits"))
+    _upsampling_flags(serve.add_argument_group("prompt upsampling"))
+    _caller_flags(serve.add_argument_group("callers: tokens, limits, cache, metrics"))
+    _connection_flags(serve.add_argument_group("connections"))
     health = commands.add_parser("health", help="print a server's health; exit 0 once it is SERVING")
     health.add_argument("target", help="HOST:PORT of the server")
     health.add_argument("--wait", type=finite_number, default=0.0, help="keep polling up to this many seconds")
@@ -322,18 +352,29 @@ def _check_upsamples(model_path: Path, family: Family, server_wide: bool) -> Non
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    quiet_library_loggers()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    try:
-        if args.command == "health":
-            return check_health(args.target, args.wait, _health_tls(args))
-        run_serve(args)
-    except (ConfigError, ServerError, OSError) as error:
-        print(f"flux2-encoder: error: {error}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> int:
+    if args.command == "health":
+        return check_health(args.target, args.wait, _health_tls(args))
+    run_serve(args)
     return 0
+
+
+def exit_code(error: BaseException) -> int:
+    """2 for what the operator can fix (flags, files, the model, a port), 1 for anything unforeseen."""
+    return 2 if isinstance(error, ConfigError | ServerError | OSError) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(
+        "flux2-encoder",
+        build_parser(),
+        run,
+        argv,
+        exit_code=exit_code,
+        failure_line=lambda error: printable_line(str(error) or type(error).__name__, 2000),
+        log_format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        log_level=logging.INFO,
+    )
 
 
 if __name__ == "__main__":
