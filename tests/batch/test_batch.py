@@ -7,6 +7,7 @@ torch thread, as each worker has (`--cpus-per-worker 1`): CPU float sums depend 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -157,6 +158,7 @@ def twelve_jobs(workspace: Path, tiny_snapshot: Path, batch_encoder: GatedServer
     finished = run_batch(*batch_flags(batch_encoder, tiny_snapshot, out_dir), cwd=workspace)
     assert finished.returncode == 0, finished.stderr[-4000:]
     assert error_lines(finished.stderr) == []
+    (workspace / "two-workers.stderr").write_text(finished.stderr)
     assert "12 image(s) written, 0 failed, 0 skipped" in finished.stdout
     return out_dir
 
@@ -166,6 +168,18 @@ def test_twelve_jobs_over_two_workers_are_pixel_identical_to_flux2_generate(twel
     for index, name in enumerate(NAMES):
         assert pixels(twelve_jobs / name).std() > 0
         np.testing.assert_array_equal(pixels(twelve_jobs / name), reference[index], err_msg=name)
+
+
+def test_a_quiet_run_prints_only_its_own_lines_none_of_rays(twelve_jobs, workspace):
+    lines = [line for line in (workspace / "two-workers.stderr").read_text().splitlines() if line.strip()]
+    assert lines and all(line.startswith("flux2-batch:") for line in lines), lines
+
+
+def test_metadata_names_a_reference_image_by_its_file_name_never_its_path(twelve_jobs, workspace):
+    with Image.open(twelve_jobs / NAMES[7]) as image:
+        parameters = json.loads(image.text["flux2-split"])
+    assert parameters["reference_images"] == ["reference.png"]
+    assert str(workspace) not in json.dumps(parameters)
 
 
 def test_manifest_lists_every_job_once_as_ok_with_where_it_came_from(twelve_jobs):
