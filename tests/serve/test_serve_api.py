@@ -17,6 +17,8 @@ import pytest
 from PIL import Image
 
 from tests.support.cli_runs import run_cli
+from tests.support.helpers import sample_value
+from tests.support.lora_files import load_tiny_transformer, random_lora
 from tests.support.serve_runs import ServeProcess, health, http, pixels, start_serve
 
 TOKENS = (
@@ -24,17 +26,27 @@ TOKENS = (
     "carol carol-token-0123456789abcd max_in_flight=1\n"
 )
 FAST = {"seed": 7, "num_inference_steps": 3}
+METRICS_TOKEN = "metrics-token-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
 def serve(tiny_snapshot: Path, encoder_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     folder = tmp_path_factory.mktemp("serve")
     (folder / "tokens").write_text(TOKENS)
+    (folder / "metrics-token").write_text(METRICS_TOKEN + "\n")
+    (folder / "loras").mkdir()
+    random_lora(load_tiny_transformer(tiny_snapshot), folder / "loras", seed=1).rename(
+        folder / "loras" / "style.safetensors"
+    )
     process = start_serve(
         tiny_snapshot,
         encoder_server.target,
         "--tokens-file",
         str(folder / "tokens"),
+        "--metrics-token-file",
+        str(folder / "metrics-token"),
+        "--lora-dir",
+        str(folder / "loras"),
         "--out-dir",
         str(folder / "images"),
         "--max-queue-per-caller",
@@ -172,9 +184,50 @@ def test_a_stream_sends_every_step_the_partial_images_and_the_same_final_image(s
     assert np.array_equal(pixels(events[-1].b64_json), pixels(plain.data[0].b64_json or ""))
 
 
+def lora_folder(serve: ServeProcess) -> Path:
+    arguments = list(serve.process.args)  # type: ignore[arg-type]
+    return Path(arguments[arguments.index("--lora-dir") + 1])
+
+
+def test_a_lora_named_from_lora_dir_gives_flux2_generate_lora_pixels(serve, encoder_server, tiny_snapshot, tmp_path):
+    lora = {"loras": [{"name": "style.safetensors", "scale": 0.8}]}
+    reply = client(serve).images.generate(prompt="a red fox", size="64x64", extra_body={**FAST, **lora})
+    folder = lora_folder(serve)
+    expected = cli_image(
+        encoder_server, tiny_snapshot, tmp_path / "cli.png", "--seed", "7", "--lora", f"{folder}/style.safetensors:0.8"
+    )
+    assert np.array_equal(pixels(reply.data[0].b64_json or ""), expected)
+
+
+def test_a_lora_the_folder_does_not_offer_is_a_400_naming_only_names(serve):
+    with pytest.raises(openai.BadRequestError) as raised:
+        client(serve).images.generate(prompt="x", size="64x64", extra_body={"loras": [{"name": "../tokens"}]})
+    assert raised.value.body["param"] == "loras"  # type: ignore[index]
+    assert str(lora_folder(serve)) not in raised.value.message
+
+
+def test_a_negative_prompt_for_a_guidance_distilled_model_is_a_400(serve):
+    with pytest.raises(openai.BadRequestError) as raised:
+        client(serve).images.generate(prompt="x", size="64x64", extra_body={"negative_prompt": "blurry"})
+    assert raised.value.body["code"] == "unsupported_parameter"  # type: ignore[index]
+
+
+def test_metrics_count_requests_and_images_by_caller_only_behind_the_metrics_token(serve):
+    client(serve, token="bob-token-0123456789abcdef").images.generate(prompt="x", size="64x64", extra_body=FAST)
+    status, _, _ = http(serve.port, "/metrics")
+    assert status == 401
+    status, _, body = http(serve.port, "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    text = body.decode()
+    assert status == 200 and (sample_value(text, "flux2_serve_images_total", {"caller": "bob"}) or 0) >= 1
+    bobs = {"caller": "bob", "endpoint": "generations", "status": "200"}
+    assert (sample_value(text, "flux2_serve_requests_total", bobs) or 0) >= 1
+    assert "flux2_serve_queue_length" in text and "a red fox" not in text
+
+
 def test_models_lists_the_served_model(serve):
     models = client(serve).models.list()
     assert [model.id for model in models.data] == ["tiny-flux2"]
+    assert models.data[0].model_extra == {"loras": ["style.safetensors"]}
 
 
 @pytest.mark.parametrize(

@@ -112,3 +112,24 @@ def test_help_names_every_endpoint_flag_group(tmp_path):
 
 def test_the_console_script_is_installed():
     assert (Path(sys.executable).parent / "flux2-serve").exists()
+
+
+def test_sighup_rereads_the_tokens_file(tiny_snapshot, encoder_server, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice alice-token-0123456789abcdef\n")
+    process = start_serve(
+        tiny_snapshot, encoder_server.target, "--tokens-file", str(tokens), "--out-dir", str(tmp_path)
+    )
+    try:
+        process.wait_serving()
+        bob = {"Authorization": "Bearer bob-token-0123456789abcdef"}
+        assert http(process.port, "/v1/models", headers=bob)[0] == 401
+        tokens.write_text("alice alice-token-0123456789abcdef\nbob bob-token-0123456789abcdef\n")
+        process.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: http(process.port, "/v1/models", headers=bob)[0] == 200, 10)
+        tokens.write_text("not a tokens file line\nx\n")  # a broken file keeps the old table
+        process.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: any("did not reload" in line for line in process.log), 10)
+        assert http(process.port, "/v1/models", headers=bob)[0] == 200
+    finally:
+        process.stop()
