@@ -44,6 +44,7 @@ from diffusion_client.errors import ClientError
 from encoder_server.config import QUANTIZE_CHOICES, BatchingConfig, ModelConfig, RequestLimits, ServerConfig
 from encoder_server.errors import ServerError
 from encoder_server.model import loading
+from encoder_server.model.loaded_models import load_encoder
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS, DEFAULT_MAX_SEQUENCE_LENGTH
 from shared.tiny_klein import build_qwen3_tokenizer, build_tiny_klein_snapshot
 from shared.tiny_snapshot import build_tokenizer
@@ -51,7 +52,6 @@ from shared.wire import DTYPES
 
 if TYPE_CHECKING:
     from encoder_server.background import BackgroundServer
-    from encoder_server.model.loaded_models import load_encoder
     from encoder_server.model.prompt_encoder import PromptEncoder
 
 log = logging.getLogger("bench.encoder")
