@@ -98,7 +98,7 @@ def test_a_replica_killed_mid_run_is_replaced_and_every_request_gets_its_image(r
     client = sdk(ray_serve, retries=4)  # the SDK retries a 5xx, as every OpenAI client does
     victim = replica_pids()[0]
     results: dict[int, np.ndarray] = {}
-    runner = threading.Thread(target=lambda: results.update(concurrently(client, range(10, 18), steps=100)))
+    runner = threading.Thread(target=lambda: results.update(concurrently(client, range(10, 18), steps=50)))
     runner.start()
     time.sleep(1.0)
     assert runner.is_alive()  # the victim dies with requests in flight
@@ -109,4 +109,4 @@ def test_a_replica_killed_mid_run_is_replaced_and_every_request_gets_its_image(r
     while not (len(replica_pids()) == 2 and victim not in replica_pids()):
         assert time.monotonic() < deadline, "the deployment did not get back to 2 replicas"
         time.sleep(0.5)
-    assert np.array_equal(results[12], generate(client, 12, steps=100))
+    assert np.array_equal(results[12], generate(client, 12, steps=50))
