@@ -39,13 +39,24 @@ def failing_invocation(command: str, snapshot: Path, tmp_path: Path, taken_port:
         return [*flags, "--encoder", encoder, "--device", "cpu", "--steps", "1", "--resolution", "64"], encoder
     if command == "flux2-verify":
         return [str(tmp_path / "missing.png")], "missing.png"
+    if command == "flux2-serve":  # listening wide without tokens on a taken port: no warning, the error alone
+        flags = ["--host", "0.0.0.0", "--port", str(taken_port), "--out-dir", str(tmp_path / "images")]
+        return [*flags, "--encoder", encoder, "--model", str(snapshot), "--device", "cpu"], str(taken_port)
     assert command == "flux2-encoder"
     return ["serve", "--model", str(tmp_path / "missing"), "--port", "0"], "is not a directory"
 
 
 @pytest.mark.parametrize(
     "command",
-    ["flux2-generate", "flux2-batch", "flux2-studio", "flux2-train-lora", "flux2-verify", "flux2-encoder"],
+    [
+        "flux2-generate",
+        "flux2-batch",
+        "flux2-studio",
+        "flux2-train-lora",
+        "flux2-verify",
+        "flux2-encoder",
+        "flux2-serve",
+    ],
 )
 def test_a_failing_first_run_prints_exactly_one_line_even_with_avx512_bf16(command, tiny_snapshot, tmp_path):
     site = tmp_path / "site"
