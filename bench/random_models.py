@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from bench.harness import BenchError, setup_process
+from diffusion_client.generation.pipeline import ModelKind, PipelineConfig, load_pipeline, model_kind, resolve_quantize
 from encoder_server.config import ModelConfig, RequestLimits, ServerConfig
 from encoder_server.health_check import check_health
 from shared.defaults import DEFAULT_HIDDEN_STATE_LAYERS
@@ -113,6 +114,15 @@ def random_pipeline(device: str) -> Any:
         vae = AutoencoderKLFlux2().eval().requires_grad_(False)
     quantize_linears(transformer, device, "nf4")
     return Flux2Pipeline(build_scheduler(), vae, text_encoder=None, tokenizer=None, transformer=transformer)
+
+
+def generator_pipeline(snapshot: Path | None, device: str) -> tuple[Any, ModelKind]:
+    """The generator side's pipeline and kind: `snapshot`'s as the commands load it, else `random_pipeline`'s
+    FLUX.2-dev (28 steps, guidance 4)."""
+    if snapshot is None:
+        return random_pipeline(device), ModelKind("Flux2Pipeline", distilled=True, steps=28, guidance=4.0)
+    quantize = resolve_quantize("auto", device)
+    return load_pipeline(PipelineConfig(model_path=snapshot, device=device, quantize=quantize)), model_kind(snapshot)
 
 
 def server_config(model: Path | None, device: str, port: int) -> tuple[ServerConfig, Callable[[], Any] | None]:

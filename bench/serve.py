@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import harness
-from bench.random_models import encoder_server, random_pipeline
+from bench.random_models import encoder_server, generator_pipeline
 from bench.studio import cli_seconds  # flux2-generate's time per image, measured as the page's benchmark does
 from diffusion_client.encoder_client.client import RemoteTextEncoder
 from diffusion_client.errors import ClientError
 from diffusion_client.generation.generator import ImageGenerator
-from diffusion_client.generation.pipeline import ModelKind, PipelineConfig, load_pipeline, model_kind, resolve_quantize
+from diffusion_client.generation.pipeline import ModelKind
 
 GUIDANCE = 4.0
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -100,12 +100,7 @@ def served(port: int, args: argparse.Namespace, concurrency: int, requests: int)
 
 def benchmark(args: argparse.Namespace, scratch: Path, snapshot: Path | None) -> dict[str, Any]:
     started = time.perf_counter()
-    if snapshot is None:
-        pipeline, kind = random_pipeline(args.device), ModelKind("Flux2Pipeline", False, 28, GUIDANCE)
-    else:
-        quantize = resolve_quantize("auto", args.device)
-        pipeline = load_pipeline(PipelineConfig(model_path=snapshot, device=args.device, quantize=quantize))
-        kind = model_kind(snapshot)
+    pipeline, kind = generator_pipeline(snapshot, args.device)
     harness.release_memory(args.device)
     report: dict[str, Any] = {
         "benchmark": "serve",

@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from bench import harness
-from bench.random_models import encoder_server, random_pipeline
+from bench.random_models import encoder_server, generator_pipeline
 from diffusion_client.encoder_client.client import RemoteTextEncoder
 from diffusion_client.errors import ClientError
 from diffusion_client.generation.generator import FailedJob, ImageGenerator
 from diffusion_client.generation.jobs import GenerationJob
-from diffusion_client.generation.pipeline import ModelKind, PipelineConfig, load_pipeline, model_kind, resolve_quantize
 
 log = logging.getLogger("bench.studio")
 
@@ -120,12 +119,7 @@ def benchmark(args: argparse.Namespace, scratch: Path, snapshot: Path | None) ->
 
     started = time.perf_counter()
     chromium_path()  # before minutes of loading
-    if snapshot is None:
-        pipeline, kind = random_pipeline(args.device), ModelKind("Flux2Pipeline", True, 28, GUIDANCE)
-    else:
-        quantize = resolve_quantize("auto", args.device)
-        pipeline = load_pipeline(PipelineConfig(model_path=snapshot, device=args.device, quantize=quantize))
-        kind = model_kind(snapshot)
+    pipeline, kind = generator_pipeline(snapshot, args.device)
     harness.release_memory(args.device)
     report: dict[str, Any] = {
         "benchmark": "studio",
