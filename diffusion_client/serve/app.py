@@ -219,13 +219,16 @@ async def _generate(
 async def _wait(request: Request, events: asyncio.Queue[Event]) -> list[Completed]:
     """The request's images, in order; a caller that hangs up ends the wait (and, on exit, its job)."""
     completed: list[Completed] = []
+    checked = time.monotonic()
     while True:
-        try:
+        event: Event | None = None
+        with contextlib.suppress(TimeoutError):
             event = await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
-        except TimeoutError:
+        # checked on a clock, not only when no event came: steps faster than the poll would hide a hang-up
+        if time.monotonic() - checked >= DISCONNECT_POLL_S:
+            checked = time.monotonic()
             if await request.is_disconnected():
-                raise ApiError(499, "the caller went away", code="cancelled") from None
-            continue
+                raise ApiError(499, "the caller went away", code="cancelled")
         if isinstance(event, Completed):
             completed.append(event)
         elif isinstance(event, Failed):
