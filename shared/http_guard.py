@@ -8,7 +8,9 @@ moment it is accepted, TLS handshake included, and each request's headers have a
   handshake ended (up to 60 s later), and frees refused sockets only on a later loop iteration.
 - `guarded_protocol` is uvicorn's HTTP/1.1 protocol with a deadline for each request's line and headers,
   counted from the connection's start or from the previous reply (bytes trickled in do not extend it): past
-  it the connection gets 408 (or, if it sent nothing, is closed as an idle keep-alive connection is).
+  it the connection gets 408 (or, if it sent nothing, is closed as an idle keep-alive connection is). A reply
+  has a deadline too: a client that takes none of it (its buffers full) for `write_timeout_s` has its
+  connection aborted, so a reader that never reads cannot pin a reply's bytes or its connection's place.
 
 `bind_listener` and `start_guarded_server` put an ASGI app behind both on uvicorn: `flux2-encoder`'s /predict and
 `flux2-serve` use them. A request body's own deadline is the app's business.
@@ -35,6 +37,7 @@ log = logging.getLogger("flux2-split.http")
 
 RETRY_AFTER_S = 1  # what a connection refused past the cap is told
 LISTEN_BACKLOG = 512  # connections the kernel queues before we accept them (they hold no descriptor of ours)
+WRITE_TIMEOUT_S = 60.0  # a client that takes no byte of a reply for this long has stopped reading
 
 
 def _raw_response(status: str, message: str, extra_headers: str = "") -> bytes:
@@ -115,15 +118,19 @@ async def _start(
             raise
 
 
-def guarded_protocol(header_timeout_s: float, count: ConnectionCount) -> type[H11Protocol]:
-    """An `H11Protocol` class (for `uvicorn.Config(http=...)`) with a header deadline, releasing its place in
-    `count` when its connection closes."""
+def guarded_protocol(
+    header_timeout_s: float, count: ConnectionCount, write_timeout_s: float = WRITE_TIMEOUT_S
+) -> type[H11Protocol]:
+    """An `H11Protocol` class (for `uvicorn.Config(http=...)`) with a header deadline and a write deadline,
+    releasing its place in `count` when its connection closes."""
     too_slow = _raw_response(
         "408 Request Timeout", f"the request line and headers did not arrive within {header_timeout_s:g} s"
     )
 
     class GuardedH11Protocol(H11Protocol):
         _header_timer: asyncio.TimerHandle | None = None
+        _write_timer: asyncio.TimerHandle | None = None
+        _unsent = 0  # bytes of the reply waiting in the transport at the last write check
         _received = 0  # bytes of the request being awaited
         _counted = False
 
@@ -143,8 +150,19 @@ def guarded_protocol(header_timeout_s: float, count: ConnectionCount) -> type[H1
             if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
                 self._await_headers()  # the next request on this keep-alive connection
 
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if self._write_timer is None:
+                self._unsent = self.transport.get_write_buffer_size()
+                self._write_timer = self.loop.call_later(write_timeout_s, self._check_reader)
+
+        def resume_writing(self) -> None:
+            self._stop_write_timer()
+            super().resume_writing()
+
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_timer()
+            self._stop_write_timer()
             if self._counted:
                 self._counted = False
                 count.release()
@@ -159,6 +177,23 @@ def guarded_protocol(header_timeout_s: float, count: ConnectionCount) -> type[H1
             if self._header_timer is not None:
                 self._header_timer.cancel()
                 self._header_timer = None
+
+        def _stop_write_timer(self) -> None:
+            if self._write_timer is not None:
+                self._write_timer.cancel()
+                self._write_timer = None
+
+        def _check_reader(self) -> None:
+            """While writing is paused: a client that took some bytes since the last check gets another
+            `write_timeout_s`; one that took none has its connection aborted."""
+            unsent = self.transport.get_write_buffer_size()
+            if unsent < self._unsent:
+                self._unsent = unsent
+                self._write_timer = self.loop.call_later(write_timeout_s, self._check_reader)
+                return
+            self._write_timer = None
+            log.warning("a client took none of its reply for %g s; its connection was dropped", write_timeout_s)
+            self.transport.abort()  # close() would wait, forever, to flush the buffer the client never reads
 
         def _headers_too_slow(self) -> None:
             self._header_timer = None
@@ -214,10 +249,12 @@ async def start_guarded_server(
     max_connections: int,
     header_timeout_s: float,
     grace_s: float,
+    write_timeout_s: float = WRITE_TIMEOUT_S,
     tls: dict[str, Any] | None = None,
     lifespan: Literal["auto", "on", "off"] = "off",
 ) -> GuardedServer:
-    """Serve `app` on the listening `sock` from the running loop, at most `max_connections` connections at once.
+    """Serve `app` on the listening `sock` from the running loop, at most `max_connections` connections at once;
+    a connection whose client takes none of a reply for `write_timeout_s` is aborted.
 
     What `uvicorn.Server.serve` does, less `capture_signals` (the caller owns the signals) and with
     `accept_connections` where `Server.startup` would call `create_server`.
@@ -225,7 +262,7 @@ async def start_guarded_server(
     count = ConnectionCount(max_connections)
     config = uvicorn.Config(
         app,
-        http=guarded_protocol(header_timeout_s, count),
+        http=guarded_protocol(header_timeout_s, count, write_timeout_s),
         lifespan=lifespan,
         log_config=None,
         access_log=False,

@@ -33,6 +33,7 @@ from tests.support.batch_runs import (
     ray_workers,
     read_manifest,
     run_batch,
+    with_ctrl_c,
     write_jobs,
 )
 from tests.support.cli_runs import wait_until
@@ -232,7 +233,9 @@ def test_an_interrupted_run_run_again_writes_only_the_missing_images(
     gate.allow(3)  # three images, then the fourth job waits for its embedding
     log = (workspace / "interrupted.log").open("w")
     command = batch_command(*flags)
-    driver = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=batch_env(), cwd=workspace)
+    driver = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env=batch_env(), cwd=workspace, preexec_fn=with_ctrl_c
+    )
     try:
         wait_until(lambda: len(images(out_dir)) == 3, timeout_s=240)
         gate.wait_until_held()

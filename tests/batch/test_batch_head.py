@@ -19,7 +19,15 @@ from collections.abc import Iterator
 import pytest
 
 from diffusion_client.batch.head import HeadUnreachableError, probe_head
-from tests.support.batch_runs import PREFIX, batch_command, batch_env, read_manifest, run_batch, write_jobs
+from tests.support.batch_runs import (
+    PREFIX,
+    batch_command,
+    batch_env,
+    read_manifest,
+    run_batch,
+    with_ctrl_c,
+    write_jobs,
+)
 from tests.support.cli_runs import free_port
 
 CONNECT_S = 2.0
@@ -135,7 +143,12 @@ def test_a_signal_while_connecting_to_the_head_stops_the_command_at_once(
     flags = ["--prompts", str(prompts), "--encoder", encoder_server.target, "--model", str(tiny_snapshot)]
     flags += ["--out-dir", str(tmp_path / "out"), "--ray", f"127.0.0.1:{silent.port}", "--connect-timeout", "60"]
     driver = subprocess.Popen(
-        batch_command(*flags), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=batch_env()
+        batch_command(*flags),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=batch_env(),
+        preexec_fn=with_ctrl_c,
     )
     try:
         assert silent.connected.wait(120), "the command never reached the probe"

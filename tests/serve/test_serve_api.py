@@ -16,8 +16,9 @@ import openai
 import pytest
 from PIL import Image
 
+from diffusion_client import RemoteTextEncoder
 from tests.support.cli_runs import run_cli
-from tests.support.helpers import sample_value
+from tests.support.helpers import RunningServer, sample_value, start_server
 from tests.support.lora_files import load_tiny_transformer, random_lora
 from tests.support.serve_runs import ServeProcess, health, http, pixels, start_serve
 
@@ -27,10 +28,20 @@ TOKENS = (
 )
 FAST = {"seed": 7, "num_inference_steps": 3}
 METRICS_TOKEN = "metrics-token-0123456789abcdef"
+UPSAMPLE_TOKENS = 8
 
 
 @pytest.fixture(scope="module")
-def serve(tiny_snapshot: Path, encoder_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+def encoder(tiny_snapshot: Path) -> Iterator[RunningServer]:
+    """This module's encoder server, which upsamples too (8 new tokens at most, so a rewrite takes little time)."""
+    with start_server(tiny_snapshot, enable_upsampling=True, upsample_max_new_tokens=UPSAMPLE_TOKENS) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def serve(
+    tiny_snapshot: Path, encoder: RunningServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServeProcess]:
     folder = tmp_path_factory.mktemp("serve")
     (folder / "tokens").write_text(TOKENS)
     (folder / "metrics-token").write_text(METRICS_TOKEN + "\n")
@@ -40,7 +51,7 @@ def serve(tiny_snapshot: Path, encoder_server, tmp_path_factory: pytest.TempPath
     )
     process = start_serve(
         tiny_snapshot,
-        encoder_server.target,
+        encoder.target,
         "--tokens-file",
         str(folder / "tokens"),
         "--metrics-token-file",
@@ -64,11 +75,11 @@ def client(serve: ServeProcess, token: str = "alice-token-0123456789abcdef", **o
     return openai.OpenAI(base_url=serve.base_url, api_key=token, max_retries=0, timeout=120, **options)
 
 
-def cli_image(encoder_server, tiny_snapshot: Path, out: Path, *flags: str) -> np.ndarray:  # type: ignore[no-untyped-def]
+def cli_image(encoder, tiny_snapshot: Path, out: Path, *flags: str) -> np.ndarray:  # type: ignore[no-untyped-def]
     finished = run_cli(
         "a red fox",
         "--encoder",
-        encoder_server.target,
+        encoder.target,
         "--model",
         str(tiny_snapshot),
         "--out",
@@ -91,24 +102,24 @@ def reference_png(path: Path, colour: tuple[int, int, int]) -> Path:
     return path
 
 
-def test_sdk_generate_gives_flux2_generate_pixels(serve, encoder_server, tiny_snapshot, tmp_path):
+def test_sdk_generate_gives_flux2_generate_pixels(serve, encoder, tiny_snapshot, tmp_path):
     reply = client(serve).images.generate(
         model="tiny-flux2", prompt="a red fox", size="64x64", response_format="b64_json", extra_body=FAST
     )
     assert reply.data[0].b64_json is not None
-    expected = cli_image(encoder_server, tiny_snapshot, tmp_path / "cli.png", "--seed", "7")
+    expected = cli_image(encoder, tiny_snapshot, tmp_path / "cli.png", "--seed", "7")
     assert np.array_equal(pixels(reply.data[0].b64_json), expected)
     assert reply.size == "64x64" and reply.output_format == "png" and reply.created > 0
 
 
-def test_sdk_edit_with_two_images_gives_flux2_generate_pixels(serve, encoder_server, tiny_snapshot, tmp_path):
+def test_sdk_edit_with_two_images_gives_flux2_generate_pixels(serve, encoder, tiny_snapshot, tmp_path):
     a, b = reference_png(tmp_path / "a.png", (200, 30, 30)), reference_png(tmp_path / "b.png", (30, 30, 200))
     with a.open("rb") as first, b.open("rb") as second:
         reply = client(serve).images.edit(
             model="tiny-flux2", image=[first, second], prompt="a red fox", size="64x64", extra_body=FAST
         )
     expected = cli_image(
-        encoder_server, tiny_snapshot, tmp_path / "cli.png", "--seed", "7", "--image", str(a), "--image", str(b)
+        encoder, tiny_snapshot, tmp_path / "cli.png", "--seed", "7", "--image", str(a), "--image", str(b)
     )
     assert np.array_equal(pixels(reply.data[0].b64_json or ""), expected)
 
@@ -189,12 +200,12 @@ def lora_folder(serve: ServeProcess) -> Path:
     return Path(arguments[arguments.index("--lora-dir") + 1])
 
 
-def test_a_lora_named_from_lora_dir_gives_flux2_generate_lora_pixels(serve, encoder_server, tiny_snapshot, tmp_path):
+def test_a_lora_named_from_lora_dir_gives_flux2_generate_lora_pixels(serve, encoder, tiny_snapshot, tmp_path):
     lora = {"loras": [{"name": "style.safetensors", "scale": 0.8}]}
     reply = client(serve).images.generate(prompt="a red fox", size="64x64", extra_body={**FAST, **lora})
     folder = lora_folder(serve)
     expected = cli_image(
-        encoder_server, tiny_snapshot, tmp_path / "cli.png", "--seed", "7", "--lora", f"{folder}/style.safetensors:0.8"
+        encoder, tiny_snapshot, tmp_path / "cli.png", "--seed", "7", "--lora", f"{folder}/style.safetensors:0.8"
     )
     assert np.array_equal(pixels(reply.data[0].b64_json or ""), expected)
 
@@ -210,6 +221,17 @@ def test_a_negative_prompt_for_a_guidance_distilled_model_is_a_400(serve):
     with pytest.raises(openai.BadRequestError) as raised:
         client(serve).images.generate(prompt="x", size="64x64", extra_body={"negative_prompt": "blurry"})
     assert raised.value.body["code"] == "unsupported_parameter"  # type: ignore[index]
+
+
+def test_upsample_answers_the_encoders_rewrite_as_revised_prompt_and_flux2_generate_upsample_pixels(
+    serve, encoder, tiny_snapshot, tmp_path
+):
+    reply = client(serve).images.generate(prompt="a red fox", size="64x64", extra_body={**FAST, "upsample": True})
+    with RemoteTextEncoder(encoder.target) as remote:
+        rewrite = remote.upsample("a red fox", seed=7, max_new_tokens=UPSAMPLE_TOKENS)[0]
+    assert reply.data[0].revised_prompt == rewrite and rewrite != "a red fox"
+    expected = cli_image(encoder, tiny_snapshot, tmp_path / "cli.png", "--seed", "7", "--upsample")
+    np.testing.assert_array_equal(pixels(reply.data[0].b64_json), expected)
 
 
 def test_metrics_count_requests_and_images_by_caller_only_behind_the_metrics_token(serve):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.support.helpers import sample_value
 from tests.support.serve_runs import ServeProcess, http, start_serve
 
 
@@ -214,3 +215,45 @@ def test_a_body_that_never_finishes_is_cut_off(serve):
         connection.settimeout(30)
         reply = connection.recv(4096)
     assert reply.startswith(b"HTTP/1.1 408") or reply == b""
+
+
+def images_made(serve: ServeProcess) -> float:
+    return sample_value(http(serve.port, "/metrics")[2].decode(), "flux2_serve_images_total") or 0
+
+
+def test_callers_that_never_read_their_replies_do_not_hold_up_the_next_caller(serve):
+    """Four 512² images as JSON, and a stream of previews, to sockets that never read: their bytes wait in those
+    connections (at most until the write deadline) and the next caller is answered meanwhile."""
+    requests = [
+        {"prompt": "a red fox", "size": "512x512", "n": 4, "seed": 1, "num_inference_steps": 1},
+        {
+            "prompt": "a red fox",
+            "size": "512x512",
+            "seed": 2,
+            "num_inference_steps": 3,
+            "stream": True,
+            "partial_images": 3,
+        },
+    ]
+    before = images_made(serve)
+    sockets = []
+    try:
+        for body in requests:
+            raw = json.dumps(body).encode()
+            connection = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            connection.connect(("127.0.0.1", serve.port))
+            connection.sendall(
+                b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: " + str(len(raw)).encode() + b"\r\n\r\n" + raw
+            )
+            sockets.append(connection)
+        deadline = time.monotonic() + 120
+        while images_made(serve) < before + 5:  # all five made, their replies written to nobody
+            assert time.monotonic() < deadline, "the unread requests never finished"
+            time.sleep(0.1)
+        still_serving(serve)
+    finally:
+        for connection in sockets:
+            connection.close()
+    still_serving(serve)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,12 @@ def run_batch(*flags: str, cwd: Path | None = None, timeout: float = 300) -> sub
     return subprocess.run(
         batch_command(*flags), capture_output=True, text=True, timeout=timeout, env=batch_env(), cwd=cwd
     )
+
+
+def with_ctrl_c() -> None:
+    """`preexec_fn` for a command a test interrupts with SIGINT: SIGINT as a terminal's Ctrl-C finds it. A test run
+    started in the background by a shell without job control inherits SIGINT ignored, and Python keeps it so."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def write_jobs(path: Path, jobs: list[dict[str, Any]]) -> Path:
