@@ -1,7 +1,7 @@
 """Upsample benchmark: prompt-rewrite latency and tokens/s, and Encode p50 alone and beside a running upsample.
 
-`--tiny` serves the tiny snapshot on CPU with `--enable-upsampling` (random weights: the tiny model stops after
-about 64 tokens). `--full-size` builds Mistral Small 3.1 with random weights on CUDA, whole (vision tower and LM
+`--tiny` serves the tiny snapshot on CPU with `--enable-upsampling` (random weights: a rewrite runs to
+`--max-new-tokens`, diffusers' 512 unless given). `--full-size` builds Mistral Small 3.1 with random weights on CUDA, whole (vision tower and LM
 head too, ≈ 48 GB in bf16), or loads `--model`. Everything goes through the real server and `RemoteTextEncoder`.
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import device_name, make_prompt, mode_parser, parse_mode_args, run_main
+from diffusion_client.encoder_client.upsampling import DEFAULT_MAX_NEW_TOKENS
 
 DEFAULTS = {"tiny": {"device": "cpu", "repeats": 5}, "full-size": {"device": "cuda", "repeats": 10}}
 
@@ -71,13 +72,13 @@ def benchmark(args: argparse.Namespace, scratch: Path, snapshot: Path | None) ->
             encoder.encode(prompts[0])  # warm-up
             idle = [encode_ms() for _ in range(args.repeats)]
             started = time.perf_counter()
-            rewritten = encoder.upsample(prompts, seed=0)
+            rewritten = encoder.upsample(prompts, seed=0, max_new_tokens=args.max_new_tokens)
             upsample_s = time.perf_counter() - started
             tokens = sum(len(count_tokens(text, add_special_tokens=False)["input_ids"]) for text in rewritten)
             done = threading.Event()
 
             def rewrite_beside() -> None:
-                encoder.upsample(prompts, seed=1)
+                encoder.upsample(prompts, seed=1, max_new_tokens=args.max_new_tokens)
                 done.set()
 
             worker = threading.Thread(target=rewrite_beside)
@@ -91,6 +92,7 @@ def benchmark(args: argparse.Namespace, scratch: Path, snapshot: Path | None) ->
         "device": device_name(args.device),
         "model": str(snapshot) if snapshot else "random Mistral Small 3.1 (whole), bf16",
         "prompts_per_request": len(prompts),
+        "max_new_tokens": args.max_new_tokens,
         "upsample": {"latency_s": upsample_s, "new_tokens": tokens, "tokens_per_s": tokens / upsample_s},
         "encode_ms_p50_idle": statistics.median(idle),
         "encode_ms_p50_beside_upsample": statistics.median(beside),
@@ -102,6 +104,9 @@ def benchmark(args: argparse.Namespace, scratch: Path, snapshot: Path | None) ->
 def main(argv: Sequence[str] | None = None) -> int:
     parser = mode_parser("bench.upsample", __doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, help="encodes timed alone and beside an upsample (tiny 5, full 10)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="tokens per rewrite (default %(default)s)"
+    )
     args = parse_mode_args(parser, argv, DEFAULTS)
     return run_main(args, benchmark)
 
