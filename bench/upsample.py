@@ -1,8 +1,9 @@
 """Upsample benchmark: prompt-rewrite latency and tokens/s, and Encode p50 alone and beside a running upsample.
 
 `--tiny` serves the tiny snapshot on CPU with `--enable-upsampling` (random weights: a rewrite runs to
-`--max-new-tokens`, diffusers' 512 unless given). `--full-size` builds Mistral Small 3.1 with random weights on CUDA, whole (vision tower and LM
-head too, ≈ 48 GB in bf16), or loads `--model`. Everything goes through the real server and `RemoteTextEncoder`.
+`--max-new-tokens`, diffusers' 512 unless given). `--full-size` builds Mistral Small 3.1 with random weights on
+CUDA, whole (vision tower and LM head too, ≈ 48 GB in bf16), or loads `--model`. Everything goes through the real
+server and `RemoteTextEncoder`.
 """
 
 from __future__ import annotations
