@@ -7,6 +7,9 @@ import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `make test` runs several pytest workers, each starting servers and commands, on a few cores: one torch thread per
+# process (the commands it starts inherit it) keeps them from spinning against each other. Set before torch loads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Generating signs C2PA manifests with a local authority made in the user's config folder: the tests' own
 # (one per test process, shared by the CLIs it starts), never the user's.
 os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="flux2-split-test-config-")
