@@ -326,23 +326,23 @@ def test_callers_are_served_round_robin(serve):
     assert order.index("bob") <= len(order) - 1 - 18 + 1, order
 
 
-def test_a_caller_that_hangs_up_has_its_job_stopped(serve):
-    """The job ends cancelled (a 499 in the metrics), not as an image: checked by outcome, not by a clock, since
-    one step's time depends on how loaded the machine is."""
+def scrape_metrics(serve: ServeProcess) -> str:
+    return http(serve.port, "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})[2].decode()
+
+
+def bobs(metrics: str, name: str, status: str | None = None) -> float:
+    labels = {"caller": "bob"} if status is None else {"caller": "bob", "endpoint": "generations", "status": status}
+    return sample_value(metrics, name, labels) or 0
+
+
+def hang_up_mid_job(serve: ServeProcess, body: dict) -> None:  # type: ignore[type-arg]
+    """Bob asks for a 100-step 512² image, hangs up once it runs, and the server finishes with it (120 s at most)."""
     import socket
 
-    def bobs(text: str, name: str, status: str | None = None) -> float:
-        labels = {"caller": "bob"} if status is None else {"caller": "bob", "endpoint": "generations", "status": status}
-        return sample_value(text, name, labels) or 0
-
-    def scrape() -> str:
-        return http(serve.port, "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})[2].decode()
-
-    before = scrape()
-    body = json.dumps({"prompt": "a red fox", "size": "512x512", "seed": 3, "num_inference_steps": 100}).encode()
+    raw = json.dumps(body).encode()
     request = (
         b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer bob-token-0123456789abcdef\r\n"
-        b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        b"Content-Type: application/json\r\nContent-Length: " + str(len(raw)).encode() + b"\r\n\r\n" + raw
     )
     with socket.create_connection(("127.0.0.1", serve.port)) as connection:
         connection.sendall(request)
@@ -354,9 +354,27 @@ def test_a_caller_that_hangs_up_has_its_job_stopped(serve):
     while health(serve.port)[1].get("busy"):
         assert time.monotonic() < deadline, "the job of a caller that left kept running"
         time.sleep(0.05)
-    after = scrape()
+
+
+LONG_JOB = {"prompt": "a red fox", "size": "512x512", "seed": 3, "num_inference_steps": 100}
+
+
+def test_a_caller_that_hangs_up_has_its_job_stopped(serve):
+    """The job ends cancelled (a 499 in the metrics), not as an image: checked by outcome, not by a clock, since
+    one step's time depends on how loaded the machine is."""
+    before = scrape_metrics(serve)
+    hang_up_mid_job(serve, LONG_JOB)
+    after = scrape_metrics(serve)
     assert bobs(after, "flux2_serve_requests_total", "499") == bobs(before, "flux2_serve_requests_total", "499") + 1
     assert bobs(after, "flux2_serve_images_total") == bobs(before, "flux2_serve_images_total")
+    reply = client(serve).images.generate(prompt="a red fox", size="64x64", extra_body=FAST)  # still serving
+    assert reply.data[0].b64_json
+
+
+def test_a_streaming_caller_that_hangs_up_has_its_job_stopped(serve):
+    before = scrape_metrics(serve)
+    hang_up_mid_job(serve, {**LONG_JOB, "stream": True})
+    assert bobs(scrape_metrics(serve), "flux2_serve_images_total") == bobs(before, "flux2_serve_images_total")
     reply = client(serve).images.generate(prompt="a red fox", size="64x64", extra_body=FAST)  # still serving
     assert reply.data[0].b64_json
 
