@@ -28,7 +28,7 @@ from tests.support.batch_runs import (
     with_ctrl_c,
     write_jobs,
 )
-from tests.support.cli_runs import free_port
+from tests.support.cli_runs import dead_port
 
 CONNECT_S = 2.0
 JOB = {"prompt": "a lighthouse", "height": 64, "width": 64, "steps": 2}
@@ -87,7 +87,7 @@ def http_port() -> Iterator[int]:
 
 def port_of(kind: str, request: pytest.FixtureRequest) -> int:
     if kind == "nothing":
-        return free_port()
+        return dead_port()
     if kind == "silent":
         return int(request.getfixturevalue("silent").port)
     if kind == "http":

@@ -17,7 +17,7 @@ from diffusion_client.batch.head import head_address
 from diffusion_client.batch.outputs import OutputDir
 from diffusion_client.errors import InputError
 from tests.support.batch_runs import batch_command, batch_env, error_lines, write_jobs
-from tests.support.cli_runs import free_port
+from tests.support.cli_runs import dead_port
 from tests.support.helpers import start_server
 from tests.support.rlimits import measured, peak_rss_kib
 
@@ -43,7 +43,7 @@ def batch(tiny_snapshot: Path, tmp_path: Path, no_ray: None, capsys: pytest.Capt
     def run(lines: list[Any], *flags: str, encoder: str | None = None) -> tuple[int, list[str], str]:
         prompts = tmp_path / "prompts.jsonl"
         prompts.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
-        target = encoder or f"127.0.0.1:{free_port()}"  # nothing listens: these runs must not need it
+        target = encoder or f"127.0.0.1:{dead_port()}"  # nothing listens: these runs must not need it
         argv = ["--prompts", str(prompts), "--encoder", target, "--model", str(tiny_snapshot)]
         argv += ["--out-dir", str(tmp_path / "out"), "--ray", "local", "--quiet", *flags]
         code = batch_main(argv)

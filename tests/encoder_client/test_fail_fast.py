@@ -28,7 +28,7 @@ from encoder_server.config import ModelConfig, TlsConfig
 from encoder_server.model.loaded_models import load_encoder
 from encoder_server.model.prompt_encoder import PromptEncoder
 from tests.support.certs import Certificates, make_certificates
-from tests.support.cli_runs import assert_one_line_error, free_port, run_cli
+from tests.support.cli_runs import assert_one_line_error, dead_port, run_cli
 from tests.support.fake_encoder import FakeEncoder, fake_server
 from tests.support.helpers import RunningServer, start_server
 
@@ -108,7 +108,7 @@ def loading_tls_server(tiny_snapshot: Path, certificates: Certificates) -> Itera
 
 
 def test_refused_port_fails_after_the_connect_timeout_saying_nothing_listens():
-    target = f"127.0.0.1:{free_port()}"
+    target = f"127.0.0.1:{dead_port()}"
     failure = fails_fast(target)
     assert CONNECT_S - 0.5 <= failure.seconds <= WITHIN_S, "a server starting within the connect timeout is found"
     assert f"cannot reach the encoder at {target}: nothing is listening there (connection refused)" in failure.message
@@ -116,7 +116,7 @@ def test_refused_port_fails_after_the_connect_timeout_saying_nothing_listens():
 
 
 def test_two_refused_replicas_fail_fast_saying_nothing_listens():
-    target = f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    target = f"127.0.0.1:{dead_port()},127.0.0.1:{dead_port()}"
     failure = fails_fast(target)
     assert failure.seconds <= WITHIN_S
     assert f"cannot reach the encoder at {target}: nothing is listening there" in failure.message
@@ -234,7 +234,7 @@ def test_connect_timeout_that_is_not_positive_and_finite_is_refused(seconds):
 
 
 def test_generate_against_a_refused_port_exits_3_within_seconds_in_one_line(tiny_snapshot, tmp_path):
-    target = f"127.0.0.1:{free_port()}"
+    target = f"127.0.0.1:{dead_port()}"
     started = time.monotonic()
     finished = run_cli("a cat", "--encoder", target, "--model", str(tiny_snapshot), "--out", str(tmp_path / "x.png"))
     seconds = time.monotonic() - started

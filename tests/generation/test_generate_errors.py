@@ -17,7 +17,7 @@ import pytest
 
 from diffusion_client.generation.cli import main as generate_main
 from shared.tiny_snapshot import TinySnapshotShape, build_tiny_snapshot
-from tests.support.cli_runs import assert_one_line_error, error_lines, free_port, run_cli
+from tests.support.cli_runs import assert_one_line_error, dead_port, error_lines, run_cli
 from tests.support.fake_encoder import FakeEncoder, embeds_for, fake_server
 from tests.support.helpers import TINY_EMBED_DIM, TINY_HIDDEN_SIZE, start_server
 from tests.support.rlimits import measured, peak_rss_kib
@@ -61,7 +61,7 @@ def test_server_not_running_exits_3_with_one_line(tiny_snapshot, tmp_path):
     finished = run_cli(
         "a cat",
         "--encoder",
-        f"127.0.0.1:{free_port()}",
+        f"127.0.0.1:{dead_port()}",
         "--model",
         str(tiny_snapshot),
         "--timeout",
@@ -281,7 +281,7 @@ def test_reference_image_claiming_20000_by_20000_pixels_exits_2_naming_the_cap(t
         "--image",
         str(bomb),
         "--encoder",
-        f"127.0.0.1:{free_port()}",
+        f"127.0.0.1:{dead_port()}",
         "--model",
         str(tiny_snapshot),
         "--out",

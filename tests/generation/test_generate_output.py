@@ -12,7 +12,7 @@ from PIL import Image
 
 from diffusion_client.atomic_files import replacing, write_bytes
 from diffusion_client.generation.cli import main as generate_main
-from tests.support.cli_runs import assert_one_line_error, error_lines, free_port, run_cli
+from tests.support.cli_runs import assert_one_line_error, dead_port, error_lines, run_cli
 from tests.support.fake_encoder import FakeEncoder, embeds_for, fake_server
 from tests.support.helpers import TINY_EMBED_DIM
 
@@ -31,7 +31,7 @@ def test_output_directory_fails_in_preflight_before_any_weights_load(tiny_snapsh
     before = sorted(tmp_path.iterdir())
     started = time.monotonic()
     finished = run_cli(
-        "a cat", "--encoder", f"127.0.0.1:{free_port()}", "--model", str(tiny_snapshot), "--out", str(tmp_path)
+        "a cat", "--encoder", f"127.0.0.1:{dead_port()}", "--model", str(tiny_snapshot), "--out", str(tmp_path)
     )
     assert finished.returncode == 2, finished.stderr
     assert time.monotonic() - started < 60
@@ -43,7 +43,7 @@ def test_output_under_a_file_fails_in_preflight(tiny_snapshot, tmp_path):
     (tmp_path / "plain").write_text("a file, not a folder")
     out = tmp_path / "plain" / "x.png"
     finished = run_cli(
-        "a cat", "--encoder", f"127.0.0.1:{free_port()}", "--model", str(tiny_snapshot), "--out", str(out)
+        "a cat", "--encoder", f"127.0.0.1:{dead_port()}", "--model", str(tiny_snapshot), "--out", str(out)
     )
     assert finished.returncode == 2, finished.stderr
     assert_one_line_error(finished.stderr, f"cannot write {out}", "is not a directory")

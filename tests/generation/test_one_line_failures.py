@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.generation.test_demo import AVX512_BF16_SITECUSTOMIZE, REPO_ROOT
-from tests.support.cli_runs import free_port
+from tests.support.cli_runs import dead_port
 
 BIN = Path(sys.executable).parent
 SIGNS = {"flux2-generate", "flux2-batch", "flux2-studio"}  # what makes the authority before it fails
@@ -21,7 +21,7 @@ SIGNS = {"flux2-generate", "flux2-batch", "flux2-studio"}  # what makes the auth
 
 def failing_invocation(command: str, snapshot: Path, tmp_path: Path, taken_port: int) -> tuple[list[str], str]:
     """A run of `command` that fails after the start-up checks, and a fragment of its one error line."""
-    encoder = f"127.0.0.1:{free_port()}"  # nothing listens there
+    encoder = f"127.0.0.1:{dead_port()}"  # nothing listens there
     if command == "flux2-generate":
         return ["a fox", "--encoder", encoder, "--model", str(snapshot), "--out", str(tmp_path / "x.png")], encoder
     if command == "flux2-batch":

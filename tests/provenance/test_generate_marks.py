@@ -14,7 +14,7 @@ from diffusion_client.provenance.verify import check_file
 from diffusion_client.provenance.watermark import embed_watermark, too_small_note
 from tests.generation.test_generate import generate, pixels
 from tests.support.c2pa_files import c2pa_store, scene_file
-from tests.support.cli_runs import assert_one_line_error, free_port, run_cli
+from tests.support.cli_runs import assert_one_line_error, dead_port, run_cli
 
 MARKABLE = ["--height", "256", "--width", "256", "--steps", "2"]  # 256x256: the watermark's minimum
 SMALL = ["--height", "64", "--width", "64", "--steps", "2"]
@@ -50,7 +50,7 @@ def test_marked_image_is_the_unmarked_image_plus_the_watermark(encoder_server, t
 def test_unknown_extension_is_refused_before_anything_loads(tiny_snapshot, tmp_path):
     out = tmp_path / "fox.gif"
     finished = run_cli(
-        "a fox", "--encoder", f"127.0.0.1:{free_port()}", "--model", str(tiny_snapshot), "--out", str(out)
+        "a fox", "--encoder", f"127.0.0.1:{dead_port()}", "--model", str(tiny_snapshot), "--out", str(out)
     )
     assert finished.returncode == 2
     assert_one_line_error(finished.stderr, f"cannot write {out}: the extension must be one of .png, .jpg, .jpeg, .webp")
@@ -61,7 +61,7 @@ def test_key_not_matching_its_certificate_is_one_line_before_the_encoder_is_aske
     local_authority(tmp_path / "b")
     out = tmp_path / "x.png"
     finished = run_cli(
-        "a fox", "--encoder", f"127.0.0.1:{free_port()}", "--model", str(tiny_snapshot), "--out", str(out),
+        "a fox", "--encoder", f"127.0.0.1:{dead_port()}", "--model", str(tiny_snapshot), "--out", str(out),
         "--c2pa-cert", str(tmp_path / "a" / SIGNER_CHAIN), "--c2pa-key", str(tmp_path / "b" / SIGNER_KEY),
     )  # fmt: skip
     assert finished.returncode == 2
@@ -101,7 +101,7 @@ def test_local_authority_key_others_can_read_is_one_line_saying_chmod_600(tiny_s
     key = folder / SIGNER_KEY
     key.chmod(0o644)
     finished = run_cli(
-        "a fox", "--encoder", f"127.0.0.1:{free_port()}", "--model", str(tiny_snapshot),
+        "a fox", "--encoder", f"127.0.0.1:{dead_port()}", "--model", str(tiny_snapshot),
         "--out", str(tmp_path / "x.png"), env={"XDG_CONFIG_HOME": str(tmp_path / "config")},
     )  # fmt: skip
     assert finished.returncode == 2

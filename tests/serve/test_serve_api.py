@@ -8,7 +8,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -302,28 +302,35 @@ def test_a_token_in_the_query_string_is_refused(serve):
 
 
 def test_callers_are_served_round_robin(serve):
-    """Alice queues 20 requests; Bob's one comes before Alice's last 18."""
+    """Alice's long image holds the GPU while her 19 short ones queue; Bob's one then comes before Alice's last 18
+    (the long one first, at most one short one of hers, then his)."""
     alice, bob = client(serve), client(serve, token="bob-token-0123456789abcdef")
     finished: list[tuple[str, float]] = []
 
-    def make(sdk: openai.OpenAI, who: str, seed: int) -> None:
-        sdk.images.generate(prompt="a red fox", size="64x64", extra_body={"seed": seed, "num_inference_steps": 2})
+    def make(sdk: openai.OpenAI, who: str, size: str, seed: int, steps: int) -> None:
+        sdk.images.generate(prompt="a red fox", size=size, extra_body={"seed": seed, "num_inference_steps": steps})  # type: ignore[arg-type]
         finished.append((who, time.monotonic()))
 
-    threads = [threading.Thread(target=make, args=(alice, "alice", seed)) for seed in range(20)]
-    for thread in threads:
+    def wait_for(what: str, condition: Callable[[dict], bool]) -> None:  # type: ignore[type-arg]
+        deadline = time.monotonic() + 60
+        while not condition(health(serve.port)[1]):
+            assert time.monotonic() < deadline, what
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=make, args=(alice, "alice", "512x512", 0, 100))]
+    threads[0].start()
+    wait_for("alice's long image never started", lambda state: state.get("busy"))
+    threads += [threading.Thread(target=make, args=(alice, "alice", "64x64", seed, 2)) for seed in range(1, 20)]
+    for thread in threads[1:]:
         thread.start()
-    deadline = time.monotonic() + 60
-    while health(serve.port)[1].get("queue", 0) < 15:
-        assert time.monotonic() < deadline, "alice's requests never queued"
-        time.sleep(0.02)
-    bobs = threading.Thread(target=make, args=(bob, "bob", 99))
-    bobs.start()
-    for thread in [*threads, bobs]:
+    wait_for("alice's short requests never queued", lambda state: state.get("queue", 0) >= 19)
+    threads.append(threading.Thread(target=make, args=(bob, "bob", "64x64", 99, 2)))
+    threads[-1].start()
+    for thread in threads:
         thread.join(180)
     order = [who for who, _ in sorted(finished, key=lambda item: item[1])]
     assert len(order) == 21
-    assert order.index("bob") <= len(order) - 1 - 18 + 1, order
+    assert order.index("bob") <= len(order) - 1 - 18, order  # alice's last 18 all come after bob's
 
 
 def scrape_metrics(serve: ServeProcess) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.support.cli_runs import free_port, wait_until
+from tests.support.cli_runs import dead_port, wait_until
 from tests.support.serve_runs import health, http, start_serve
 
 PREFIX = "flux2-serve:"
@@ -57,7 +57,7 @@ def test_a_folder_that_is_not_a_snapshot_is_one_line(tmp_path):
 
 
 def test_with_the_encoder_out_of_reach_requests_get_503_and_the_server_keeps_serving(tiny_snapshot, tmp_path):
-    dead = f"127.0.0.1:{free_port()}"
+    dead = f"127.0.0.1:{dead_port()}"
     process = start_serve(tiny_snapshot, dead, "--out-dir", str(tmp_path / "out"), "--connect-timeout", "1")
     try:
         process.wait_serving()

@@ -21,10 +21,23 @@ PREFIX = "flux2-generate:"
 
 
 def free_port() -> int:
-    """A port nothing listens on (bound, read, released)."""
+    """A free port to listen on next (bound, read, released): another process may take it meanwhile."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+_HELD: list[socket.socket] = []  # bound, never listening, kept for the test process's life
+
+
+def dead_port() -> int:
+    """A port where nothing listens, and nothing will while the tests run: this process keeps it bound without
+    listening, so connections to it are refused and no other test's server can take it (a released port
+    could be taken by the server of a test running beside, which then answers in its stead)."""
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    _HELD.append(held)
+    return int(held.getsockname()[1])
 
 
 def run_cli(

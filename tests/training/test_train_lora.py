@@ -24,7 +24,7 @@ from PIL import Image
 from diffusion_client.training.cli import main as train_main
 from tests.generation.test_generate import generate, pixels
 from tests.generation.test_generate_errors import hand_made_png
-from tests.support.cli_runs import free_port
+from tests.support.cli_runs import dead_port
 from tests.support.helpers import RunningServer, prompts_encoded, start_server
 from tests.support.lora_files import to_bfl, to_kohya
 from tests.support.rlimits import limited
@@ -200,7 +200,7 @@ def test_resume_after_sigterm_ends_with_the_weights_of_an_uninterrupted_run(coun
 
 def _refused(capsys: pytest.CaptureFixture[str], data: Path, tiny_snapshot: Path, tmp_path: Path, *extra: str) -> str:
     """Run against a port nothing listens on: bad data must be found before the encoder or weights are needed."""
-    args = ["--data", str(data), "--model", str(tiny_snapshot), "--encoder", f"127.0.0.1:{free_port()}"]
+    args = ["--data", str(data), "--model", str(tiny_snapshot), "--encoder", f"127.0.0.1:{dead_port()}"]
     assert train_main([*args, "--out", str(tmp_path / "out"), *FAST, *extra]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("flux2-train-lora: error: ")]
     assert len(lines) == 1
