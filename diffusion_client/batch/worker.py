@@ -58,10 +58,6 @@ class BatchWorker:
         self.outputs = config.outputs
         self.generator: ImageGenerator | None = None
         self.broken: tuple[str, int] | None = None  # why this worker cannot generate, and the exit code
-        # Images are marked and written here first, by `flux2-generate`'s own code, then put in the output folder by
-        # `OutputDir.write`, which never follows a link out of it. Removed when the actor's process ends.
-        self._scratch = tempfile.TemporaryDirectory(prefix="flux2-batch-")
-        self.scratch = Path(self._scratch.name)
         try:
             self.generator = _start(config)
         except Exception as error:  # reported once per job it was given, with the exit code that stops the run
@@ -97,20 +93,22 @@ class BatchWorker:
         from diffusion_client.generation.generator import FailedJob
 
         assert self.generator is not None
-        job = dataclasses.replace(planned.job, out=self.scratch / planned.name)
-        try:
-            prepared = self.generator.prepare([job])  # decodes its references, checks its LoRAs
-        except InputError as error:  # already names the line
-            return str(error)
-        [outcome] = self.generator.run(prepared)  # to the end: its threads finish with it
-        if isinstance(outcome, FailedJob):
-            return str(outcome)
-        try:
-            self.outputs.write(planned.name, job.out.read_bytes())
-        except OSError as error:
-            return job.describe(f"cannot write {self.outputs.path(planned.name)}: {_os_error_text(error)}")
-        finally:
-            job.out.unlink(missing_ok=True)
+        # The image is marked and written here first, by `flux2-generate`'s own code, then put in the output folder
+        # by `OutputDir.write`, which never follows a link out of it. A folder per job: Ray ends an actor's process
+        # without running its finalizers, so a folder kept for the actor's life would outlive every run.
+        with tempfile.TemporaryDirectory(prefix="flux2-batch-") as scratch:
+            job = dataclasses.replace(planned.job, out=Path(scratch) / planned.name)
+            try:
+                prepared = self.generator.prepare([job])  # decodes its references, checks its LoRAs
+            except InputError as error:  # already names the line
+                return str(error)
+            [outcome] = self.generator.run(prepared)  # to the end: its threads finish with it
+            if isinstance(outcome, FailedJob):
+                return str(outcome)
+            try:
+                self.outputs.write(planned.name, job.out.read_bytes())
+            except OSError as error:
+                return job.describe(f"cannot write {self.outputs.path(planned.name)}: {_os_error_text(error)}")
         return None
 
 

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -156,7 +157,10 @@ def batch_flags(encoder: GatedServer, snapshot: Path, out_dir: Path | str, worke
 def twelve_jobs(workspace: Path, tiny_snapshot: Path, batch_encoder: GatedServer) -> Path:
     """One run of the twelve jobs over two workers; its output folder."""
     out_dir = workspace / "two-workers"
-    finished = run_batch(*batch_flags(batch_encoder, tiny_snapshot, out_dir), cwd=workspace)
+    scratch = workspace / "two-workers-tmp"  # the workers' temporary folder (Ray's own stays where it was)
+    scratch.mkdir()
+    folders = {"TMPDIR": str(scratch), "RAY_TMPDIR": tempfile.gettempdir()}
+    finished = run_batch(*batch_flags(batch_encoder, tiny_snapshot, out_dir), cwd=workspace, env=folders)
     assert finished.returncode == 0, finished.stderr[-4000:]
     assert error_lines(finished.stderr) == []
     (workspace / "two-workers.stderr").write_text(finished.stderr)
@@ -182,6 +186,10 @@ def test_metadata_names_a_reference_image_by_its_file_name_never_its_path(twelve
         parameters = json.loads(image.text["flux2-split"])
     assert parameters["reference_images"] == ["reference.png"]
     assert str(workspace) not in json.dumps(parameters)
+
+
+def test_a_run_leaves_no_scratch_folder_behind_in_its_workers_temporary_folder(twelve_jobs, workspace):
+    assert list((workspace / "two-workers-tmp").glob("flux2-batch-*")) == []
 
 
 def test_manifest_lists_every_job_once_as_ok_with_where_it_came_from(twelve_jobs):
@@ -314,11 +322,15 @@ def test_a_worker_that_cannot_load_the_model_stops_the_run_in_one_line(workspace
     for weights in (broken / "transformer").glob("*.safetensors"):
         weights.write_bytes(b"not safetensors")  # the driver reads only config.json; each worker loads the weights
     out_dir = workspace / "broken"
+    scratch = workspace / "broken-tmp"  # the worker's temporary folder (Ray's own stays where it was)
+    scratch.mkdir()
+    folders = {"TMPDIR": str(scratch), "RAY_TMPDIR": tempfile.gettempdir()}
 
-    finished = run_batch(*batch_flags(batch_encoder, broken, out_dir, workers=1), cwd=workspace)
+    finished = run_batch(*batch_flags(batch_encoder, broken, out_dir, workers=1), cwd=workspace, env=folders)
 
     assert finished.returncode == 1, finished.stderr[-4000:]
     [line] = error_lines(finished.stderr)
     assert "a worker on " in line and "cannot start" in line and "diffusion_pytorch_model.safetensors" in line
     assert {row["status"] for row in read_manifest(out_dir)} == {"failed"}
     assert images(out_dir) == []
+    assert list(scratch.glob("flux2-batch-*")) == []  # nothing left behind by the worker that never ran a job

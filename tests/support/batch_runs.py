@@ -33,10 +33,12 @@ def batch_env(**extra: str) -> dict[str, str]:
     return {**os.environ, **RAY_ENV, **extra}
 
 
-def run_batch(*flags: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """`flux2-batch FLAGS` in a fresh process, which starts (and stops) its own local Ray."""
+def run_batch(
+    *flags: str, cwd: Path | None = None, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`flux2-batch FLAGS` in a fresh process, which starts (and stops) its own local Ray; `env` adds variables."""
     return subprocess.run(
-        batch_command(*flags), capture_output=True, text=True, timeout=timeout, env=batch_env(), cwd=cwd
+        batch_command(*flags), capture_output=True, text=True, timeout=timeout, env=batch_env(**(env or {})), cwd=cwd
     )
 
 
