@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from tests.support.batch_runs import (
     read_manifest,
     run_batch,
     with_ctrl_c,
+    workers_temp_folder,
     write_jobs,
 )
 from tests.support.cli_runs import wait_until
@@ -157,9 +157,7 @@ def batch_flags(encoder: GatedServer, snapshot: Path, out_dir: Path | str, worke
 def twelve_jobs(workspace: Path, tiny_snapshot: Path, batch_encoder: GatedServer) -> Path:
     """One run of the twelve jobs over two workers; its output folder."""
     out_dir = workspace / "two-workers"
-    scratch = workspace / "two-workers-tmp"  # the workers' temporary folder (Ray's own stays where it was)
-    scratch.mkdir()
-    folders = {"TMPDIR": str(scratch), "RAY_TMPDIR": tempfile.gettempdir()}
+    folders = workers_temp_folder(workspace / "two-workers-tmp")
     finished = run_batch(*batch_flags(batch_encoder, tiny_snapshot, out_dir), cwd=workspace, env=folders)
     assert finished.returncode == 0, finished.stderr[-4000:]
     assert error_lines(finished.stderr) == []
@@ -322,9 +320,8 @@ def test_a_worker_that_cannot_load_the_model_stops_the_run_in_one_line(workspace
     for weights in (broken / "transformer").glob("*.safetensors"):
         weights.write_bytes(b"not safetensors")  # the driver reads only config.json; each worker loads the weights
     out_dir = workspace / "broken"
-    scratch = workspace / "broken-tmp"  # the worker's temporary folder (Ray's own stays where it was)
-    scratch.mkdir()
-    folders = {"TMPDIR": str(scratch), "RAY_TMPDIR": tempfile.gettempdir()}
+    scratch = workspace / "broken-tmp"
+    folders = workers_temp_folder(scratch)
 
     finished = run_batch(*batch_flags(batch_encoder, broken, out_dir, workers=1), cwd=workspace, env=folders)
 

@@ -20,7 +20,7 @@ from diffusion_client import RemoteTextEncoder
 from tests.support.cli_runs import run_cli
 from tests.support.helpers import RunningServer, sample_value, start_server
 from tests.support.lora_files import load_tiny_transformer, random_lora
-from tests.support.serve_runs import ServeProcess, health, http, pixels, start_serve
+from tests.support.serve_runs import ServeProcess, health, http, pixels, post_and_never_read, start_serve
 
 TOKENS = (
     "alice alice-token-0123456789abcdef\nbob bob-token-0123456789abcdef\n"
@@ -344,15 +344,7 @@ def bobs(metrics: str, name: str, status: str | None = None) -> float:
 
 def hang_up_mid_job(serve: ServeProcess, body: dict) -> None:  # type: ignore[type-arg]
     """Bob asks for a 100-step 512² image, hangs up once it runs, and the server finishes with it (120 s at most)."""
-    import socket
-
-    raw = json.dumps(body).encode()
-    request = (
-        b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer bob-token-0123456789abcdef\r\n"
-        b"Content-Type: application/json\r\nContent-Length: " + str(len(raw)).encode() + b"\r\n\r\n" + raw
-    )
-    with socket.create_connection(("127.0.0.1", serve.port)) as connection:
-        connection.sendall(request)
+    with post_and_never_read(serve.port, body, token="bob-token-0123456789abcdef"):
         deadline = time.monotonic() + 60
         while not health(serve.port)[1].get("busy"):
             assert time.monotonic() < deadline

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.support.helpers import sample_value
-from tests.support.serve_runs import ServeProcess, http, start_serve
+from tests.support.serve_runs import ServeProcess, http, post_and_never_read, start_serve
 
 
 @pytest.fixture(scope="module")
@@ -239,15 +239,7 @@ def test_callers_that_never_read_their_replies_do_not_hold_up_the_next_caller(se
     sockets = []
     try:
         for body in requests:
-            raw = json.dumps(body).encode()
-            connection = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            connection.connect(("127.0.0.1", serve.port))
-            connection.sendall(
-                b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: " + str(len(raw)).encode() + b"\r\n\r\n" + raw
-            )
-            sockets.append(connection)
+            sockets.append(post_and_never_read(serve.port, body, receive_buffer=4096))
         deadline = time.monotonic() + 120
         while images_made(serve) < before + 5:  # all five made, their replies written to nobody
             assert time.monotonic() < deadline, "the unread requests never finished"

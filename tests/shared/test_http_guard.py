@@ -8,7 +8,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -31,38 +30,27 @@ async def big_or_small(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": body, "more_body": start + len(body) < size})
 
 
-@dataclass
-class InProcessServer:
-    guarded: GuardedServer
-    loop: asyncio.AbstractEventLoop
-
-    @property
-    def port(self) -> int:
-        return self.guarded.port
-
-
 @pytest.fixture
-def server() -> Iterator[InProcessServer]:
+def server() -> Iterator[GuardedServer]:
+    """`big_or_small` behind the guard, on a loop thread of its own (as `serve_in_thread` runs the encoder)."""
     loop = asyncio.new_event_loop()
-    started: list[GuardedServer] = []
-    ready = threading.Event()
+    thread = threading.Thread(target=loop.run_forever, name="guarded-http", daemon=True)
+    thread.start()
 
-    async def main() -> None:
+    async def start() -> GuardedServer:
         sock = bind_listener("127.0.0.1", 0)
-        guarded = await start_guarded_server(
+        return await start_guarded_server(
             big_or_small, sock, max_connections=8, header_timeout_s=5, grace_s=1, write_timeout_s=WRITE_TIMEOUT_S
         )
-        started.append(guarded)
-        ready.set()
-        await guarded.task
 
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    thread.start()
-    assert ready.wait(30)
-    yield InProcessServer(started[0], loop)
-    asyncio.run_coroutine_threadsafe(started[0].stop(1), loop).result(30)
-    thread.join(30)
-    loop.close()
+    guarded = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+    try:
+        yield guarded
+    finally:
+        asyncio.run_coroutine_threadsafe(guarded.stop(1), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 def never_reading_client(port: int, path: str) -> socket.socket:
@@ -97,7 +85,7 @@ def test_a_client_that_never_reads_its_reply_has_the_connection_aborted_at_the_w
     assert closed, "the server kept the stalled connection open"
     assert received < REPLY_BYTES  # dropped, not delivered in the end
     deadline = time.monotonic() + 10
-    while server.guarded.connections.open:
+    while server.connections.open:
         assert time.monotonic() < deadline, "the aborted connection still holds its place"
         time.sleep(0.05)
 

@@ -8,6 +8,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,13 @@ def run_batch(
     return subprocess.run(
         batch_command(*flags), capture_output=True, text=True, timeout=timeout, env=batch_env(**(env or {})), cwd=cwd
     )
+
+
+def workers_temp_folder(folder: Path) -> dict[str, str]:
+    """`run_batch` variables giving the workers `folder` (made here) as their temporary folder, and Ray's own
+    session files the temporary folder they had (a deep test path would pass the Unix socket path limit)."""
+    folder.mkdir()
+    return {"TMPDIR": str(folder), "RAY_TMPDIR": tempfile.gettempdir()}
 
 
 def with_ctrl_c() -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -115,6 +116,23 @@ def http(
             return reply.status, dict(reply.headers), reply.read()
     except urllib.error.HTTPError as error:
         return error.code, dict(error.headers), error.read()
+
+
+def post_and_never_read(
+    port: int, body: dict[str, Any], token: str | None = None, receive_buffer: int | None = None
+) -> socket.socket:
+    """A raw connection that has sent one image generation request and reads nothing of its reply (the caller
+    closes it); `receive_buffer` shrinks the socket's buffer, so the reply's bytes wait on the server's side."""
+    raw = json.dumps(body).encode()
+    head = "POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    if token is not None:
+        head += f"Authorization: Bearer {token}\r\n"
+    connection = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if receive_buffer is not None:
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    connection.connect(("127.0.0.1", port))
+    connection.sendall(f"{head}Content-Length: {len(raw)}\r\n\r\n".encode() + raw)
+    return connection
 
 
 def pixels(data: bytes | str) -> np.ndarray:
